@@ -1,0 +1,45 @@
+"""The ``negdb`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from negdb.errors import NegdbError
+
+
+class _Group(click.Group):
+    """Print NegdbError as one line and exit non-zero; Ctrl-C says how to resume."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except NegdbError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: run the same command again to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.option("--store", envvar="NEGDB_STORE", default="negdb-store", show_default=True,
+              help="Store folder (Zarr arrays and catalog segments); env NEGDB_STORE.")
+@click.version_option(package_name="negdb")
+@click.pass_context
+def main(ctx: click.Context, store: str) -> None:
+    """negdb: a neuron-statistics database for language-model interpretability."""
+    ctx.obj = {"store": store}
+
+
+def _register() -> None:
+    from negdb.cli import ingest_cmd, models_cmd, top_cmd
+
+    main.add_command(models_cmd.models)
+    main.add_command(ingest_cmd.ingest)
+    main.add_command(top_cmd.top)
+    main.add_command(top_cmd.runs)
+
+
+_register()

@@ -1,0 +1,18 @@
+"""negdb.ingest: corpora to token slices, and the streaming ingest into the store.
+
+``from negdb.ingest import ingest, IngestOptions`` is the Python form of ``negdb ingest``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["IngestOptions", "ingest"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:  # lazy: corpus and slice helpers import without torch
+        from negdb.ingest import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(name)

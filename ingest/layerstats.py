@@ -1,0 +1,63 @@
+"""Statistics phase: per layer, read column blocks of stored pre-activations and compute every statistic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import zarr
+
+from negdb.ingest.plan import StatSpec
+from negdb.stats.compute import block_stats
+from negdb.stats.mapping import input_distances, mapping_difficulty, percentile_rank
+from negdb.stats.schema import NEURON_STATS
+from negdb.stats.wasserstein import NormalSampler
+from negdb.store.arrays import CHUNK_COLS
+
+BYTES_PER_VALUE = 40  # float16 read + float32/float64 working copies + sorted copy, per value of a block
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """The seeded token pairs of mapping difficulty, and where their rows sit in the stored MLP inputs."""
+
+    a: np.ndarray
+    b: np.ndarray
+    md_rows: np.ndarray
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.searchsorted(self.md_rows, self.a), np.searchsorted(self.md_rows, self.b)
+
+
+def block_columns(n_tokens: int, d_mlp: int, mem_budget_mb: int) -> int:
+    """Neurons per block so that a block's working memory stays within the budget (independent of tokens)."""
+    k = max(1, (mem_budget_mb * 2**20) // (n_tokens * BYTES_PER_VALUE))
+    if k >= CHUNK_COLS:
+        k -= k % CHUNK_COLS
+    return min(k, d_mlp)
+
+
+def layer_stats(preact: zarr.Array, inputs: zarr.Array, pairs: PairPlan, spec: StatSpec, layer: int,
+                mem_budget_mb: int) -> pa.Table:
+    """All statistics of one layer as an Arrow table with columns ``neuron`` + negdb.stats.schema."""
+    n_tokens, d_mlp = preact.shape
+    pos_a, pos_b = pairs.positions()
+    h = inputs[:].astype(np.float32)
+    d_in = input_distances(h[pos_a], h[pos_b])
+    del h
+    sampler = NormalSampler(spec.w_seed, layer) if spec.w_reference == "sample" else None
+    k = block_columns(n_tokens, d_mlp, mem_budget_mb)
+    parts: dict[str, list[np.ndarray]] = {}
+    for c0 in range(0, d_mlp, k):
+        x = np.asarray(preact[:, c0:c0 + k], dtype=np.float32)
+        cols = block_stats(x, reference=spec.w_reference, sampler=sampler)  # type: ignore[arg-type]
+        cols["md"] = mapping_difficulty(x[pairs.a], x[pairs.b], d_in)
+        for name, values in cols.items():
+            parts.setdefault(name, []).append(np.asarray(values))
+    data = {name: np.concatenate(v) for name, v in parts.items()}
+    data["w_pct"] = percentile_rank(data["w_dist"])
+    columns = {"neuron": pa.array(np.arange(d_mlp, dtype=np.int32))}
+    for col in NEURON_STATS:
+        columns[col.name] = pa.array(data[col.name]).cast(col.arrow_type)
+    return pa.table(columns)

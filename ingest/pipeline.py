@@ -1,0 +1,238 @@
+"""``negdb ingest``: stream pre-activations of each checkpoint into the store and publish statistics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from negdb.config import store_path
+from negdb.errors import NegdbError
+from negdb.ingest.corpus import load_corpus
+from negdb.ingest.layerstats import PairPlan, layer_stats
+from negdb.ingest.plan import (IngestOptions, batch_windows, check_disk, estimate_bytes, human_bytes,
+                               parse_activations, parse_layers, stat_spec)
+from negdb.ingest.publish import JobKeys, publish_activations, publish_metadata, publish_stats
+from negdb.ingest.slices import TokenSlice, make_slice
+from negdb.ingest.state import JobState
+from negdb.ingest.stream import StreamPlan, stream
+from negdb.models import checkpoints as ckpts
+from negdb.models import loading, registry
+from negdb.models.families import act_name
+from negdb.stats.mapping import draw_pairs
+from negdb.store.arrays import open_group, put_vector
+from negdb.store.catalog import Catalog
+from negdb.store.layout import StoreLayout, short_hash
+from negdb.store.locks import exclusive_lock
+from negdb.store.runs import RunRecord, now
+from negdb.store.segments import disk_errors
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """What happened to one checkpoint."""
+
+    model_id: str
+    revision: str
+    status: str  # ingested | resumed | already
+    run_id: str | None
+    n_tokens: int
+    layers: list[int]
+    seconds: float
+
+
+def _stderr(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+def ingest(options: IngestOptions | None = None, *, store: str | Path | None = None, progress: bool = True,
+           log: Log = _stderr, **kwargs: object) -> list[CheckpointResult]:
+    """Ingest every selected checkpoint of a model; returns one result per checkpoint."""
+    opts = options or IngestOptions(**kwargs)  # type: ignore[arg-type]
+    opts.validate()
+    layout = StoreLayout(store_path(store))
+    source = registry.resolve(opts.model)
+    selected = ckpts.select(source, opts.checkpoints)
+    corpus = load_corpus(opts.dataset, text_field=opts.text_field)
+    overall = tqdm(total=opts.tokens * len(selected), unit="tok", unit_scale=True, desc="all checkpoints",
+                   disable=not progress or len(selected) == 1, position=0)
+    results = []
+    try:
+        for ckpt in selected:
+            results.append(_checkpoint(opts, layout, source, ckpt, corpus, overall, progress, log))
+    finally:
+        overall.close()
+    return results
+
+
+def _slice(opts: IngestOptions, corpus, tokenizer, model_id: str, log: Log) -> TokenSlice:
+    bos = tokenizer.bos_token_id if opts.bos else None
+    if opts.bos and bos is None:
+        raise NegdbError(f"--bos: the tokenizer of {model_id} has no BOS token; drop --bos")
+    sl = make_slice(corpus, tokenizer, tokenizer_name=model_id, seq_len=opts.seq_len, n_tokens=opts.tokens,
+                    bos_token_id=bos)
+    if sl.clamped:
+        log(f"note: {corpus.name} holds only {sl.n_tokens:,} tokens in windows of {opts.seq_len}; "
+            f"using all of them instead of {opts.tokens:,}")
+    return sl
+
+
+def _published_layers(layout: StoreLayout, model_id: str, revision: str, slice_id: str, spec_id: str) -> set[int]:
+    with Catalog(layout.root) as cat:
+        rows = cat.arrow("SELECT DISTINCT layer FROM neuron_stats WHERE model_id = ? AND revision = ? "
+                         "AND slice_id = ? AND spec_id = ?", [model_id, revision, slice_id, spec_id])
+    return set(rows.column("layer").to_pylist())
+
+
+def _checkpoint(opts: IngestOptions, layout: StoreLayout, source, ckpt, corpus, overall: tqdm, progress: bool,
+                log: Log) -> CheckpointResult:
+    started = time.perf_counter()
+    label = f"{source.model_id}@{ckpt.revision}"
+    lm = loading.load(source, ckpt, device=opts.device, dtype=getattr(torch, opts.dtype))
+    sl = _slice(opts, corpus, lm.tokenizer, source.model_id, log)
+    spec = stat_spec(opts, sl.n_tokens)
+    layers = parse_layers(opts.layers, lm.n_layers)
+    keep = parse_activations(opts.activations, layers, lm.n_layers)
+    job_key = short_hash("ingest-v1", source.model_id, ckpt.revision, sl.slice_id, spec.spec_id, layers, keep)
+    work = layout.work_dir(job_key)
+    if not work.exists():
+        check_disk(layout.root, _needed_bytes(opts, lm, sl, layers))
+    layout.init()
+    group_name = f"{source.model_id}|{ckpt.revision}|{sl.slice_id}"
+    with exclusive_lock(layout.lock_file(group_name),
+                        on_wait=lambda who: log(f"{label}: waiting for {who}, which is writing the same checkpoint")):
+        state = JobState.load(work)
+        if state is None:
+            todo = sorted(set(layers) - _published_layers(layout, source.model_id, ckpt.revision, sl.slice_id,
+                                                          spec.spec_id))
+            if not todo:
+                log(f"{label}: already ingested ({len(layers)} layers, slice {sl.slice_id}, spec {spec.spec_id}); "
+                    "nothing to do")
+                overall.update(sl.n_tokens)
+                return CheckpointResult(source.model_id, ckpt.revision, "already", None, sl.n_tokens, layers, 0.0)
+            state = JobState(started_at=now().isoformat(), layers=todo)
+            status = "ingested"
+        else:
+            state.resumes += 1
+            status = "resumed"
+            log(f"{label}: resuming run {state.run_id} ({state.batches_done} batches and "
+                f"{len(state.stats_done)} layers of statistics already done)")
+        keys = JobKeys(source.model_id, ckpt.revision, sl.slice_id, spec.spec_id, state.run_id, job_key)
+        run = RunRecord(run_id=state.run_id, kind="ingest", model_id=source.model_id, revision=ckpt.revision,
+                        slice_id=sl.slice_id, spec_id=spec.spec_id, layers=state.layers,
+                        config={**opts.as_dict(), "activations_kept": keep, "slice": sl.meta()},
+                        resumes=state.resumes, timings=state.timings)
+        todo_keep = [l for l in keep if l in state.layers]
+        _announce(opts, lm, sl, state, todo_keep, label, log)
+        work.mkdir(parents=True, exist_ok=True)
+        state.save(work)
+        run.save(layout, "running")
+        try:
+            _run_job(opts, layout, lm, source, ckpt, sl, spec, state, keys, todo_keep, work, overall, progress,
+                     label)
+        except KeyboardInterrupt:
+            run.save(layout, "interrupted", "interrupted; run the same command again to resume")
+            raise
+        except BaseException as err:
+            run.save(layout, "failed", f"{type(err).__name__}: {err}")
+            raise
+        run.timings = state.timings
+        run.save(layout, "done")
+        shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    log(f"{label}: {status} {sl.n_tokens:,} tokens x {len(state.layers)} layers in {seconds:.1f} s "
+        f"(run {state.run_id})")
+    return CheckpointResult(source.model_id, ckpt.revision, status, state.run_id, sl.n_tokens, state.layers, seconds)
+
+
+def _needed_bytes(opts: IngestOptions, lm, sl: TokenSlice, layers: list[int]) -> int:
+    return estimate_bytes(n_tokens=sl.n_tokens, d_mlp=lm.d_mlp, n_layers=len(layers), d_model=lm.d_model,
+                          md_rows=min(2 * opts.md_pairs, sl.n_tokens), store_dtype=opts.store_dtype)
+
+
+def _announce(opts: IngestOptions, lm, sl: TokenSlice, state: JobState, keep: list[int], label: str,
+              log: Log) -> None:
+    need = _needed_bytes(opts, lm, sl, state.layers)
+    log(f"{label}: {sl.n_tokens:,} tokens ({sl.n_windows} x {sl.seq_len}) of {sl.dataset}, "
+        f"{len(state.layers)} layers x {lm.d_mlp} neurons, keeping activations of {len(keep)} layers; "
+        f"needs up to {human_bytes(need)} of disk")
+
+
+def _run_job(opts: IngestOptions, layout: StoreLayout, lm, source, ckpt, sl: TokenSlice, spec, state: JobState,
+             keys: JobKeys, keep: list[int], work: Path, overall: tqdm, progress: bool, label: str) -> None:
+    spool = work / "spool.zarr"
+    a, b = draw_pairs(sl.n_tokens, spec.md_pairs, spec.md_seed)
+    pairs = PairPlan(a=a, b=b, md_rows=np.unique(np.concatenate([a, b])))
+    md_key = f"p{spec.md_pairs}-s{spec.md_seed}"
+    with disk_errors("the token slice"):
+        group = open_group(spool)
+        flat = sl.tokens.reshape(-1)
+        put_vector(group, "token_ids", flat)
+        put_vector(group, "window", np.repeat(np.arange(sl.n_windows, dtype=np.int32), sl.seq_len))
+        put_vector(group, "position", np.tile(np.arange(sl.seq_len, dtype=np.int32), sl.n_windows))
+        put_vector(group.require_group("md").require_group(md_key), "pairs", np.stack([a, b], axis=1))
+    wpb = batch_windows(opts, d_mlp=lm.d_mlp, n_layers=len(state.layers), n_windows=sl.n_windows)
+    plan = StreamPlan(layers=state.layers, windows_per_batch=wpb, store_dtype=opts.store_dtype,
+                      md_rows=pairs.md_rows, md_key=md_key)
+    done_tokens = min(state.batches_done * wpb * sl.seq_len, sl.n_tokens)
+    overall.update(done_tokens)
+    with tqdm(total=sl.n_tokens, initial=done_tokens, unit="tok", unit_scale=True, desc=label, leave=False,
+              disable=not progress, position=1 if not overall.disable else 0) as bar:
+        def on_tokens(n: int) -> None:
+            bar.update(n)
+            overall.update(n)
+
+        stream(lm, sl.tokens, group, spool, plan, state, work, on_tokens)
+    _stats_phase(opts, group, pairs, spec, state, work, md_key, progress, label)
+    publish_metadata(layout, model=_model_row(source, lm), checkpoint=_checkpoint_row(source, ckpt, lm),
+                     slice_row=sl.meta() | {"slice_id": sl.slice_id}, spec=spec.row())
+    publish_activations(layout, keys, spool, keep, md_key, n_tokens=sl.n_tokens, d_mlp=lm.d_mlp,
+                        dtype=opts.store_dtype)
+    publish_stats(layout, keys, {l: work / "stats" / f"L{l:03d}.parquet" for l in state.layers})
+
+
+def _stats_phase(opts: IngestOptions, group, pairs: PairPlan, spec, state: JobState, work: Path, md_key: str,
+                 progress: bool, label: str) -> None:
+    started = time.perf_counter()
+    remaining = [l for l in state.layers if l not in state.stats_done]
+    for layer in tqdm(remaining, desc=f"{label} statistics", unit="layer", leave=False, disable=not progress):
+        name = f"L{layer:03d}"
+        table = layer_stats(group["preact"][name], group["md"][md_key][name], pairs, spec, layer,
+                            opts.mem_budget_mb)
+        out = work / "stats" / f"{name}.parquet"
+        out.parent.mkdir(exist_ok=True)
+        tmp = out.with_suffix(".partial")
+        with disk_errors("statistics"):
+            pq.write_table(table, tmp)
+            tmp.replace(out)
+        state.stats_done.append(layer)
+        state.timings["stats_s"] = state.timings.get("stats_s", 0.0) + time.perf_counter() - started
+        started = time.perf_counter()
+        state.save(work)
+
+
+def _model_row(source, lm) -> dict:
+    cfg = lm.model.config
+    return {"model_id": source.model_id, "kind": source.kind, "location": str(source.location),
+            "family": lm.family.name, "model_type": cfg.model_type, "n_layers": lm.n_layers, "d_mlp": lm.d_mlp,
+            "d_model": lm.d_model, "activation": act_name(cfg, lm.family),
+            "config_json": json.dumps(cfg.to_dict(), sort_keys=True, default=str)}
+
+
+def _checkpoint_row(source, ckpt, lm) -> dict:
+    return {"model_id": source.model_id, "revision": ckpt.revision, "step": ckpt.step,
+            "tokens_seen": ckpt.tokens_seen, "commit": lm.commit, "location": str(ckpt.location)}
+
+
+__all__ = ["CheckpointResult", "IngestOptions", "ingest"]

@@ -1,0 +1,93 @@
+"""Streaming phase: forward batches, captured pre-activations written to Zarr as they come."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from negdb.ingest.state import JobState
+from negdb.models.capture import run_batch
+from negdb.store.arrays import chunk_files, create_preact, create_rows, fsync_files, layer_name
+from negdb.store.segments import disk_errors
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Shapes of one job's spool: which layers, batch size, and which token rows keep MLP inputs."""
+
+    layers: list[int]
+    windows_per_batch: int
+    store_dtype: str
+    md_rows: np.ndarray  # sorted flat token indices whose MLP input is stored
+    md_key: str  # sub-group of the MLP inputs (depends on the md pairs)
+
+
+def _prepare(group: zarr.Group, plan: StreamPlan, *, n_tokens: int, seq_len: int, d_mlp: int,
+             d_model: int) -> tuple[dict[int, zarr.Array], dict[int, zarr.Array]]:
+    shard_rows = plan.windows_per_batch * seq_len
+    preacts = {l: create_preact(group, l, n_tokens=n_tokens, d_mlp=d_mlp, shard_rows=shard_rows,
+                                dtype=plan.store_dtype) for l in plan.layers}
+    inputs = {l: create_rows(group, f"md/{plan.md_key}/{layer_name(l)}", n_rows=len(plan.md_rows),
+                             n_cols=d_model, dtype="float16") for l in plan.layers}
+    return preacts, inputs
+
+
+def _write(preacts: dict[int, zarr.Array], inputs: dict[int, zarr.Array], captured, r0: int, r1: int,
+           j0: int, j1: int, group_dir: Path, shard_rows: int) -> None:
+    files: list[Path] = []
+    for layer, arr in preacts.items():
+        arr[r0:r1] = captured.preacts[layer].numpy()
+        files += chunk_files(group_dir / "preact" / layer_name(layer), shard_rows, r0, r1)
+    if j1 > j0:
+        for layer, arr in inputs.items():
+            arr[j0:j1] = captured.inputs[layer].numpy().astype(np.float16)
+            rel = Path(arr.path)
+            files += chunk_files(group_dir / rel, arr.chunks[0], j0, j1)
+    fsync_files(files)
+
+
+def stream(lm, tokens: np.ndarray, group: zarr.Group, group_dir: Path, plan: StreamPlan, state: JobState,
+           work: Path, on_tokens: Callable[[int], None]) -> None:
+    """Run every remaining batch; each batch is durable (written and flushed) before it counts as done."""
+    n_windows, seq_len = tokens.shape
+    preacts, inputs = _prepare(group, plan, n_tokens=n_windows * seq_len, seq_len=seq_len,
+                               d_mlp=lm.d_mlp, d_model=lm.d_model)
+    wpb = plan.windows_per_batch
+    n_batches = -(-n_windows // wpb)
+    shard_rows = wpb * seq_len
+    pending: tuple[Future, int, int] | None = None
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="negdb-writer") as pool:
+        for b in range(state.batches_done, n_batches):
+            w0, w1 = b * wpb, min((b + 1) * wpb, n_windows)
+            r0, r1 = w0 * seq_len, w1 * seq_len
+            j0, j1 = np.searchsorted(plan.md_rows, [r0, r1])
+            rows = torch.from_numpy(plan.md_rows[j0:j1] - r0)
+            ids = torch.from_numpy(tokens[w0:w1].astype(np.int64)).to(lm.device)
+            captured = run_batch(lm, ids, plan.layers, input_rows=rows,
+                                 out_dtype=getattr(torch, plan.store_dtype))
+            if pending is not None:
+                _finish(pending, state, work, on_tokens)
+            future = pool.submit(_write, preacts, inputs, captured, r0, r1, int(j0), int(j1), group_dir,
+                                 shard_rows)
+            pending = (future, b, r1 - r0)
+        if pending is not None:
+            _finish(pending, state, work, on_tokens)
+    state.timings["stream_s"] = state.timings.get("stream_s", 0.0) + time.perf_counter() - started
+
+
+def _finish(pending: tuple[Future, int, int], state: JobState, work: Path,
+            on_tokens: Callable[[int], None]) -> None:
+    future, b, n_rows = pending
+    with disk_errors("pre-activations"):
+        future.result()
+    state.batches_done = b + 1
+    state.save(work)
+    on_tokens(n_rows)

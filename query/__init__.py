@@ -1,0 +1,1 @@
+"""negdb.query."""

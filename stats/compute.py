@@ -1,0 +1,147 @@
+"""Every per-neuron statistic of a column block, from one sort of each neuron's values.
+
+``block_stats`` transposes the ``(n_tokens, k)`` block once into contiguous rows (float32), then works through
+cache-sized chunks of rows: sort in place, moments on a float64 copy, quantiles and sign counts from the sorted
+row, and W1 on the same float64 buffer. Chunks run on ``threads`` threads (numpy releases the GIL in sorts and
+ufunc loops). No per-neuron Python loop.
+
+Given the token ``pairs`` of mapping difficulty, the transpose puts the tokens in the order (a, b, rest), so the
+pair values of each neuron are two contiguous slices of its row before the sort: ``md`` then costs no gather
+and no second transpose (the sort does not care about the token order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from negdb.errors import NegdbError
+
+from .mapping import PairPlan, mapping_difficulty, md_rows, pair_plan
+from .moments import QUANTILES, central_moments_rows, degenerate, quantiles_sorted, shape_stats
+from .rows import as_block, available_threads, count_sorted_below, row_chunks, run_parallel, split_row_sums, to_rows
+from .wasserstein import (NormalSampler, NormalTables, Reference, normal_tables, w1_crossing_fix, w1_exact_sums,
+                          w1_sample_rows)
+
+__all__ = ["BLOCK_COLUMNS", "MOMENT_COLUMNS", "block_stats"]
+
+MOMENT_COLUMNS: tuple[str, ...] = (
+    ("n", "mean", "std", "skew", "kurtosis", "min", "max") + tuple(name for name, _ in QUANTILES)
+    + ("frac_neg", "mean_neg", "mean_pos")
+)
+BLOCK_COLUMNS: tuple[str, ...] = MOMENT_COLUMNS + ("w_dist", "w_dist_neg", "w_dist_pos")
+_PROBS = tuple(p for _, p in QUANTILES)
+
+
+def block_stats(x: np.ndarray, *, reference: Reference = "exact", sampler: NormalSampler | None = None,
+                pairs: tuple[np.ndarray, np.ndarray] | None = None, d_in: np.ndarray | None = None,
+                threads: int | None = None) -> dict[str, np.ndarray]:
+    """Statistics of each column (neuron) of an ``(n_tokens, k)`` float block, keyed by ``BLOCK_COLUMNS``.
+
+    Every array has length k: ``n`` is int64, the rest float64. ``reference="sample"`` needs a ``sampler``, which
+    is asked for ``(k, n_tokens)`` draws (so call blocks in neuron order). Values must be finite. A column that is
+    constant gets std 0 (to rounding) and NaN skew, kurtosis and distances. With ``pairs=(a, b)`` (token indices)
+    and ``d_in``, the result also has ``md``, equal to ``mapping_difficulty(x[a], x[b], d_in)`` but cheaper.
+    ``threads`` defaults to the cores available to the process.
+    """
+    x = as_block(x)
+    n, k = x.shape
+    if reference not in ("exact", "sample"):
+        raise NegdbError(f"reference must be 'exact' or 'sample', got {reference!r}")
+    if reference == "sample" and sampler is None:
+        raise NegdbError("reference='sample' needs a NormalSampler (seed, layer) for reproducible draws")
+    threads = available_threads() if threads is None else max(1, int(threads))
+    plan = None if pairs is None else pair_plan(pairs, d_in, n)
+
+    out = {name: np.empty(k, dtype=np.float64) for name in BLOCK_COLUMNS}
+    out["n"] = np.full(k, n, dtype=np.int64)
+    if plan is not None:
+        out["md"] = np.full(k, np.nan)
+    if k == 0:
+        return out
+    if plan is not None and plan.order is None:  # pairs that share tokens: gather them the plain way
+        out["md"] = mapping_difficulty(x[plan.a], x[plan.b], plan.d_in, threads=threads)
+        plan = None
+    rows = to_rows(x, np.float64 if x.dtype == np.float64 else np.float32, threads,
+                   order=None if plan is None else plan.order)
+    y = sampler.draw(k, n) if reference == "sample" else None  # type: ignore[union-attr]
+    tables = normal_tables(n) if reference == "exact" else None
+    run_parallel(lambda s: _part(rows[s], None if y is None else y[s], tables, plan, out, s), _spans(k, threads),
+                 threads)
+    return out
+
+
+def _spans(k: int, parts: int) -> list[slice]:
+    """``parts`` contiguous row ranges (one per thread), each a whole number of chunks where possible."""
+    step = -(-k // max(1, parts))
+    return [slice(r0, min(r0 + step, k)) for r0 in range(0, k, step)]
+
+
+def _part(xs: np.ndarray, y: np.ndarray | None, tables: NormalTables | None, plan: PairPlan | None,
+          out: dict[str, np.ndarray], s: slice) -> None:
+    """All statistics of the rows ``xs`` (sorted here, in place) into ``out[...][s]``.
+
+    Per-row work (sort, counts, quantiles, the crossing fix-up) runs once on the whole part; the passes over
+    every value run chunk by chunk on float64 buffers that stay in cache.
+    """
+    r, n = xs.shape
+    chunks = row_chunks(r, n)
+    rmax = chunks[0].stop - chunks[0].start
+    if plan is not None:  # before the sort: row[:P] are the a tokens, row[P:2P] the b tokens
+        p = len(plan.w)
+        diff = np.empty((rmax, p), dtype=np.float64)
+        md = out["md"][s]
+        for c in chunks:
+            d = diff[:c.stop - c.start]
+            np.copyto(d, xs[c, :p])
+            np.subtract(d, xs[c, p:2 * p], out=d)
+            md[c] = md_rows(np.abs(d, out=d), plan.w)
+    xs.sort(axis=1)
+    if not (np.isfinite(xs[:, 0]).all() and np.isfinite(xs[:, -1]).all()):
+        raise NegdbError("pre-activations contain NaN or infinite values; statistics need finite values")
+    n_neg = count_sorted_below(xs, 0.0)
+    n_pos = n - count_sorted_below(xs, 0.0, inclusive=True)
+
+    mean, m2, m3, m4 = (np.empty(r) for _ in range(4))
+    sum_neg, sum_rest, inv_std, w_neg, w_pos = (np.empty(r) for _ in range(5))
+    cands: list[np.ndarray] = []
+    cand_abs: list[np.ndarray] = []
+    buf = np.empty((rmax, n), dtype=np.float64)
+    sq = np.empty((rmax, n), dtype=np.float64)
+    mask = np.empty((rmax, n), dtype=bool)
+    for c in chunks:
+        b = buf[:c.stop - c.start]
+        np.copyto(b, xs[c])
+        sum_neg[c], sum_rest[c] = split_row_sums(b, n_neg[c])  # zeros add nothing: sum_rest is the sum over x > 0
+        mean[c] = (sum_neg[c] + sum_rest[c]) / n
+        np.subtract(b, mean[c, None], out=b)
+        m2[c], m3[c], m4[c] = central_moments_rows(b, sq[:c.stop - c.start])
+        inv_std[c] = np.divide(1.0, np.sqrt(m2[c]), out=np.zeros(c.stop - c.start), where=~degenerate(mean[c], m2[c]))
+        if y is None:
+            w_neg[c], w_pos[c], pos, vals = w1_exact_sums(b, inv_std[c], n_neg[c], tables, mask[:c.stop - c.start])
+            cands.append(pos + c.start * n)
+            cand_abs.append(vals)
+        else:
+            w_neg[c], w_pos[c] = w1_sample_rows(b, inv_std[c], np.sort(y[c], axis=1), n_neg[c])
+    if y is None:
+        fix_neg, fix_pos = w1_crossing_fix(xs, mean, inv_std, n_neg, tables, np.concatenate(cands),
+                                           np.concatenate(cand_abs))
+        w_neg += fix_neg
+        w_pos += fix_pos
+    bad = inv_std == 0.0
+    w_neg[bad] = w_pos[bad] = np.nan
+
+    std, _, skew, kurt = shape_stats(mean, m2, m3, m4)
+    out["mean"][s] = mean
+    out["std"][s] = std
+    out["skew"][s] = skew
+    out["kurtosis"][s] = kurt
+    out["min"][s] = xs[:, 0]
+    out["max"][s] = xs[:, -1]
+    for (name, _), values in zip(QUANTILES, quantiles_sorted(xs, _PROBS)):
+        out[name][s] = values
+    out["frac_neg"][s] = n_neg / n
+    out["mean_neg"][s] = np.divide(sum_neg, n_neg, out=np.full(r, np.nan), where=n_neg > 0)
+    out["mean_pos"][s] = np.divide(sum_rest, n_pos, out=np.full(r, np.nan), where=n_pos > 0)
+    out["w_dist"][s] = w_neg + w_pos
+    out["w_dist_neg"][s] = w_neg
+    out["w_dist_pos"][s] = w_pos

@@ -1,0 +1,44 @@
+"""Shared helpers of the ingest tests: run the CLI in-process or as a subprocess, read a store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+from click.testing import CliRunner
+
+import negdb
+from negdb.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--tokens", "512", "--seq-len", "32", "--md-pairs", "100", "--quiet"]
+
+
+def cli(store: Path, *args: str, env: dict[str, str] | None = None):
+    """Run ``negdb --store STORE ARGS`` in-process; returns the click Result."""
+    return CliRunner().invoke(main, ["--store", str(store), *args], env=env, catch_exceptions=False)
+
+
+def cli_subprocess(store: Path, *args: str, env: dict[str, str] | None = None,
+                   wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    """Run the negdb CLI in a fresh Python process (for kill -9 and concurrency tests)."""
+    cmd = [sys.executable, "-m", "negdb.cli", "--store", str(store), *args]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
+
+
+def stats_frame(store: Path) -> pl.DataFrame:
+    """neuron_stats without the run id, in key order (for comparing two stores)."""
+    with negdb.connect(str(store)) as cat:
+        df = cat.sql("SELECT * EXCLUDE (run_id) FROM neuron_stats ORDER BY model_id, revision, layer, neuron")
+    return df
+
+
+def store_files(store: Path) -> list[str]:
+    """Every file under ``store`` except lock files (relative paths, sorted)."""
+    return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file() and "locks" not in p.parts)

@@ -1,0 +1,114 @@
+"""The store's building blocks: atomic segments, locks, the catalog snapshot, layer/activation specs."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from negdb.errors import NegdbError
+from negdb.ingest.plan import parse_activations, parse_layers
+from negdb.store.catalog import Catalog
+from negdb.store.layout import StoreLayout, safe_key
+from negdb.store.locks import exclusive_lock
+from negdb.store.segments import atomic_write_bytes, list_segments, write_segment
+from negdb.store.tables import MODELS, all_tables
+
+
+def test_segment_exclusive_first_writer_wins(tmp_path: Path) -> None:
+    path = tmp_path / "t" / "a.parquet"
+    assert write_segment(path, pa.table({"x": [1]}))
+    assert not write_segment(path, pa.table({"x": [2]}))
+    assert Catalog(tmp_path).con.execute(f"SELECT x FROM '{path}'").fetchall() == [(1,)]
+    assert write_segment(path, pa.table({"x": [3]}), exclusive=False)
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".partial")]
+
+
+def test_failed_write_leaves_no_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet as pq
+
+    def boom(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", boom)
+    with pytest.raises(NegdbError, match="disk is full"):
+        write_segment(tmp_path / "t" / "a.parquet", pa.table({"x": [1]}))
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_catalog_lists_only_published_segments(tmp_path: Path) -> None:
+    layout = StoreLayout(tmp_path).init()
+    cat = Catalog(tmp_path)
+    for table in all_tables():  # empty views with the right columns
+        cols = [r[0] for r in cat.con.execute(f"DESCRIBE {table.name}").fetchall()]
+        assert cols == [c for c, _, _ in table.columns]
+    (layout.table_dir("models")).mkdir(parents=True)
+    (layout.table_dir("models") / ".x.parquet.abc.partial").write_bytes(b"garbage")
+    write_segment(layout.table_dir("models") / "m.parquet", MODELS.from_rows([{"model_id": "m1", "n_layers": 2}]))
+    assert cat.sql("SELECT count(*) AS n FROM models")["n"][0] == 0  # the snapshot predates it
+    cat.refresh()
+    assert cat.sql("SELECT model_id, n_layers FROM models").rows() == [("m1", 2)]
+    assert len(list_segments(layout.table_dir("models"))) == 1
+
+
+def test_store_marker_rejects_other_format(tmp_path: Path) -> None:
+    atomic_write_bytes(tmp_path / "negdb.json", b'{"format": 99}')
+    with pytest.raises(NegdbError, match="format 99"):
+        StoreLayout(tmp_path).init()
+
+
+def test_safe_key_is_injective_for_unsafe_names() -> None:
+    assert safe_key("pythia-70m") == "pythia-70m"
+    assert safe_key("/a/b") != safe_key("/a_b")
+    assert "/" not in safe_key("EleutherAI/pythia-70m")
+
+
+def _hold(path: str, seconds: float) -> None:
+    with exclusive_lock(Path(path)):
+        time.sleep(seconds)
+
+
+def test_lock_excludes_other_processes_and_dies_with_them(tmp_path: Path) -> None:
+    lock = tmp_path / "l.lock"
+    proc = mp.get_context("spawn").Process(target=_hold, args=(str(lock), 30))
+    proc.start()
+    deadline = time.time() + 20
+    while time.time() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
+        time.sleep(0.05)
+    fd = os.open(lock, os.O_RDWR)
+    with pytest.raises(BlockingIOError):  # held by the other process
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+    os.kill(proc.pid, 9)  # killed holder: the OS releases the lock
+    proc.join()
+    waited: list[str] = []
+    with exclusive_lock(lock, on_wait=waited.append):
+        pass
+    assert waited == []
+
+
+@pytest.mark.parametrize(("spec", "expected"), [("all", [0, 1, 2, 3]), ("0-1,3", [0, 1, 3]), ("-1", [3]),
+                                                ("2", [2])])
+def test_parse_layers(spec: str, expected: list[int]) -> None:
+    assert parse_layers(spec, 4) == expected
+
+
+@pytest.mark.parametrize("spec", ["4", "x", "3-1", "", "1,,2"])
+def test_parse_layers_rejects(spec: str) -> None:
+    with pytest.raises(NegdbError):
+        parse_layers(spec, 4)
+
+
+def test_parse_activations() -> None:
+    assert parse_activations("none", [0, 1], 4) == []
+    assert parse_activations("layers=1", [0, 1], 4) == [1]
+    with pytest.raises(NegdbError, match="does not ingest"):
+        parse_activations("layers=3", [0, 1], 4)
+    with pytest.raises(NegdbError):
+        parse_activations("some", [0, 1], 4)
