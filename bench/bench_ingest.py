@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the negdb CLI does; applies to both (a) and (b)
 
 import numpy as np
 import torch
@@ -40,8 +43,10 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--compression", default="zstd", choices=["zstd", "none"])
     args = ap.parse_args()
-    opts = IngestOptions(model=args.model, tokens=args.tokens, seq_len=args.seq_len, device="cpu")
+    opts = IngestOptions(model=args.model, tokens=args.tokens, seq_len=args.seq_len, device="cpu",
+                         compression=args.compression)
     source = registry.resolve(opts.model)
     ckpt = checkpoints.select(source, "final")[0]
     lm = loading.load(source, ckpt, device="cpu")
@@ -60,7 +65,8 @@ def main() -> None:
     t_bare = (t_bare1 + t_bare2) / 2
     n = sl.n_tokens
     out = {
-        "model": source.model_id, "tokens": n, "layers": lm.n_layers, "d_mlp": lm.d_mlp,
+        "model": source.model_id, "tokens": n, "compression": opts.compression,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "layers": lm.n_layers, "d_mlp": lm.d_mlp,
         "batch_windows": wpb, "seq_len": opts.seq_len, "threads": torch.get_num_threads(),
         "bare_forward_tok_s": round(n / t_bare, 1), "bare_forward_s": [round(t_bare1, 2), round(t_bare2, 2)],
         "ingest_stream_tok_s": round(n / timings["stream_s"], 1),

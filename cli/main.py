@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-import click
+# torch's OpenMP threads otherwise spin between parallel regions and starve negdb's writer thread
+# (measured in bench/RESULTS.md); must be set before torch is imported. An explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from negdb.errors import NegdbError
+import click  # noqa: E402
+
+from negdb.errors import NegdbError  # noqa: E402
 
 
 class _Group(click.Group):

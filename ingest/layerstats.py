@@ -10,7 +10,7 @@ import zarr
 
 from negdb.ingest.plan import StatSpec
 from negdb.stats.compute import block_stats
-from negdb.stats.mapping import input_distances, mapping_difficulty, percentile_rank
+from negdb.stats.mapping import input_distances, percentile_rank
 from negdb.stats.schema import NEURON_STATS
 from negdb.stats.wasserstein import NormalSampler
 from negdb.store.arrays import CHUNK_COLS
@@ -51,8 +51,8 @@ def layer_stats(preact: zarr.Array, inputs: zarr.Array, pairs: PairPlan, spec: S
     parts: dict[str, list[np.ndarray]] = {}
     for c0 in range(0, d_mlp, k):
         x = np.asarray(preact[:, c0:c0 + k], dtype=np.float32)
-        cols = block_stats(x, reference=spec.w_reference, sampler=sampler)  # type: ignore[arg-type]
-        cols["md"] = mapping_difficulty(x[pairs.a], x[pairs.b], d_in)
+        cols = block_stats(x, reference=spec.w_reference, sampler=sampler,  # type: ignore[arg-type]
+                           pairs=(pairs.a, pairs.b), d_in=d_in)
         for name, values in cols.items():
             parts.setdefault(name, []).append(np.asarray(values))
     data = {name: np.concatenate(v) for name, v in parts.items()}

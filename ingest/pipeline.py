@@ -184,7 +184,7 @@ def _run_job(opts: IngestOptions, layout: StoreLayout, lm, source, ckpt, sl: Tok
         put_vector(group.require_group("md").require_group(md_key), "pairs", np.stack([a, b], axis=1))
     wpb = batch_windows(opts, d_mlp=lm.d_mlp, n_layers=len(state.layers), n_windows=sl.n_windows)
     plan = StreamPlan(layers=state.layers, windows_per_batch=wpb, store_dtype=opts.store_dtype,
-                      md_rows=pairs.md_rows, md_key=md_key)
+                      compression=opts.compression, md_rows=pairs.md_rows, md_key=md_key)
     done_tokens = min(state.batches_done * wpb * sl.seq_len, sl.n_tokens)
     overall.update(done_tokens)
     with tqdm(total=sl.n_tokens, initial=done_tokens, unit="tok", unit_scale=True, desc=label, leave=False,

@@ -13,6 +13,7 @@ from negdb.store.layout import short_hash
 STORE_DTYPES = ("float16", "float32")
 _RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+))?$")
 W_REFERENCES = ("exact", "sample")
+COMPRESSIONS = ("zstd", "none")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class IngestOptions:
     device: str = "auto"
     dtype: str = "float32"
     store_dtype: str = "float16"
+    compression: str = "zstd"
     batch_tokens: int | None = None
     bos: bool = False
     mem_budget_mb: int = 1024
@@ -44,6 +46,8 @@ class IngestOptions:
             raise NegdbError(f"--w-reference must be one of {', '.join(W_REFERENCES)}")
         if self.store_dtype not in STORE_DTYPES:
             raise NegdbError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}")
+        if self.compression not in COMPRESSIONS:
+            raise NegdbError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
         if self.md_pairs < 1:
             raise NegdbError("--md-pairs must be at least 1")
         if self.mem_budget_mb < 64:

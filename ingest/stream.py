@@ -25,6 +25,7 @@ class StreamPlan:
     layers: list[int]
     windows_per_batch: int
     store_dtype: str
+    compression: str
     md_rows: np.ndarray  # sorted flat token indices whose MLP input is stored
     md_key: str  # sub-group of the MLP inputs (depends on the md pairs)
 
@@ -33,7 +34,7 @@ def _prepare(group: zarr.Group, plan: StreamPlan, *, n_tokens: int, seq_len: int
              d_model: int) -> tuple[dict[int, zarr.Array], dict[int, zarr.Array]]:
     shard_rows = plan.windows_per_batch * seq_len
     preacts = {l: create_preact(group, l, n_tokens=n_tokens, d_mlp=d_mlp, shard_rows=shard_rows,
-                                dtype=plan.store_dtype) for l in plan.layers}
+                                dtype=plan.store_dtype, compression=plan.compression) for l in plan.layers}
     inputs = {l: create_rows(group, f"md/{plan.md_key}/{layer_name(l)}", n_rows=len(plan.md_rows),
                              n_cols=d_model, dtype="float16") for l in plan.layers}
     return preacts, inputs

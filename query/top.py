@@ -17,8 +17,8 @@ ORDER BY layer, w_dist DESC
 """
 
 LATEST_SQL = """
-SELECT model_id, revision, slice_id, spec_id FROM neuron_stats n
-JOIN runs r USING (run_id)
+SELECT n.model_id, n.revision, n.slice_id, n.spec_id FROM neuron_stats n
+JOIN runs r ON r.run_id = n.run_id
 WHERE (? IS NULL OR n.model_id = ?) AND (? IS NULL OR n.revision = ?)
 ORDER BY r.updated_at DESC LIMIT 1
 """

@@ -1,9 +1,10 @@
 """Every per-neuron statistic of a column block, from one sort of each neuron's values.
 
-``block_stats`` transposes the ``(n_tokens, k)`` block once into contiguous rows (float32), then works through
-cache-sized chunks of rows: sort in place, moments on a float64 copy, quantiles and sign counts from the sorted
-row, and W1 on the same float64 buffer. Chunks run on ``threads`` threads (numpy releases the GIL in sorts and
-ufunc loops). No per-neuron Python loop.
+``block_stats`` transposes the ``(n_tokens, k)`` block once into contiguous rows (float32) and sorts every row
+in place, once. Everything else derives from the sorted rows: min, max, quantiles and sign counts by indexing;
+moments and W1 in cache-sized chunks of rows on one float64 buffer (copy, centre, moments, then scale and the W1
+pass). The rows are split into one part per thread (numpy releases the GIL in sorts and ufunc loops). There is
+no per-neuron Python loop apart from one ``searchsorted`` call per row.
 
 Given the token ``pairs`` of mapping difficulty, the transpose puts the tokens in the order (a, b, rest), so the
 pair values of each neuron are two contiguous slices of its row before the sort: ``md`` then costs no gather
@@ -18,7 +19,7 @@ from negdb.errors import NegdbError
 
 from .mapping import PairPlan, mapping_difficulty, md_rows, pair_plan
 from .moments import QUANTILES, central_moments_rows, degenerate, quantiles_sorted, shape_stats
-from .rows import as_block, available_threads, count_sorted_below, row_chunks, run_parallel, split_row_sums, to_rows
+from .rows import RowSplit, as_block, available_threads, row_chunks, run_parallel, sign_counts, to_rows
 from .wasserstein import (NormalSampler, NormalTables, Reference, normal_tables, w1_crossing_fix, w1_exact_sums,
                           w1_sample_rows)
 
@@ -71,7 +72,7 @@ def block_stats(x: np.ndarray, *, reference: Reference = "exact", sampler: Norma
 
 
 def _spans(k: int, parts: int) -> list[slice]:
-    """``parts`` contiguous row ranges (one per thread), each a whole number of chunks where possible."""
+    """``parts`` contiguous row ranges (one per thread)."""
     step = -(-k // max(1, parts))
     return [slice(r0, min(r0 + step, k)) for r0 in range(0, k, step)]
 
@@ -80,13 +81,13 @@ def _part(xs: np.ndarray, y: np.ndarray | None, tables: NormalTables | None, pla
           out: dict[str, np.ndarray], s: slice) -> None:
     """All statistics of the rows ``xs`` (sorted here, in place) into ``out[...][s]``.
 
-    Per-row work (sort, counts, quantiles, the crossing fix-up) runs once on the whole part; the passes over
-    every value run chunk by chunk on float64 buffers that stay in cache.
+    Per-row work (the sort, sign counts, quantiles, the crossing fix-up) runs once on the whole part, in few
+    large calls; the passes over every value run chunk by chunk on float64 buffers that stay in cache.
     """
     r, n = xs.shape
     chunks = row_chunks(r, n)
     rmax = chunks[0].stop - chunks[0].start
-    if plan is not None:  # before the sort: row[:P] are the a tokens, row[P:2P] the b tokens
+    if plan is not None:  # before the sort: row[:P] holds the a tokens, row[P:2P] the b tokens
         p = len(plan.w)
         diff = np.empty((rmax, p), dtype=np.float64)
         md = out["md"][s]
@@ -98,30 +99,30 @@ def _part(xs: np.ndarray, y: np.ndarray | None, tables: NormalTables | None, pla
     xs.sort(axis=1)
     if not (np.isfinite(xs[:, 0]).all() and np.isfinite(xs[:, -1]).all()):
         raise NegdbError("pre-activations contain NaN or infinite values; statistics need finite values")
-    n_neg = count_sorted_below(xs, 0.0)
-    n_pos = n - count_sorted_below(xs, 0.0, inclusive=True)
+    n_neg, n_le = sign_counts(xs)
 
-    mean, m2, m3, m4 = (np.empty(r) for _ in range(4))
-    sum_neg, sum_rest, inv_std, w_neg, w_pos = (np.empty(r) for _ in range(5))
+    sum_neg, sum_rest, mean, m2, m3, m4, inv_std, w_neg, w_pos = np.empty((9, r))
     cands: list[np.ndarray] = []
     cand_abs: list[np.ndarray] = []
     buf = np.empty((rmax, n), dtype=np.float64)
     sq = np.empty((rmax, n), dtype=np.float64)
     mask = np.empty((rmax, n), dtype=bool)
     for c in chunks:
-        b = buf[:c.stop - c.start]
+        rc = c.stop - c.start
+        b = buf[:rc]
+        split = RowSplit(n_neg[c], n)
         np.copyto(b, xs[c])
-        sum_neg[c], sum_rest[c] = split_row_sums(b, n_neg[c])  # zeros add nothing: sum_rest is the sum over x > 0
-        mean[c] = (sum_neg[c] + sum_rest[c]) / n
-        np.subtract(b, mean[c, None], out=b)
-        m2[c], m3[c], m4[c] = central_moments_rows(b, sq[:c.stop - c.start])
-        inv_std[c] = np.divide(1.0, np.sqrt(m2[c]), out=np.zeros(c.stop - c.start), where=~degenerate(mean[c], m2[c]))
+        sum_neg[c], sum_rest[c] = split.sums(b)  # zeros add nothing, so sum_rest is the sum over x > 0
+        mu = mean[c] = (sum_neg[c] + sum_rest[c]) / n
+        np.subtract(b, mu[:, None], out=b)
+        m2[c], m3[c], m4[c] = central_moments_rows(b, sq[:rc])
+        inv = inv_std[c] = np.divide(1.0, np.sqrt(m2[c]), out=np.zeros(rc), where=~degenerate(mu, m2[c]))
         if y is None:
-            w_neg[c], w_pos[c], pos, vals = w1_exact_sums(b, inv_std[c], n_neg[c], tables, mask[:c.stop - c.start])
+            w_neg[c], w_pos[c], pos, vals = w1_exact_sums(b, inv, n_neg[c], tables, mask[:rc], split)
             cands.append(pos + c.start * n)
             cand_abs.append(vals)
         else:
-            w_neg[c], w_pos[c] = w1_sample_rows(b, inv_std[c], np.sort(y[c], axis=1), n_neg[c])
+            w_neg[c], w_pos[c] = w1_sample_rows(b, inv, np.sort(y[c], axis=1), n_neg[c], split)
     if y is None:
         fix_neg, fix_pos = w1_crossing_fix(xs, mean, inv_std, n_neg, tables, np.concatenate(cands),
                                            np.concatenate(cand_abs))
@@ -139,6 +140,7 @@ def _part(xs: np.ndarray, y: np.ndarray | None, tables: NormalTables | None, pla
     out["max"][s] = xs[:, -1]
     for (name, _), values in zip(QUANTILES, quantiles_sorted(xs, _PROBS)):
         out[name][s] = values
+    n_pos = n - n_le
     out["frac_neg"][s] = n_neg / n
     out["mean_neg"][s] = np.divide(sum_neg, n_neg, out=np.full(r, np.nan), where=n_neg > 0)
     out["mean_pos"][s] = np.divide(sum_rest, n_pos, out=np.full(r, np.nan), where=n_pos > 0)

@@ -17,7 +17,7 @@ __all__ = ["QUANTILES", "central_moments_rows", "column_moments", "degenerate", 
 QUANTILES: tuple[tuple[str, float], ...] = (
     ("q01", 0.01), ("q05", 0.05), ("q25", 0.25), ("q50", 0.50), ("q75", 0.75), ("q95", 0.95), ("q99", 0.99),
 )
-_RESOLUTION = np.finfo(np.float64).resolution  # scipy's "m2 is zero" threshold: m2 <= (resolution * mean)^2
+_EPS = np.finfo(np.float64).eps  # scipy.stats.skew / kurtosis treat m2 <= (eps * mean)^2 as zero
 
 
 def quantiles_sorted(rows: np.ndarray, probs: tuple[float, ...] | np.ndarray) -> np.ndarray:
@@ -48,7 +48,7 @@ def central_moments_rows(buf: np.ndarray, sq: np.ndarray | None = None) -> tuple
 
 def degenerate(mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
     """Rows whose variance is zero to within rounding of the mean (constant columns), as scipy decides."""
-    return m2 <= (_RESOLUTION * mean) ** 2
+    return m2 <= (_EPS * mean) ** 2
 
 
 def shape_stats(mean: np.ndarray, m2: np.ndarray, m3: np.ndarray,

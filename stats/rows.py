@@ -2,9 +2,9 @@
 
 Everything in negdb.stats works on *rows* (one neuron per row, tokens along the last axis) because numpy
 sorts and reduces contiguous rows fastest. ``to_rows`` makes that layout with a tiled transpose (a plain
-``x.T.copy()`` walks memory with a huge stride and is ~10x slower); ``row_chunks`` cuts the rows into pieces
+``x.T.copy()`` walks memory with a huge stride and is ~9x slower); ``row_chunks`` cuts the rows into pieces
 whose float64 working copies fit in the L2 cache; ``run_parallel`` spreads independent pieces over threads
-(numpy releases the GIL inside its loops, so two cores give close to twice the speed).
+(numpy releases the GIL inside sorts and ufunc loops).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import numpy as np
 
 from negdb.errors import NegdbError
 
-__all__ = ["as_block", "available_threads", "count_sorted_below", "row_chunks", "row_dot", "run_parallel",
-           "split_row_sums", "to_rows"]
+__all__ = ["RowSplit", "as_block", "available_threads", "row_chunks", "row_dot", "run_parallel",
+           "sign_counts", "split_row_sums", "to_rows"]
 
 T = TypeVar("T")
 
 _TILE = 64  # tokens per transpose tile: 64 x k float32 stays in L1/L2 while it is written out transposed
-_CHUNK_BYTES = 1 << 20  # float64 working bytes per row chunk (two such buffers fit a 2 MiB L2)
+_CHUNK_BYTES = 1 << 19  # float64 working bytes per row chunk (buffers of a chunk stay well inside a 2 MiB L2)
 _DOT_SEGMENT = 8192  # OpenBLAS hands a dot product of more than 10,000 values to its thread pool
 
 
@@ -67,9 +67,9 @@ def to_rows(x: np.ndarray, dtype: type = np.float32, threads: int = 1, order: np
     return out
 
 
-def row_chunks(k: int, n: int, itemsize: int = 8, budget: int = _CHUNK_BYTES) -> list[slice]:
+def row_chunks(k: int, n: int, itemsize: int = 8, budget: int | None = None) -> list[slice]:
     """Consecutive row slices covering ``range(k)``, each about ``budget`` bytes at ``itemsize`` per value."""
-    step = max(1, budget // max(1, n * itemsize))
+    step = max(1, (budget or _CHUNK_BYTES) // max(1, n * itemsize))
     return [slice(r0, min(r0 + step, k)) for r0 in range(0, k, step)]
 
 
@@ -97,58 +97,64 @@ def row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per row, the dot product of ``a`` and ``b`` (``(r, n)``, or ``b`` of shape ``(n,)``), single-threaded.
 
     ``np.vecdot`` calls BLAS ``ddot`` per row; OpenBLAS wakes its thread pool for every call longer than 10,000
-    values, which costs far more than the sum itself (and spins on the other cores afterwards). Summing segments
-    of at most 8192 values keeps each call on the calling thread.
+    values, which costs far more than the sum itself (and spins on the other cores afterwards). Rows are summed
+    in segments of at most 8192 values so that each call stays on the calling thread.
     """
     n = a.shape[-1]
+    if n <= _DOT_SEGMENT:
+        return np.vecdot(a, b)
+    m = -(-n // _DOT_SEGMENT)
+    if n % m == 0 and a.ndim == 2 and a.flags.c_contiguous and b.shape == a.shape and b.flags.c_contiguous:
+        r = a.shape[0]
+        return np.vecdot(a.reshape(r * m, n // m), b.reshape(r * m, n // m)).reshape(r, m).sum(axis=1)
     total = np.vecdot(a[..., :_DOT_SEGMENT], b[..., :_DOT_SEGMENT])
     for s0 in range(_DOT_SEGMENT, n, _DOT_SEGMENT):
         total += np.vecdot(a[..., s0:s0 + _DOT_SEGMENT], b[..., s0:s0 + _DOT_SEGMENT])
     return total
 
 
-def count_sorted_below(rows: np.ndarray, value: float = 0.0, inclusive: bool = False) -> np.ndarray:
-    """Per row of ascending-sorted ``rows``, how many entries are ``< value`` (``<= value`` if inclusive).
+def sign_counts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per ascending-sorted row: how many values are < 0 and how many are <= 0 (two binary searches per row)."""
+    k = rows.shape[0]
+    # the smallest positive value of the dtype: "< it" means "<= 0" for values of that dtype
+    probes = np.array([0.0, np.finfo(rows.dtype).smallest_subnormal], dtype=rows.dtype)
+    counts = np.empty((k, 2), dtype=np.int64)
+    for i in range(k):  # one C call per row; a vectorised bisection costs ~15 calls per chunk of rows
+        counts[i] = np.searchsorted(rows[i], probes)
+    return counts[:, 0], counts[:, 1]
 
-    A binary search run on all rows at once: about log2(n) gathers of one value per row.
+
+class RowSplit:
+    """Cut points for summing ``row[:split]`` and ``row[split:]`` of every row of ``(r, n)`` buffers in one pass.
+
+    Built once per set of rows, then ``sums(buf)`` costs one ``np.add.reduceat`` per buffer.
     """
-    k, n = rows.shape
-    lo = np.zeros(k, dtype=np.int64)
-    hi = np.full(k, n, dtype=np.int64)
-    r = np.arange(k)
-    while True:
-        active = lo < hi
-        if not active.any():
-            return lo
-        mid = (lo + hi) // 2
-        v = rows[r, np.minimum(mid, n - 1)]
-        below = (v <= value) if inclusive else (v < value)
-        go_right = active & below
-        lo = np.where(go_right, mid + 1, lo)
-        hi = np.where(active & ~below, mid, hi)
+
+    def __init__(self, split: np.ndarray, n: int) -> None:
+        self.split = np.asarray(split, dtype=np.int64)
+        self.n = n
+        r = len(self.split)
+        self.idx = np.empty(2 * r, dtype=np.int64)
+        self.idx[0::2] = np.arange(r, dtype=np.int64) * n
+        self.idx[1::2] = self.idx[0::2] + np.minimum(self.split, n - 1)  # indices must be < size: fixed below
+        self.empty = self.split <= 0
+        self.full = self.split >= n
+        self.edges = bool(self.empty.any() or self.full.any())
+
+    def sums(self, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sum of row[:split], sum of row[split:]) per row of the C-contiguous ``buf``."""
+        if self.n == 1:
+            v = buf[:, 0]
+            return np.where(self.empty, 0.0, v), np.where(self.empty, v, 0.0)
+        s = np.add.reduceat(buf.reshape(-1), self.idx)
+        left, right = s[0::2], s[1::2]
+        if self.edges:
+            left[self.empty] = 0.0  # reduceat gives flat[i], not 0, for an empty segment [i, i)
+            left[self.full] += right[self.full]  # split == n was cut at n - 1: the last value went right
+            right[self.full] = 0.0
+        return left, right
 
 
 def split_row_sums(buf: np.ndarray, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the sum of ``buf[r, :split[r]]`` and of ``buf[r, split[r]:]`` (one pass, ``np.add.reduceat``).
-
-    ``buf`` is C-contiguous ``(k, n)`` with n >= 1; ``0 <= split <= n``.
-    """
-    k, n = buf.shape
-    if n == 1:
-        v = buf[:, 0]
-        return np.where(split > 0, v, 0.0), np.where(split > 0, 0.0, v)
-    flat = buf.reshape(-1)
-    starts = np.arange(k, dtype=np.int64) * n
-    cut = np.minimum(split, n - 1)  # reduceat needs indices < size; split == n is repaired below
-    idx = np.empty(2 * k, dtype=np.int64)
-    idx[0::2] = starts
-    idx[1::2] = starts + cut
-    sums = np.add.reduceat(flat, idx)
-    left, right = sums[0::2].copy(), sums[1::2].copy()
-    # reduceat gives flat[i] (not 0) for an empty segment [i, i): split == 0 means nothing on the left
-    left[split == 0] = 0.0
-    full = split >= n  # the last value was counted on the right
-    if full.any():
-        left[full] += right[full]
-        right[full] = 0.0
-    return left, right
+    """Per row, the sum of ``buf[r, :split[r]]`` and of ``buf[r, split[r]:]`` (``0 <= split <= n``)."""
+    return RowSplit(split, buf.shape[1]).sums(buf)

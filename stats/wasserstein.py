@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from .rows import split_row_sums
+from .rows import RowSplit
 
 __all__ = ["NormalSampler", "NormalTables", "Reference", "normal_tables", "w1_crossing_fix", "w1_exact_rows",
            "w1_exact_sums", "w1_sample_rows", "wasserstein_to_normal"]
@@ -109,11 +109,12 @@ def w1_exact_rows(buf: np.ndarray, rows: np.ndarray, mean: np.ndarray, inv_std: 
 
 
 def w1_exact_sums(buf: np.ndarray, inv_std: np.ndarray, n_neg: np.ndarray, tables: NormalTables,
-                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  mask: np.ndarray | None = None,
+                  split: RowSplit | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The vectorised pass of ``w1_exact_rows``: sums of |c/n - D_i| split by sign, and the crossing candidates.
 
     Returns (neg sums, non-negative sums, flat positions of candidate intervals, their |c/n - D_i|); the sums are
-    exact once ``w1_crossing_fix`` has replaced the candidates' terms.
+    exact once ``w1_crossing_fix`` has replaced the candidates' terms. ``split`` may pass ``RowSplit(n_neg, n)``.
     """
     r, n = buf.shape
     np.multiply(buf, (inv_std / n)[:, None], out=buf)  # z / n
@@ -124,7 +125,7 @@ def w1_exact_sums(buf: np.ndarray, inv_std: np.ndarray, n_neg: np.ndarray, table
     np.less(buf, tables.reach, out=mask)
     cand = np.flatnonzero(mask)  # few: O(sqrt n) per neuron
     cand_abs = buf.reshape(-1)[cand]
-    neg, pos = split_row_sums(buf, n_neg)
+    neg, pos = (split or RowSplit(n_neg, n)).sums(buf)
     return neg, pos, cand, cand_abs
 
 
@@ -152,8 +153,8 @@ def w1_crossing_fix(rows: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, n_n
     return fix_neg, fix_pos
 
 
-def w1_sample_rows(buf: np.ndarray, inv_std: np.ndarray, y_sorted: np.ndarray,
-                   n_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def w1_sample_rows(buf: np.ndarray, inv_std: np.ndarray, y_sorted: np.ndarray, n_neg: np.ndarray,
+                   split: RowSplit | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sample-reference W1 (mean |z_(i) - y_(i)|) of ``r`` neurons, split like ``w1_exact_rows``.
 
     ``buf`` holds the centred sorted values (overwritten); ``y_sorted`` is ``(r, n)``, each row sorted.
@@ -162,7 +163,7 @@ def w1_sample_rows(buf: np.ndarray, inv_std: np.ndarray, y_sorted: np.ndarray,
     np.multiply(buf, inv_std[:, None], out=buf)
     np.subtract(buf, y_sorted, out=buf)
     np.abs(buf, out=buf)
-    neg_part, pos_part = split_row_sums(buf, n_neg)
+    neg_part, pos_part = (split or RowSplit(n_neg, n)).sums(buf)
     return neg_part / n, pos_part / n
 
 

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import ZstdCodec
 
 CHUNK_COLS = 64
 ROW_CHUNK = 4096
 
 
-def _compressor() -> BloscCodec:
-    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+def _compressor(compression: str = "zstd") -> ZstdCodec | None:
+    """zstd level 1: float16 activations shrink ~10% (LZ4 gains nothing); ``none`` writes fastest."""
+    return ZstdCodec(level=1) if compression == "zstd" else None
 
 
 def layer_name(layer: int) -> str:
@@ -29,7 +30,7 @@ def layer_name(layer: int) -> str:
 
 
 def create_preact(group: zarr.Group, layer: int, *, n_tokens: int, d_mlp: int, shard_rows: int,
-                  dtype: str) -> zarr.Array:
+                  dtype: str, compression: str = "zstd") -> zarr.Array:
     """Create (or open, when resuming) the pre-activation array of one layer."""
     sub = group.require_group("preact")
     name = layer_name(layer)
@@ -39,7 +40,7 @@ def create_preact(group: zarr.Group, layer: int, *, n_tokens: int, d_mlp: int, s
     return sub.create_array(
         name, shape=(n_tokens, d_mlp), dtype=dtype, shards=(shard_rows, d_mlp),
         chunks=(shard_rows, cols) if d_mlp % cols == 0 else (shard_rows, d_mlp),
-        compressors=_compressor(), fill_value=0, attributes={"layer": layer},
+        compressors=_compressor(compression), fill_value=0, attributes={"layer": layer},
     )
 
 
