@@ -10,7 +10,7 @@ import zarr
 
 from negdb.ingest.plan import StatSpec
 from negdb.stats.compute import block_stats
-from negdb.stats.mapping import input_distances, percentile_rank
+from negdb.stats.mapping import normalise_distances, percentile_rank
 from negdb.stats.schema import NEURON_STATS
 from negdb.stats.wasserstein import NormalSampler
 from negdb.store.arrays import CHUNK_COLS
@@ -30,9 +30,21 @@ class PairPlan:
         return np.searchsorted(self.md_rows, self.a), np.searchsorted(self.md_rows, self.b)
 
 
+def _input_distances(inputs: zarr.Array, pairs: PairPlan, block: int = 8192) -> np.ndarray:
+    """d_in of every pair from the stored float16 MLP inputs, in bounded blocks of pairs."""
+    h = inputs[:]
+    pos_a, pos_b = pairs.positions()
+    dist = np.empty(len(pos_a), dtype=np.float64)
+    for i in range(0, len(pos_a), block):
+        diff = h[pos_a[i:i + block]].astype(np.float32) - h[pos_b[i:i + block]].astype(np.float32)
+        dist[i:i + block] = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
+    return normalise_distances(dist)
+
+
 def block_columns(n_tokens: int, d_mlp: int, mem_budget_mb: int) -> int:
     """Neurons per block so that a block's working memory stays within the budget (independent of tokens)."""
-    k = max(1, (mem_budget_mb * 2**20) // (n_tokens * BYTES_PER_VALUE))
+    read_buffer = n_tokens * CHUNK_COLS * 2 * 2  # Zarr decodes whole 128-column inner chunks (float16)
+    k = max(1, (mem_budget_mb * 2**20 - read_buffer) // (n_tokens * BYTES_PER_VALUE))
     if k >= CHUNK_COLS:
         k -= k % CHUNK_COLS
     return min(k, d_mlp)
@@ -42,10 +54,7 @@ def layer_stats(preact: zarr.Array, inputs: zarr.Array, pairs: PairPlan, spec: S
                 mem_budget_mb: int) -> pa.Table:
     """All statistics of one layer as an Arrow table with columns ``neuron`` + negdb.stats.schema."""
     n_tokens, d_mlp = preact.shape
-    pos_a, pos_b = pairs.positions()
-    h = inputs[:].astype(np.float32)
-    d_in = input_distances(h[pos_a], h[pos_b])
-    del h
+    d_in = _input_distances(inputs, pairs)
     sampler = NormalSampler(spec.w_seed, layer) if spec.w_reference == "sample" else None
     k = block_columns(n_tokens, d_mlp, mem_budget_mb)
     parts: dict[str, list[np.ndarray]] = {}

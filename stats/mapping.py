@@ -43,9 +43,13 @@ def input_distances(h_a: np.ndarray, h_b: np.ndarray) -> np.ndarray:
     h_a, h_b = np.asarray(h_a), np.asarray(h_b)
     if h_a.shape != h_b.shape or h_a.ndim != 2:
         raise NegdbError(f"h_a and h_b must be (P, d_model) arrays of one shape, got {h_a.shape} and {h_b.shape}")
-    dist = np.linalg.norm(h_a.astype(np.float64) - h_b.astype(np.float64), axis=1)
+    return normalise_distances(np.linalg.norm(h_a.astype(np.float64) - h_b.astype(np.float64), axis=1))
+
+
+def normalise_distances(dist: np.ndarray) -> np.ndarray:
+    """Pair distances divided by the largest one (all zero stays zero: mapping_difficulty then drops every pair)."""
     top = dist.max(initial=0.0)
-    return dist / top if top > 0 else np.zeros_like(dist)  # all zero: every pair is dropped by mapping_difficulty
+    return dist / top if top > 0 else np.zeros_like(dist)
 
 
 def mapping_difficulty(x_a: np.ndarray, x_b: np.ndarray, d_in: np.ndarray, *,

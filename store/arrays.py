@@ -16,8 +16,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-CHUNK_COLS = 64
-ROW_CHUNK = 4096
+CHUNK_COLS = 128
+ROW_CHUNK = 256  # rows of md-input arrays: batches rarely split a chunk, so little read-modify-write
 
 
 def _compressor(compression: str = "zstd") -> ZstdCodec | None:
@@ -52,7 +52,7 @@ def create_rows(group: zarr.Group, path: str, *, n_rows: int, n_cols: int, dtype
     target = group.require_group(parent) if parent else group
     return target.create_array(name, shape=(n_rows, n_cols), dtype=dtype,
                                chunks=(min(ROW_CHUNK, max(n_rows, 1)), n_cols),
-                               compressors=_compressor(), fill_value=0)
+                               compressors=None, fill_value=0)  # read whole, written in the hot loop
 
 
 def put_vector(group: zarr.Group, name: str, values: np.ndarray) -> zarr.Array:
