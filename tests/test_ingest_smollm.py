@@ -43,4 +43,4 @@ def test_smollm2_ingest_and_top(tmp_path: Path, smollm2) -> None:
 
     top = cli(tmp_path, "top", "--k", "1")
     assert top.exit_code == 0 and "smollm2-135m@final" in top.output
-    assert sum(1 for line in top.output.splitlines() if line.startswith("│")) == 30
+    assert sum(1 for line in top.output.splitlines() if line.startswith("│")) == 1 + 30  # header + layers
