@@ -1,0 +1,1 @@
+"""negdb.service: the read-only HTTP query service."""
