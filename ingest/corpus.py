@@ -26,14 +26,17 @@ trimmed of surrounding whitespace. Both bundled splits have 60 articles.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 from negdb.data import data_path
 from negdb.errors import NegdbError
@@ -235,6 +238,21 @@ def _load_jsonl(path: Path, text_field: str) -> Corpus:
 # Hugging Face datasets
 
 
+@contextlib.contextmanager
+def _offline_unless_reachable(datasets: Any) -> Iterator[None]:
+    """Use only the local datasets cache when the hub does not answer (no ~25 s of retries)."""
+    from huggingface_hub import constants
+
+    from negdb.models.loading import hub_reachable
+
+    if constants.HF_HUB_OFFLINE or hub_reachable():
+        yield
+        return
+    with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True), \
+            mock.patch.object(constants, "HF_HUB_OFFLINE", True):
+        yield
+
+
 def _load_hf(spec: str, text_field: str) -> Corpus:
     parts = spec[len("hf:"):].split(":")
     if not parts[0] or len(parts) > 3:
@@ -249,7 +267,8 @@ def _load_hf(spec: str, text_field: str) -> Corpus:
     except ImportError:
         raise NegdbError(f"cannot load {spec!r}: the 'datasets' package is not installed; {hint}") from None
     try:
-        ds = datasets.load_dataset(name, config, split=split)
+        with _offline_unless_reachable(datasets):
+            ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds (connection, not found, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         reason = f"{type(e).__name__}: {first}" if first else type(e).__name__

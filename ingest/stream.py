@@ -87,8 +87,10 @@ def stream(lm, tokens: np.ndarray, group: zarr.Group, group_dir: Path, plan: Str
 def _finish(pending: tuple[Future, int, int], state: JobState, work: Path,
             on_tokens: Callable[[int], None]) -> None:
     future, b, n_rows = pending
+    waited = time.perf_counter()
     with disk_errors("pre-activations"):
         future.result()
+    state.timings["writer_wait_s"] = state.timings.get("writer_wait_s", 0.0) + time.perf_counter() - waited
     state.batches_done = b + 1
     state.save(work)
     on_tokens(n_rows)

@@ -138,12 +138,27 @@ def _config(location: str, **kw: Any) -> Any:
     return AutoConfig.from_pretrained(location, **kw)
 
 
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the hub endpoint accepts a TCP connection (avoids huggingface_hub's ~25 s of retries offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _hub_config(repo_id: str, revision: str) -> tuple[Any, bool]:
     """The checkpoint's config from the local cache, else (unless offline) the hub; ``(config, from_cache)``."""
     try:
         return _config(repo_id, revision=revision, local_files_only=True), True
     except OSError as err:
-        if _offline():
+        if _offline() or not hub_reachable():
             raise _not_cached(repo_id, revision, err) from err
         try:
             return _config(repo_id, revision=revision), False
@@ -297,6 +312,47 @@ def load(
         model = _pretrained(folder, dtype, dev, config=config)
         tokenizer = _tokenizer(folder)
     return _finish(model, tokenizer, source, checkpoint, commit, dev)
+
+
+def load_tokenizer(source: ModelSource, checkpoint: Checkpoint, *,
+                   cache_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Load only the tokenizer of ``checkpoint`` (no weights), e.g. to decode stored token ids.
+
+    Hub checkpoints read the local Hugging Face cache first (the checkpoint's revision, then ``main``); GGUF
+    sources reuse the converted folder in the negdb cache when it is current, else read the tokenizer straight
+    from the GGUF file (no conversion); model folders read their own files.
+    """
+    if source.kind == "hub":
+        local = True
+        for attempt in range(2):
+            for rev in dict.fromkeys((checkpoint.revision, "main")):
+                try:
+                    return _tokenizer(checkpoint.location, revision=rev, local_files_only=local)
+                except (OSError, ValueError):
+                    continue
+            if attempt or _offline() or not hub_reachable():
+                break
+            local = False
+        raise NegdbError(f"no tokenizer of {checkpoint.location} at revision {checkpoint.revision} in the local "
+                         "Hugging Face cache and the hub is unreachable: point HF_HOME at a cache that holds it")
+    if source.kind == "gguf":
+        gguf = Path(source.location)
+        root = Path(cache_dir) if cache_dir is not None else negdb_cache_dir()
+        folder = _gguf_cache_folder(source, root)
+        if gguf.is_file() and _gguf_fresh(folder, _gguf_stamp(gguf)):
+            return _tokenizer(str(folder))
+        if not gguf.is_file():
+            raise NegdbError(f"GGUF file {gguf} does not exist")
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    folder = Path(checkpoint.location)
+    if not folder.is_dir():
+        raise NegdbError(f"{folder} does not exist: the tokenizer of {source.model_id} cannot be loaded")
+    try:
+        return _tokenizer(str(folder))
+    except (OSError, ValueError) as err:
+        raise NegdbError(f"{folder} has no loadable tokenizer ({type(err).__name__})") from err
 
 
 def from_model(model: nn.Module, tokenizer: Any = None, *, commit: str | None = None) -> LoadedModel:
