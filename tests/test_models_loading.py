@@ -82,10 +82,16 @@ def test_online_fallback_only_when_not_offline(monkeypatch):
 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", fake_config)
     monkeypatch.setattr(loading, "_offline", lambda: False)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: True)
     src = resolve("pythia-70m")
     with pytest.raises(NegdbError, match="hub is unreachable"):
         load(src, select(src, "final")[0])
     assert calls == [True, False]  # local cache first, then the hub
+    calls.clear()
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: False)
+    with pytest.raises(NegdbError, match="hub is unreachable"):
+        load(src, select(src, "final")[0])
+    assert calls == [True]  # no answer from the hub: no online attempt (and none of its retries)
     calls.clear()
     monkeypatch.setattr(loading, "_offline", lambda: True)
     with pytest.raises(NegdbError, match="not in the local Hugging Face cache"):
