@@ -59,7 +59,7 @@ def layer_stats(preact: zarr.Array, inputs: zarr.Array, pairs: PairPlan, spec: S
     k = block_columns(n_tokens, d_mlp, mem_budget_mb)
     parts: dict[str, list[np.ndarray]] = {}
     for c0 in range(0, d_mlp, k):
-        x = np.asarray(preact[:, c0:c0 + k], dtype=np.float32)
+        x = preact[:, c0:c0 + k]  # stored dtype: block_stats converts while it transposes
         cols = block_stats(x, reference=spec.w_reference, sampler=sampler,  # type: ignore[arg-type]
                            pairs=(pairs.a, pairs.b), d_in=d_in)
         for name, values in cols.items():
