@@ -88,11 +88,16 @@ def _slice(opts: IngestOptions, corpus, tokenizer, model_id: str, log: Log) -> T
     return sl
 
 
-def _published_layers(layout: StoreLayout, model_id: str, revision: str, slice_id: str, spec_id: str) -> set[int]:
+def _missing(layout: StoreLayout, model_id: str, revision: str, slice_id: str, spec_id: str, layers: list[int],
+             keep: list[int]) -> tuple[list[int], list[int]]:
+    """Layers still lacking statistics (for this spec), and kept layers still lacking stored activations."""
     with Catalog(layout.root) as cat:
-        rows = cat.arrow("SELECT DISTINCT layer FROM neuron_stats WHERE model_id = ? AND revision = ? "
-                         "AND slice_id = ? AND spec_id = ?", [model_id, revision, slice_id, spec_id])
-    return set(rows.column("layer").to_pylist())
+        have_stats = set(cat.arrow("SELECT DISTINCT layer FROM neuron_stats WHERE model_id = ? AND revision = ? "
+                                   "AND slice_id = ? AND spec_id = ?",
+                                   [model_id, revision, slice_id, spec_id]).column("layer").to_pylist())
+        have_acts = set(cat.arrow("SELECT DISTINCT layer FROM activations WHERE model_id = ? AND revision = ? "
+                                  "AND slice_id = ?", [model_id, revision, slice_id]).column("layer").to_pylist())
+    return sorted(set(layers) - have_stats), sorted(set(keep) - have_acts)
 
 
 def _checkpoint(opts: IngestOptions, layout: StoreLayout, source, ckpt, corpus, overall: tqdm, progress: bool,
@@ -114,14 +119,15 @@ def _checkpoint(opts: IngestOptions, layout: StoreLayout, source, ckpt, corpus, 
                         on_wait=lambda who: log(f"{label}: waiting for {who}, which is writing the same checkpoint")):
         state = JobState.load(work)
         if state is None:
-            todo = sorted(set(layers) - _published_layers(layout, source.model_id, ckpt.revision, sl.slice_id,
-                                                          spec.spec_id))
+            stats_todo, acts_todo = _missing(layout, source.model_id, ckpt.revision, sl.slice_id, spec.spec_id,
+                                             layers, keep)
+            todo = sorted(set(stats_todo) | set(acts_todo))
             if not todo:
                 log(f"{label}: already ingested ({len(layers)} layers, slice {sl.slice_id}, spec {spec.spec_id}); "
                     "nothing to do")
                 overall.update(sl.n_tokens)
                 return CheckpointResult(source.model_id, ckpt.revision, "already", None, sl.n_tokens, layers, 0.0)
-            state = JobState(started_at=now().isoformat(), layers=todo)
+            state = JobState(started_at=now().isoformat(), layers=todo, stats_layers=stats_todo, keep=acts_todo)
             status = "ingested"
         else:
             state.resumes += 1
@@ -133,7 +139,7 @@ def _checkpoint(opts: IngestOptions, layout: StoreLayout, source, ckpt, corpus, 
                         slice_id=sl.slice_id, spec_id=spec.spec_id, layers=state.layers,
                         config={**opts.as_dict(), "activations_kept": keep, "slice": sl.meta()},
                         resumes=state.resumes, timings=state.timings)
-        todo_keep = [l for l in keep if l in state.layers]
+        todo_keep = state.keep
         _announce(opts, lm, sl, state, todo_keep, label, log)
         work.mkdir(parents=True, exist_ok=True)
         state.save(work)
@@ -199,13 +205,13 @@ def _run_job(opts: IngestOptions, layout: StoreLayout, lm, source, ckpt, sl: Tok
                      slice_row=sl.meta() | {"slice_id": sl.slice_id}, spec=spec.row())
     publish_activations(layout, keys, spool, keep, md_key, n_tokens=sl.n_tokens, d_mlp=lm.d_mlp,
                         dtype=opts.store_dtype)
-    publish_stats(layout, keys, {l: work / "stats" / f"L{l:03d}.parquet" for l in state.layers})
+    publish_stats(layout, keys, {l: work / "stats" / f"L{l:03d}.parquet" for l in state.stats_layers})
 
 
 def _stats_phase(opts: IngestOptions, group, pairs: PairPlan, spec, state: JobState, work: Path, md_key: str,
                  progress: bool, label: str) -> None:
     started = time.perf_counter()
-    remaining = [l for l in state.layers if l not in state.stats_done]
+    remaining = [l for l in state.stats_layers if l not in state.stats_done]
     for layer in tqdm(remaining, desc=f"{label} statistics", unit="layer", leave=False, disable=not progress):
         name = f"L{layer:03d}"
         table = layer_stats(group["preact"][name], group["md"][md_key][name], pairs, spec, layer,

@@ -74,7 +74,7 @@ def publish_activations(layout: StoreLayout, keys: JobKeys, spool: Path, keep: l
 def publish_stats(layout: StoreLayout, keys: JobKeys, layer_files: dict[int, Path]) -> None:
     """Concatenate the job's per-layer statistics into one neuron_stats segment."""
     path = layout.table_dir("neuron_stats") / f"{keys.job_key}.parquet"
-    if path.exists():
+    if path.exists() or not layer_files:
         return
     table_def = neuron_stats_table()
     parts = []

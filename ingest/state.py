@@ -17,7 +17,9 @@ class JobState:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     started_at: str = ""
     resumes: int = 0
-    layers: list[int] = field(default_factory=list)
+    layers: list[int] = field(default_factory=list)  # forward-pass layers of this job
+    stats_layers: list[int] = field(default_factory=list)  # of those, the layers that still need statistics
+    keep: list[int] = field(default_factory=list)  # of those, the layers whose activations are to be stored
     batches_done: int = 0
     stats_done: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)

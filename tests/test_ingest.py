@@ -180,3 +180,20 @@ def test_families_ingest(tmp_path: Path) -> None:
         fams = cat.sql("SELECT family, count(*) AS n FROM neuron_stats JOIN models USING (model_id) "
                        "GROUP BY family ORDER BY family")
     assert fams["family"].to_list() == ["gemma", "gpt2", "llama", "olmo", "opt"]
+
+
+def test_activations_added_later_without_recomputing_statistics(tmp_path: Path, tiny_dir: Path) -> None:
+    assert cli(tmp_path, "ingest", "--model", str(tiny_dir), "--activations", "layers=1", *TINY).exit_code == 0
+    before = stats_frame(tmp_path)
+    res = cli(tmp_path, "ingest", "--model", str(tiny_dir), "--activations", "all", *TINY)
+    assert res.exit_code == 0 and "ingested" in res.output, res.output
+    with negdb.connect(str(tmp_path)) as cat:
+        acts = cat.sql("SELECT layer, count(*) AS n FROM activations GROUP BY 1 ORDER BY 1")
+        runs = cat.sql("SELECT layers, status FROM runs ORDER BY started_at").rows()
+        path = cat.sql("SELECT array_path FROM activations WHERE layer = 2")["array_path"][0]
+    assert stats_frame(tmp_path).equals(before)  # statistics untouched, no duplicates
+    assert acts["layer"].to_list() == [0, 1, 2] and acts["n"].to_list() == [1, 1, 1]
+    assert runs == [([0, 1, 2], "done"), ([0, 2], "done")]
+    assert zarr.open_array(str(tmp_path / path), mode="r").shape == (512, 64)
+    again = cli(tmp_path, "ingest", "--model", str(tiny_dir), "--activations", "all", *TINY)
+    assert "already ingested" in again.output
