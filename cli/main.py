@@ -39,12 +39,22 @@ def main(ctx: click.Context, store: str) -> None:
 
 
 def _register() -> None:
-    from negdb.cli import ingest_cmd, models_cmd, top_cmd
+    from negdb.cli import ingest_cmd, models_cmd, serve_cmd, top_cmd
 
     main.add_command(models_cmd.models)
     main.add_command(ingest_cmd.ingest)
     main.add_command(top_cmd.top)
     main.add_command(top_cmd.runs)
+    from negdb.cli import sql_cmd
+
+    main.add_command(sql_cmd.sql)
+    main.add_command(sql_cmd.schema)
+    from negdb.cli import neuron_cmd, select_cmd
+
+    main.add_command(select_cmd.select_cmd)
+    main.add_command(select_cmd.sets_cmd)
+    main.add_command(neuron_cmd.neuron)
+    main.add_command(serve_cmd.serve)
 
 
 _register()

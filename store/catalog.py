@@ -5,10 +5,29 @@ readers meanwhile). They publish immutable Parquet segments atomically instead, 
 ``Catalog`` is an in-memory DuckDB connection whose views read the segments that existed when it
 was opened (or last refreshed). So readers never block writers, writers never block each other,
 and no reader sees a partial result.
+
+A ``Catalog`` holds two in-memory DuckDB databases with the same views:
+
+- ``con``: negdb's own, trusted queries (:meth:`Catalog.sql`, :meth:`Catalog.arrow`);
+- a hardened one for user SQL (:meth:`Catalog.query`, the only path for it): DuckDB refuses every
+  file outside ``<store>/tables/`` (``enable_external_access = false`` with ``allowed_directories``),
+  Python replacement scans, installing or loading extensions and spilling to temporary files, and
+  its configuration is locked (``lock_configuration = true``) before the views are made, so no
+  statement can undo any of it. Each call runs on its own cursor under a time limit
+  (``interrupt()`` from a timer) and a streamed row limit.
+
+DuckDB's ``allowed_directories`` allows *writing* inside the tables folder too (a ``COPY ... TO``
+there would work), so the statement check of :mod:`negdb.query.safety` (one SELECT, DuckDB's own
+parser) is what keeps user SQL from writing there; the hardened connection is the second wall
+for everything outside it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +35,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from negdb.errors import NegdbError
 from negdb.store.layout import StoreLayout
 from negdb.store.segments import list_segments
 from negdb.store.tables import Table, all_tables
@@ -29,25 +49,150 @@ LEFT JOIN checkpoints c USING (model_id, revision)
 LEFT JOIN slices l USING (slice_id)
 LEFT JOIN stat_specs p USING (spec_id)
 """
+NEURONS_DOC = ("per-neuron statistics (neuron_stats) with the checkpoint's step and tokens seen, the slice's "
+               "dataset and the spec's W1 reference: the view to query")
+# where the neurons view's columns come from, for their meanings (first table that has the column)
+_NEURONS_SOURCES = ("neuron_stats", "checkpoints", "slices", "stat_specs")
+
+QUERY_MEMORY_FRACTION = 0.25
+"""Memory limit of the user-SQL database as a share of physical memory (no spilling to disk)."""
+
+FETCH_BATCH_ROWS = 8192
+"""Rows per streamed batch of a user query."""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What :meth:`Catalog.query` returns: at most ``max_rows`` rows; ``truncated`` if more existed."""
+
+    table: pa.Table
+    truncated: bool
+
+
+class QueryTimeout(NegdbError):
+    """A user query ran past its time limit and was stopped (nothing was changed)."""
 
 
 def _sql_list(paths: list[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-class Catalog:
-    """Read access to a store's catalog through DuckDB (a consistent snapshot)."""
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
-    def __init__(self, root: Path | str) -> None:
+
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        if ln.startswith("LINE ") or ln.startswith("^"):
+            break
+        keep.append(ln)
+    return "; ".join(keep) or type(err).__name__
+
+
+def default_memory_limit() -> str:
+    """``QUERY_MEMORY_FRACTION`` of physical memory, at least 256 MiB, as a DuckDB size."""
+    import psutil
+
+    return f"{max(256, int(psutil.virtual_memory().total * QUERY_MEMORY_FRACTION / 2**20))}MiB"
+
+
+@lru_cache(maxsize=None)
+def _duckdb_columns(table: Table) -> tuple[tuple[str, str], ...]:
+    """(column, DuckDB type) of a catalog table, as DuckDB reads its Arrow schema."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("_t", table.schema.empty_table())
+        return tuple((str(r[0]), str(r[1])) for r in con.execute("DESCRIBE _t").fetchall())
+    finally:
+        con.close()
+
+
+def _empty_select(table: Table) -> str:
+    """A SELECT with no rows and the table's columns and types (pure SQL: no registered objects)."""
+    cols = ", ".join(f"CAST(NULL AS {typ}) AS {_ident(name)}" for name, typ in _duckdb_columns(table))
+    return f"SELECT {cols} WHERE false"
+
+
+def _hardened_connection(tables_dir: Path | None, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that can read files only under ``tables_dir`` (none if None), locked.
+
+    Settings (each checked by tests/test_sql_safety.py): no extension auto-install/auto-load, no
+    community or unsigned extensions, no Python replacement scans (local variables as tables), no
+    temporary files (``temp_directory = ''``), a memory limit; then ``allowed_directories`` and
+    ``enable_external_access = false`` (DuckDB refuses every other path: read_csv, COPY, ATTACH,
+    INSTALL, LOAD, EXPORT, glob, ...), then ``lock_configuration = true`` (SET/RESET/PRAGMA of any
+    setting fails from then on).
+    """
+    con = duckdb.connect(":memory:", config={
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "allow_community_extensions": False,
+        "allow_unsigned_extensions": False,
+        "python_enable_replacements": False,
+        "temp_directory": "",
+        "memory_limit": memory_limit or default_memory_limit(),
+    })
+    if tables_dir is not None:
+        # allowed_directories can only be set once the database runs; a trailing '/' keeps siblings out
+        con.execute("SET allowed_directories = ?", [[str(tables_dir).rstrip("/") + "/"]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+_SCHEMA_LOCK = threading.Lock()
+_SCHEMA_CON: duckdb.DuckDBPyConnection | None = None
+
+
+def schema_cursor() -> duckdb.DuckDBPyConnection:
+    """A new cursor of a shared hardened DuckDB that has every catalog view, empty (it can read no file).
+
+    For type checks without a store (``negdb.query.safety.check_where``); close it after use.
+    """
+    global _SCHEMA_CON
+    with _SCHEMA_LOCK:
+        if _SCHEMA_CON is None:
+            con = _hardened_connection(None, "256MiB")
+            for table in all_tables():
+                con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {_empty_select(table)}")
+            con.execute(NEURONS_VIEW)
+            _SCHEMA_CON = con
+        return _SCHEMA_CON.cursor()
+
+
+class Catalog:
+    """Read access to a store's catalog through DuckDB (a consistent snapshot).
+
+    ``sql``/``arrow`` run negdb's own queries on ``con`` (one thread at a time, like any DuckDB
+    connection). ``query`` is for user SQL and may be called from several threads at once: each call
+    gets its own cursor of the hardened database. ``refresh`` takes a new snapshot for both.
+    """
+
+    def __init__(self, root: Path | str, *, query_memory_limit: str | None = None) -> None:
         self.layout = StoreLayout(Path(root))
         self.con = duckdb.connect(":memory:")
+        tables_dir = Path(root).expanduser().resolve() / "tables"
+        self._tables_dir = tables_dir
+        self._memory_limit = query_memory_limit or default_memory_limit()
+        self._safe = _hardened_connection(tables_dir, self._memory_limit)
+        self._safe_lock = threading.Lock()
+        self._views: frozenset[str] = frozenset()
         self.refresh()
+
+    # ------------------------------------------------------------------------------------ snapshot
 
     def refresh(self) -> None:
         """Re-read the list of published segments (a new snapshot)."""
-        for table in all_tables():
-            self._view(table)
-        self.con.execute(NEURONS_VIEW)
+        names = []
+        with self._safe_lock:
+            for table in all_tables():
+                self._view(table)
+                names.append(table.name)
+            self.con.execute(NEURONS_VIEW)
+            self._safe.execute(NEURONS_VIEW)
+            self._views = frozenset(names) | {"neurons"}
 
     def _view(self, table: Table) -> None:
         segments = list_segments(self.layout.table_dir(table.name))
@@ -56,21 +201,151 @@ class Catalog:
                 f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM "
                 f"read_parquet({_sql_list(segments)}, union_by_name = true)"
             )
+            # the hardened database reads the same files by their resolved paths (inside allowed_directories)
+            resolved = [self._tables_dir / p.relative_to(self.layout.table_dir(table.name).parent)
+                        for p in segments]
+            self._safe.execute(
+                f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM "
+                f"read_parquet({_sql_list(resolved)}, union_by_name = true)"
+            )
         else:
             self.con.execute(f"DROP VIEW IF EXISTS {table.name}")
             self.con.register(f"_empty_{table.name}", table.schema.empty_table())
             self.con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _empty_{table.name}")
+            self._safe.execute(f"CREATE OR REPLACE VIEW {table.name} AS {_empty_select(table)}")
+
+    def view_names(self) -> frozenset[str]:
+        """The views user SQL may read."""
+        return self._views
+
+    # ------------------------------------------------------------------------------------ trusted SQL
 
     def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
-        """Run a query and return a polars DataFrame."""
+        """Run one of negdb's own queries and return a polars DataFrame (not for user SQL: see ``query``)."""
         return pl.from_arrow(self.arrow(query, params))  # type: ignore[return-value]
 
     def arrow(self, query: str, params: list[Any] | None = None) -> pa.Table:
-        """Run a query and return an Arrow table."""
+        """Run one of negdb's own queries and return an Arrow table (not for user SQL: see ``query``)."""
         return self.con.sql(query, params=params or None).to_arrow_table()
+
+    # ------------------------------------------------------------------------------------ user SQL
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._safe_lock:
+            return self._safe.cursor()
+
+    def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None, *, max_rows: int | None = None,
+              timeout_s: float | None = None) -> QueryResult:
+        """Run user SQL: one read-only SELECT on the hardened database, within the limits.
+
+        The statement is checked first (:func:`negdb.query.safety.check_statement`); at most
+        ``max_rows`` rows are fetched (streamed: a larger result is never materialised) and
+        ``truncated`` says whether there were more; after ``timeout_s`` seconds the query is
+        interrupted and :class:`QueryTimeout` (a ``NegdbError``) raised. Safe to call from several
+        threads at once. Nothing in the store changes, whatever the statement.
+        """
+        from negdb.query.safety import check_statement
+
+        if max_rows is not None and max_rows < 0:
+            raise NegdbError(f"max_rows must be 0 or more (got {max_rows})")
+        if timeout_s is not None and not timeout_s > 0:
+            raise NegdbError(f"the time limit must be more than 0 s (got {timeout_s})")
+        statement = check_statement(sql, views=self._views)
+        cur = self._cursor()
+        fired = threading.Event()
+        timer = None
+        if timeout_s is not None:
+            def stop() -> None:
+                fired.set()
+                cur.interrupt()
+
+            timer = threading.Timer(timeout_s, stop)
+            timer.daemon = True
+            timer.start()
+        try:
+            try:
+                args = None if not params else params if isinstance(params, dict) else list(params)
+                rel = cur.sql(statement, params=args)
+                if rel is None:  # pragma: no cover - check_statement lets only SELECT through
+                    raise NegdbError("the statement returned no rows: run one SELECT statement")
+                reader = rel.to_arrow_reader(FETCH_BATCH_ROWS if max_rows is None
+                                             else max(1, min(FETCH_BATCH_ROWS, max_rows + 1)))
+                schema = reader.schema
+                batches: list[pa.RecordBatch] = []
+                n = 0
+                truncated = False
+                for batch in reader:
+                    if max_rows is not None and n + batch.num_rows > max_rows:
+                        batches.append(batch.slice(0, max_rows - n))
+                        truncated = True
+                        break
+                    batches.append(batch)
+                    n += batch.num_rows
+                if truncated:
+                    cur.interrupt()  # stop the rest of the query (an endless one would otherwise run on)
+                    with contextlib.suppress(duckdb.Error, pa.ArrowException, OSError):
+                        reader.close()
+                else:
+                    reader.close()
+            except (duckdb.Error, pa.ArrowException, OSError) as err:
+                # errors raised while streaming arrive through Arrow (OSError / ArrowInvalid with DuckDB's text)
+                if fired.is_set():
+                    raise QueryTimeout(f"query took longer than {timeout_s:g} s and was stopped: add a "
+                                       "WHERE/LIMIT or raise --timeout") from err
+                if isinstance(err, duckdb.InterruptException) or "INTERRUPT Error" in str(err):
+                    raise KeyboardInterrupt from err
+                if isinstance(err, duckdb.OutOfMemoryException) or "Out of Memory Error" in str(err):
+                    raise NegdbError(f"query needs more memory than its limit of {self._memory_limit}: add a "
+                                     "WHERE/LIMIT, select fewer columns or aggregate") from err
+                raise NegdbError(f"query failed: {_one_line(err)} (`negdb schema` lists the views and "
+                                 "columns)") from err
+            if fired.is_set() and not truncated:
+                # the limit passed while the last rows arrived: they may be incomplete
+                raise QueryTimeout(f"query took longer than {timeout_s:g} s and was stopped: add a WHERE/LIMIT "
+                                   "or raise --timeout")
+            return QueryResult(pa.Table.from_batches(batches, schema=schema), truncated)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            cur.close()
+
+    def expression_type(self, expr: str, *, view: str = "neurons") -> str:
+        """DuckDB's type of ``expr`` over ``view`` (binds it on the hardened database; runs nothing).
+
+        For :func:`negdb.query.safety.check_where`, which checks ``expr`` before calling this.
+        """
+        from negdb.query.safety import _expression_type
+
+        return _expression_type(self._cursor(), expr, view)
+
+    # ------------------------------------------------------------------------------------ schema
+
+    def describe(self) -> list[tuple[str, str, str, str]]:
+        """(view, column, DuckDB type, one-line meaning) of every view: ``neurons`` first, then the tables."""
+        tables = {t.name: t for t in all_tables()}
+        meanings = {name: {c: m for c, _, m in t.columns} for name, t in tables.items()}
+        out: list[tuple[str, str, str, str]] = []
+        for view in ("neurons", *tables):
+            cur = self._cursor()
+            try:
+                rows = cur.execute(f"DESCRIBE {view}").fetchall()
+            finally:
+                cur.close()
+            sources = _NEURONS_SOURCES if view == "neurons" else (view,)
+            for row in rows:
+                column = str(row[0])
+                meaning = next((meanings[s][column] for s in sources if column in meanings.get(s, {})), "")
+                out.append((view, column, str(row[1]), meaning))
+        return out
+
+    @staticmethod
+    def view_docs() -> dict[str, str]:
+        """One line per view: what one row is."""
+        return {"neurons": NEURONS_DOC, **{t.name: t.doc for t in all_tables()}}
 
     def close(self) -> None:
         self.con.close()
+        self._safe.close()
 
     def __enter__(self) -> "Catalog":
         return self

@@ -121,5 +121,26 @@ def neuron_stats_table() -> Table:
                  NEURON_KEYS + stats + (("run_id", pa.string(), "run that computed it"),))
 
 
+NEURON_SETS = Table("neuron_sets", "one row per saved neuron set (immutable; the name is unique)", (
+    ("name", pa.string(), "the set's name ([A-Za-z0-9_.-]{1,64}); one segment per name, first writer wins"),
+    ("set_id", pa.string(), "SHA-256 of the statistics keys and the sorted (layer, neuron) members"),
+    ("model_id", pa.string(), "model key of the statistics the set was selected from"),
+    ("revision", pa.string(), "checkpoint of those statistics"),
+    ("slice_id", pa.string(), "dataset slice of those statistics"),
+    ("spec_id", pa.string(), "statistics spec of those statistics"),
+    ("expression", pa.string(), "canonical JSON of the picker (where, top/bottom + by, random_like + seed, layers)"),
+    ("counts_json", pa.string(), "members per layer as JSON {layer: count} over the layers the picker considered"),
+    ("n_members", pa.int64(), "number of member neurons"),
+    ("created_at", TS, "when the set was saved (UTC)"),
+))
+
+NEURON_SET_MEMBERS = Table("neuron_set_members", "the member neurons of each saved set, one segment per set_id", (
+    ("set_id", pa.string(), "the set (neuron_sets.set_id)"),
+    ("layer", pa.int32(), "layer index"),
+    ("neuron", pa.int32(), "neuron index within the layer"),
+))
+
+
 def all_tables() -> tuple[Table, ...]:
-    return (MODELS, CHECKPOINTS, SLICES, STAT_SPECS, ACTIVATIONS, RUNS, neuron_stats_table())
+    return (MODELS, CHECKPOINTS, SLICES, STAT_SPECS, ACTIVATIONS, RUNS, neuron_stats_table(), NEURON_SETS,
+            NEURON_SET_MEMBERS)

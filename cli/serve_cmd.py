@@ -1,0 +1,24 @@
+"""``negdb serve``: the read-only HTTP query service."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default: only this machine can connect).")
+@click.option("--port", default=8765, show_default=True, type=int, help="TCP port.")
+@click.option("--max-rows", default=10_000, show_default=True, type=int,
+              help="Most rows one answer returns (clients may ask for fewer; more set truncated=true).")
+@click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=float,
+              help="Seconds after which a query is stopped (HTTP 408).")
+@click.pass_obj
+def serve(obj: dict, host: str, port: int, max_rows: int, timeout_s: float) -> None:
+    """Serve the store's catalog read-only over HTTP (SQL, models, checkpoints, neurons, sets; docs at /docs)."""
+    from negdb.errors import NegdbError
+    from negdb.service.server import serve as run
+
+    if not 0 < port < 65536:
+        raise NegdbError(f"--port must be between 1 and 65535 (got {port})")
+    run(obj["store"], host=host, port=port, max_rows=max_rows, timeout_s=timeout_s, echo=click.echo)

@@ -1,0 +1,161 @@
+"""Saved neuron sets: immutable storage of a :class:`~negdb.query.sets.Selection` under a name.
+
+One ``neuron_sets`` segment per name (first writer wins) and one ``neuron_set_members`` segment per content
+hash, members first, so a visible set always has its members.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from negdb.errors import NegdbError
+from negdb.query.sets import NAME, Keys, Selection, _show, content_hash
+from negdb.store.catalog import Catalog
+from negdb.store.layout import StoreLayout
+from negdb.store.segments import write_segment
+from negdb.store.tables import NEURON_SET_MEMBERS, NEURON_SETS
+
+__all__ = ["NeuronSet", "check_name", "get", "list_sets", "save"]
+
+
+@dataclass(frozen=True)
+class NeuronSet:
+    """A saved, immutable neuron set.
+
+    ``new`` is True only on the object :func:`save` returns when that call stored the set.
+    """
+
+    name: str
+    set_id: str
+    keys: Keys
+    expression: str
+    counts: dict[int, int]
+    n_members: int
+    created_at: datetime | None
+    members: pl.DataFrame = field(repr=False)
+    new: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (members as ``[[layer, neuron], ...]``)."""
+        return {"name": self.name, "set_id": self.set_id, **self.keys._asdict(),
+                "expression": json.loads(self.expression), "counts": {str(k): v for k, v in self.counts.items()},
+                "n_members": self.n_members,
+                "created_at": self.created_at.isoformat() if self.created_at is not None else None,
+                "members": self.members.rows()}
+
+
+
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise NegdbError(f"bad set name '{name}': use 1-64 characters from A-Z a-z 0-9 _ . -")
+    return name
+
+
+def _name_segment(layout: StoreLayout, name: str) -> Path:
+    # hashed: names differing only in case stay distinct on case-insensitive file systems, '.x' is not hidden
+    return layout.table_dir(NEURON_SETS.name) / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.parquet"
+
+
+def _layout(layout_or_store: StoreLayout | Catalog | str | Path) -> StoreLayout:
+    if isinstance(layout_or_store, StoreLayout):
+        return layout_or_store
+    if isinstance(layout_or_store, Catalog):
+        return layout_or_store.layout
+    from negdb.config import store_path
+
+    return StoreLayout(store_path(layout_or_store))
+
+
+def _from_row(row: dict[str, Any], members: pl.DataFrame, new: bool = False) -> NeuronSet:
+    return NeuronSet(name=row["name"], set_id=row["set_id"],
+                     keys=Keys(row["model_id"], row["revision"], row["slice_id"], row["spec_id"]),
+                     expression=row["expression"],
+                     counts={int(k): int(v) for k, v in json.loads(row["counts_json"]).items()},
+                     n_members=int(row["n_members"]), created_at=row["created_at"], members=members, new=new)
+
+
+def _check_same(path: Path, name: str, set_id: str) -> dict[str, Any]:
+    """The stored row of ``name``; NegdbError when it holds other members than ``set_id``."""
+    stored = pq.read_table(path).to_pylist()[0]
+    if stored["set_id"] != set_id:
+        raise NegdbError(f"a neuron set named '{name}' already exists with other members (set "
+                         f"{stored['set_id'][:12]}, {stored['n_members']} neurons): sets are immutable, "
+                         "pick a new name")
+    return stored
+
+
+def save(layout_or_store: StoreLayout | Catalog | str | Path, selection: Selection, name: str) -> NeuronSet:
+    """Store ``selection`` as the immutable set ``name``.
+
+    The members segment is written first (keyed by the content hash), then the name's segment (first writer
+    wins), so a visible set always has its members (a writer that loses a race for the name to other members
+    leaves only an unreferenced, content-addressed members segment). The same name with the same hash is a no-op; with
+    another hash it is refused. Pass the ``Catalog`` to have it refreshed afterwards.
+    """
+    check_name(name)
+    layout = _layout(layout_or_store).init()
+    members = selection.members.select(pl.col("layer").cast(pl.Int32), pl.col("neuron").cast(pl.Int32))
+    if content_hash(selection.keys, members) != selection.content_hash:
+        raise NegdbError("the selection's members do not match its content hash: select again")
+    if members.height == 0:
+        raise NegdbError(f"the selection is empty: nothing to save as '{name}'")
+    set_id = selection.content_hash
+    path = _name_segment(layout, name)
+    if path.exists():
+        _check_same(path, name, set_id)
+    member_table = pa.table({"set_id": pa.array([set_id] * members.height, pa.string()),
+                             "layer": members["layer"].to_arrow(), "neuron": members["neuron"].to_arrow()},
+                            schema=NEURON_SET_MEMBERS.schema)
+    members_path = layout.table_dir(NEURON_SET_MEMBERS.name) / f"{set_id}.parquet"
+    if not members_path.exists():
+        write_segment(members_path, member_table)
+    row = {"name": name, "set_id": set_id, **selection.keys._asdict(), "expression": selection.expression,
+           "counts_json": json.dumps({str(k): v for k, v in sorted(selection.counts.items())}),
+           "n_members": members.height, "created_at": datetime.now(timezone.utc)}
+    new = not path.exists() and write_segment(path, NEURON_SETS.from_rows([row]))
+    if not new:  # stored before, or by a concurrent writer that won the race
+        row = _check_same(path, name, set_id)
+    if isinstance(layout_or_store, Catalog):
+        layout_or_store.refresh()
+    return _from_row(row, members.sort("layer", "neuron"), new=new)
+
+
+_SETS_SQL = """
+SELECT name, set_id, model_id, revision, slice_id, spec_id, n_members, counts_json, expression, created_at
+FROM neuron_sets
+"""
+
+
+def list_sets(cat: Catalog) -> pl.DataFrame:
+    """Every saved set (without members), oldest first."""
+    return cat.sql(_SETS_SQL + " ORDER BY created_at, name")
+
+
+def get(cat: Catalog, name: str) -> NeuronSet:
+    """The saved set ``name`` with its members."""
+    check_name(name)
+    rows = cat.arrow(_SETS_SQL + " WHERE name = ? ORDER BY created_at LIMIT 1", [name]).to_pylist()
+    if not rows:
+        names = cat.arrow("SELECT name FROM neuron_sets ORDER BY name").column("name").to_pylist()
+        raise NegdbError(f"no neuron set named '{name}' in {cat.layout.root}: stored sets are {_show(names)} "
+                         "(`negdb sets` lists them)")
+    row = rows[0]
+    members = cat.sql("SELECT DISTINCT layer, neuron FROM neuron_set_members WHERE set_id = ? "
+                      "ORDER BY layer, neuron", [row["set_id"]])
+    members = members.with_columns(pl.col("layer").cast(pl.Int32), pl.col("neuron").cast(pl.Int32))
+    if members.height != row["n_members"]:
+        raise NegdbError(f"neuron set '{name}' lists {row['n_members']} members but {members.height} are stored: "
+                         "the store is damaged")
+    return _from_row(row, members)
+

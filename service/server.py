@@ -1,0 +1,33 @@
+"""Run the query service with uvicorn (``negdb serve``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from negdb.service.app import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, create_app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(store: str | Path, host: str = "127.0.0.1", port: int = 8765, max_rows: int = DEFAULT_MAX_ROWS,
+          timeout_s: float = DEFAULT_TIMEOUT_S, *, log_level: str = "warning", echo=print) -> None:
+    """Serve the store read-only over HTTP until interrupted (Ctrl-C)."""
+    import uvicorn
+
+    app = create_app(store, max_rows=max_rows, timeout_s=timeout_s)
+    shown = f"[{host}]" if ":" in host else host
+    echo(f"negdb: serving {Path(store).resolve()} read-only on http://{shown}:{port} "
+         f"(docs: http://{shown}:{port}/docs; at most {max_rows:,} rows and {timeout_s:g} s per query)")
+    if not is_loopback(host):
+        echo(f"negdb: note: {host} is not a loopback address: every machine that can reach it can read the store")
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run()
