@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -71,9 +72,15 @@ def publish_activations(layout: StoreLayout, keys: JobKeys, spool: Path, keep: l
     write_segment(layout.table_dir("activations") / f"{keys.job_key}.parquet", ACTIVATIONS.from_rows(rows))
 
 
+def stats_segment_path(layout: StoreLayout, keys: JobKeys) -> Path:
+    """``neuron_stats/model_id=<m>/revision=<r>/<job>.parquet``: DuckDB skips other checkpoints' files unopened."""
+    return (layout.table_dir("neuron_stats") / f"model_id={quote(keys.model_id, safe='')}"
+            / f"revision={quote(keys.revision, safe='')}" / f"{keys.job_key}.parquet")
+
+
 def publish_stats(layout: StoreLayout, keys: JobKeys, layer_files: dict[int, Path]) -> None:
-    """Concatenate the job's per-layer statistics into one neuron_stats segment."""
-    path = layout.table_dir("neuron_stats") / f"{keys.job_key}.parquet"
+    """Concatenate the job's per-layer statistics into one neuron_stats segment (one row group per layer)."""
+    path = stats_segment_path(layout, keys)
     if path.exists() or not layer_files:
         return
     table_def = neuron_stats_table()
@@ -87,4 +94,4 @@ def publish_stats(layout: StoreLayout, keys: JobKeys, layer_files: dict[int, Pat
         for name, typ, _ in table_def.columns:
             cols[name] = t.column(name).cast(typ) if name in t.column_names else pa.array([const[name]] * n, typ)
         parts.append(pa.table(cols, schema=table_def.schema))
-    write_segment(path, pa.concat_tables(parts))
+    write_segment(path, pa.concat_tables(parts), row_group_size=max(p.num_rows for p in parts))

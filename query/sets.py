@@ -120,13 +120,17 @@ def _final_revision(model_id: str) -> str | None:
 
 
 _KEYS_SQL = """
-SELECT n.revision, n.slice_id, n.spec_id, max(r.updated_at) AS updated_at, any_value(c.step) AS step
-FROM (SELECT DISTINCT model_id, revision, slice_id, spec_id, run_id FROM neuron_stats WHERE model_id = ?) n
-LEFT JOIN runs r ON r.run_id = n.run_id
+SELECT n.revision, n.slice_id, n.spec_id, max(n.updated_at) AS updated_at, any_value(c.step) AS step
+FROM ({source}) n
 LEFT JOIN checkpoints c ON c.model_id = n.model_id AND c.revision = n.revision
 GROUP BY ALL
 ORDER BY updated_at DESC NULLS LAST, revision, slice_id, spec_id
 """
+# the keys of finished ingest runs: a tiny table, where scanning neuron_stats reads every segment of the model
+_RUN_KEYS = ("SELECT model_id, revision, slice_id, spec_id, updated_at FROM runs "
+             "WHERE model_id = ? AND kind = 'ingest' AND status = 'done'")
+_STAT_KEYS = ("SELECT DISTINCT s.model_id, s.revision, s.slice_id, s.spec_id, r.updated_at FROM neuron_stats s "
+              "LEFT JOIN runs r ON r.run_id = s.run_id WHERE s.model_id = ?")
 
 
 def resolve_keys(cat: Catalog, model: str, revision: str | None = None, slice_id: str | None = None,
@@ -137,7 +141,9 @@ def resolve_keys(cat: Catalog, model: str, revision: str | None = None, slice_id
     (Pythia ``step143000``, the largest ``step<N>/`` folder).
     """
     model_id = resolve_model(cat, model)
-    rows = cat.arrow(_KEYS_SQL, [model_id]).to_pylist()
+    rows = cat.arrow(_KEYS_SQL.format(source=_RUN_KEYS), [model_id]).to_pylist()
+    if not rows:  # statistics without run records (e.g. written by a tool): read the keys off the statistics
+        rows = cat.arrow(_KEYS_SQL.format(source=_STAT_KEYS), [model_id]).to_pylist()
     if revision is not None:
         revisions = list(dict.fromkeys(r["revision"] for r in sorted(
             rows, key=lambda r: (r["step"] is None, r["step"] or 0, r["revision"]))))

@@ -134,6 +134,7 @@ def _hardened_connection(tables_dir: Path | None, memory_limit: str | None) -> d
         "temp_directory": "",
         "memory_limit": memory_limit or default_memory_limit(),
     })
+    con.execute("SET GLOBAL parquet_metadata_cache = true")  # Parquet footers parsed once, for every cursor
     if tables_dir is not None:
         # allowed_directories can only be set once the database runs; a trailing '/' keeps siblings out
         con.execute("SET allowed_directories = ?", [[str(tables_dir).rstrip("/") + "/"]])
@@ -162,6 +163,11 @@ def schema_cursor() -> duckdb.DuckDBPyConnection:
         return _SCHEMA_CON.cursor()
 
 
+# neuron_stats segments sit in model_id=/revision= folders (see ingest/publish.py): DuckDB prunes by path
+_HIVE = ", hive_partitioning = true, hive_types = {'model_id': VARCHAR, 'revision': VARCHAR}"
+SMALL_TABLES = frozenset({"models", "checkpoints", "slices", "stat_specs", "runs", "activations", "neuron_sets"})
+
+
 class Catalog:
     """Read access to a store's catalog through DuckDB (a consistent snapshot).
 
@@ -173,6 +179,7 @@ class Catalog:
     def __init__(self, root: Path | str, *, query_memory_limit: str | None = None) -> None:
         self.layout = StoreLayout(Path(root))
         self.con = duckdb.connect(":memory:")
+        self.con.execute("SET GLOBAL parquet_metadata_cache = true")
         tables_dir = Path(root).expanduser().resolve() / "tables"
         self._tables_dir = tables_dir
         self._memory_limit = query_memory_limit or default_memory_limit()
@@ -197,17 +204,17 @@ class Catalog:
     def _view(self, table: Table) -> None:
         segments = list_segments(self.layout.table_dir(table.name))
         if segments:
-            self.con.execute(
-                f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM "
-                f"read_parquet({_sql_list(segments)}, union_by_name = true)"
-            )
             # the hardened database reads the same files by their resolved paths (inside allowed_directories)
             resolved = [self._tables_dir / p.relative_to(self.layout.table_dir(table.name).parent)
                         for p in segments]
-            self._safe.execute(
-                f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM "
-                f"read_parquet({_sql_list(resolved)}, union_by_name = true)"
-            )
+            hive = all("/model_id=" in str(p) for p in segments)
+            for con, paths in ((self.con, segments), (self._safe, resolved)):
+                reader = f"read_parquet({_sql_list(paths)}, union_by_name = true{_HIVE if hive else ''})"
+                if table.name in SMALL_TABLES:  # a few tiny segments per model: kept in memory, no file opens
+                    con.execute(f"CREATE OR REPLACE TABLE _mem_{table.name} AS SELECT * FROM {reader}")
+                    con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _mem_{table.name}")
+                else:
+                    con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM {reader}")
         else:
             self.con.execute(f"DROP VIEW IF EXISTS {table.name}")
             self.con.register(f"_empty_{table.name}", table.schema.empty_table())

@@ -71,12 +71,12 @@ def atomic_write_bytes(path: Path, data: bytes, *, exclusive: bool = False) -> b
         return _publish(tmp, path, exclusive)
 
 
-def write_segment(path: Path, table: pa.Table, *, exclusive: bool = True) -> bool:
+def write_segment(path: Path, table: pa.Table, *, exclusive: bool = True, row_group_size: int | None = None) -> bool:
     """Write an Arrow table as one Parquet segment at ``path`` atomically. Returns True if written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     with disk_errors(str(path)):
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         return _publish(tmp, path, exclusive)

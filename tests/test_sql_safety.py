@@ -103,7 +103,7 @@ class Hostile:
                           lambda m: chr(int(m.group(1) or m.group(2), 16)), text)
         text = re.sub(r"\{REPEAT (\d+)\}(.*?)\{/REPEAT\}", lambda m: m.group(2) * int(m.group(1)), text,
                       flags=re.S)
-        segment = sorted((store / "tables" / "neuron_stats").glob("*.parquet"))[0]
+        segment = sorted((store / "tables" / "neuron_stats").rglob("*.parquet"))[0]
         tables = store.resolve() / "tables"
         traversal = str(tables) + "/.." * (len(tables.parts) - 1) + str(outside_parquet.resolve())
         return (text.replace("{TMP}", str(tmp)).replace("{TABLES}", str(tables))
