@@ -11,3 +11,14 @@ class NegdbError(Exception):
     """
 
     exit_code: int = 2
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message as one line: its first lines, up to a SQL excerpt (``LINE n:`` / ``^``)."""
+    keep = []
+    for line in (ln.strip() for ln in str(err).strip().splitlines()):
+        if line.startswith(("LINE ", "^")):
+            break
+        if line:
+            keep.append(line)
+    return "; ".join(keep) or type(err).__name__

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from negdb.errors import NegdbError
+from negdb.errors import NegdbError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from negdb.store.catalog import Catalog
@@ -80,17 +80,6 @@ def _refuse(what: str) -> NegdbError:
     return NegdbError(what)
 
 
-def _one_line(err: BaseException) -> str:
-    """A DuckDB message as one line (its first line, without the error class prefix's LINE excerpt)."""
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    keep = []
-    for ln in lines:
-        if ln.startswith("LINE ") or ln.startswith("^"):
-            break
-        keep.append(ln)
-    return "; ".join(keep) or type(err).__name__
-
-
 def default_views() -> frozenset[str]:
     """The catalog's view names: every table of ``negdb.store.tables`` and ``neurons``."""
     from negdb.store.tables import all_tables
@@ -121,7 +110,7 @@ def _tokens(sql: str, what: str, todo: str) -> list[tuple[str, str]]:
     try:
         raw = duckdb.tokenize(sql)
     except Exception as err:  # noqa: BLE001 - the tokenizer reports malformed text
-        raise _refuse(f"{what} is not valid SQL ({_one_line(err)}): {todo}") from err
+        raise _refuse(f"{what} is not valid SQL ({one_line(err)}): {todo}") from err
     data = sql.encode("utf-8")  # the tokenizer's positions are byte offsets into the UTF-8 text
     out = []
     for k, (pos, typ) in enumerate(raw):
@@ -130,9 +119,10 @@ def _tokens(sql: str, what: str, todo: str) -> list[tuple[str, str]]:
     return out
 
 
-def _nesting(tokens: list[tuple[str, str]]) -> int:
-    """Deepest nesting of brackets outside strings and comments."""
+def _brackets(tokens: list[tuple[str, str]]) -> tuple[int, bool]:
+    """(deepest nesting, balanced) of the brackets outside strings and comments."""
     depth = deepest = 0
+    balanced = True
     for text, typ in tokens:
         if typ != "operator":
             continue
@@ -142,7 +132,8 @@ def _nesting(tokens: list[tuple[str, str]]) -> int:
                 deepest = max(deepest, depth)
             elif ch in _CLOSE:
                 depth -= 1
-    return deepest
+                balanced = balanced and depth >= 0
+    return deepest, balanced and depth == 0
 
 
 def _check_length(sql: str, what: str) -> None:
@@ -173,7 +164,7 @@ def _syntax_tree(sql: str, what: str, todo: str) -> list[dict[str, Any]]:
     try:
         text = _parser().execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()[0]
     except duckdb.Error as err:
-        raise _refuse(f"{what} could not be parsed ({_one_line(err)}): {todo}") from err
+        raise _refuse(f"{what} could not be parsed ({one_line(err)}): {todo}") from err
     try:
         tree = json.loads(text)
     except RecursionError as err:
@@ -262,14 +253,14 @@ def _check_statement(sql: str, views: Collection[str], what: str, todo: str) -> 
         raise _refuse(f"{what} is empty: {todo}, e.g. SELECT * FROM neurons LIMIT 10")
     _check_characters(text, what)
     tokens = _tokens(text, what, todo)
-    deepest = _nesting(tokens)
+    deepest = _brackets(tokens)[0]
     if deepest > MAX_NESTING:
         raise _refuse(f"{what} nests brackets {deepest} levels deep, more than {MAX_NESTING}: simplify it")
     semis = [i for i, (tok, typ) in enumerate(tokens) if typ == "operator" and ";" in tok]
     try:
         statements = duckdb.extract_statements(text)
     except duckdb.Error as err:
-        raise _refuse(f"{what} has a syntax error ({_one_line(err)}): {todo}") from err
+        raise _refuse(f"{what} has a syntax error ({one_line(err)}): {todo}") from err
     if not statements:
         raise _refuse(f"{what} holds no statement: {todo}, e.g. SELECT * FROM neurons LIMIT 10")
     if len(statements) > 1:
@@ -294,21 +285,6 @@ def _check_statement(sql: str, views: Collection[str], what: str, todo: str) -> 
     if semis:
         text = text[: text.rstrip().rfind(";")].rstrip()
     return text
-
-
-def _balanced(tokens: list[tuple[str, str]]) -> bool:
-    depth = 0
-    for text, typ in tokens:
-        if typ != "operator":
-            continue
-        for ch in text:
-            if ch in _OPEN:
-                depth += 1
-            elif ch in _CLOSE:
-                depth -= 1
-                if depth < 0:
-                    return False
-    return depth == 0
 
 
 def _plain_select(node: dict[str, Any], view: str) -> bool:
@@ -344,7 +320,7 @@ def check_where(expr: str, *, view: str = "neurons", cat: "Catalog | None" = Non
             raise _refuse(f"{what} contains a comment ({tok[:20]!r}): remove it; {todo}")
         if typ == "operator" and ";" in tok:
             raise _refuse(f"{what} contains ';': {todo}")
-    if not _balanced(tokens):
+    if not _brackets(tokens)[1]:
         raise _refuse(f"{what} has unbalanced brackets (it would break out of WHERE (...)): {todo}")
     views = default_views() if cat is None else cat.view_names()
     if view not in views:
@@ -377,7 +353,7 @@ def _expression_type(cur: duckdb.DuckDBPyConnection, expr: str, view: str) -> st
     try:
         rows = cur.execute(f"DESCRIBE SELECT ({expr}) AS {_WHERE_ALIAS} FROM {view}").fetchall()
     except duckdb.Error as err:
-        raise _refuse(f"the --where expression does not work on {view} ({_one_line(err)}): write one boolean "
+        raise _refuse(f"the --where expression does not work on {view} ({one_line(err)}): write one boolean "
                       f"expression over its columns (see `negdb schema`), e.g. w_dist > 0.9 AND layer < 3") from err
     finally:
         cur.close()

@@ -35,7 +35,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from negdb.errors import NegdbError
+from negdb.errors import NegdbError, one_line
 from negdb.store.layout import StoreLayout
 from negdb.store.segments import list_segments
 from negdb.store.tables import Table, all_tables
@@ -79,16 +79,6 @@ def _sql_list(paths: list[Path]) -> str:
 
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    keep = []
-    for ln in lines:
-        if ln.startswith("LINE ") or ln.startswith("^"):
-            break
-        keep.append(ln)
-    return "; ".join(keep) or type(err).__name__
 
 
 def default_memory_limit() -> str:
@@ -304,7 +294,7 @@ class Catalog:
                 if isinstance(err, duckdb.OutOfMemoryException) or "Out of Memory Error" in str(err):
                     raise NegdbError(f"query needs more memory than its limit of {self._memory_limit}: add a "
                                      "WHERE/LIMIT, select fewer columns or aggregate") from err
-                raise NegdbError(f"query failed: {_one_line(err)} (`negdb schema` lists the views and "
+                raise NegdbError(f"query failed: {one_line(err)} (`negdb schema` lists the views and "
                                  "columns)") from err
             if fired.is_set() and not truncated:
                 # the limit passed while the last rows arrived: they may be incomplete
