@@ -1,0 +1,1 @@
+"""negdb.ablate: sign-specific interventions on MLP pre-activations of neuron sets."""

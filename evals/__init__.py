@@ -1,0 +1,1 @@
+"""negdb.evals: benchmark definitions (data), loaders and log-likelihood scoring."""
