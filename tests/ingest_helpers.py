@@ -22,6 +22,14 @@ def cli(store: Path, *args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(main, ["--store", str(store), *args], env=env, catch_exceptions=False)
 
 
+def ingest_into(factory, model: Path, *args: str) -> Path:
+    """A fresh store (from pytest's ``tmp_path_factory``) holding ``model`` ingested with the tiny budget."""
+    store = factory.mktemp("store")
+    res = cli(store, "ingest", "--model", str(model), *args, *TINY)
+    assert res.exit_code == 0, res.output
+    return store
+
+
 def cli_subprocess(store: Path, *args: str, env: dict[str, str] | None = None,
                    wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
     """Run the negdb CLI in a fresh Python process (for kill -9 and concurrency tests)."""

@@ -13,7 +13,7 @@ import zarr
 import negdb
 from negdb.errors import NegdbError
 from negdb.query import neuron as nq
-from tests.ingest_helpers import TINY, cli
+from tests.ingest_helpers import cli, ingest_into
 from tests.tiny_models import save_tiny, tiny_tokenizer
 
 SEQ = 32  # TINY's --seq-len
@@ -23,10 +23,7 @@ SEQ = 32  # TINY's --seq-len
 def env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A store of a tiny model whose layers 0 and 1 keep their activations (layer 2: statistics only)."""
     folder = save_tiny(tmp_path_factory.mktemp("m") / "neox", "gpt_neox", seed=5)
-    store = tmp_path_factory.mktemp("store")
-    res = cli(store, "ingest", "--model", str(folder), "--activations", "layers=0,1", *TINY)
-    assert res.exit_code == 0, res.output
-    return store, str(folder.resolve())
+    return ingest_into(tmp_path_factory, folder, "--activations", "layers=0,1"), str(folder.resolve())
 
 
 @pytest.fixture()

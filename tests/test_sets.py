@@ -13,7 +13,7 @@ import pytest
 import negdb
 from negdb.errors import NegdbError
 from negdb.query import sets
-from tests.ingest_helpers import TINY, cli
+from tests.ingest_helpers import cli, ingest_into
 from tests.tiny_models import save_step_run
 
 MODEL_LAYERS, D_MLP = 3, 64
@@ -23,10 +23,7 @@ MODEL_LAYERS, D_MLP = 3, 64
 def env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A store holding both checkpoints (step0, step1000) of a tiny run; returns (store, model_id)."""
     run = save_step_run(tmp_path_factory.mktemp("m"), steps=(0, 1000))
-    store = tmp_path_factory.mktemp("store")
-    res = cli(store, "ingest", "--model", str(run), "--checkpoints", "all", *TINY)
-    assert res.exit_code == 0, res.output
-    return store, str(run.resolve())
+    return ingest_into(tmp_path_factory, run, "--checkpoints", "all"), str(run.resolve())
 
 
 @pytest.fixture()
