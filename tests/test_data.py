@@ -16,7 +16,7 @@ import pytest
 from negdb.data import data_path
 
 DATA = data_path("SHA256SUMS").parent
-NOT_DATA = {"README.md", "SHA256SUMS", "__init__.py"}
+NOT_DATA = {"README.md", "SHA256SUMS", "__init__.py", "benchmarks.json"}  # benchmarks.json: definitions, not data
 WIKI_TEST_RAW_SHA256 = "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08"
 
 
