@@ -22,6 +22,13 @@ def cli(store: Path, *args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(main, ["--store", str(store), *args], env=env, catch_exceptions=False)
 
 
+def assert_one_error(res) -> None:
+    """A CLI result that failed with exit code 2 and exactly one ``error: ...`` line."""
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+
+
 def ingest_into(factory, model: Path, *args: str) -> Path:
     """A fresh store (from pytest's ``tmp_path_factory``) holding ``model`` ingested with the tiny budget."""
     store = factory.mktemp("store")

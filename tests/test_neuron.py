@@ -13,7 +13,7 @@ import zarr
 import negdb
 from negdb.errors import NegdbError
 from negdb.query import neuron as nq
-from tests.ingest_helpers import cli, ingest_into
+from tests.ingest_helpers import assert_one_error, cli, ingest_into
 from tests.tiny_models import save_tiny, tiny_tokenizer
 
 SEQ = 32  # TINY's --seq-len
@@ -183,12 +183,6 @@ def test_load_tokenizer_from_the_hub_cache(tmp_path, monkeypatch) -> None:
         loading.load_tokenizer(source, select(source, "step0")[0])
 
 
-def _one_error(res) -> None:
-    assert res.exit_code == 2, res.output
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-
-
 def test_cli(env) -> None:
     store, model = env
     res = cli(store, "neuron", "--model", model, "--checkpoint", "final", "--layer", "1", "--index", "9",
@@ -218,4 +212,4 @@ def test_cli(env) -> None:
 def test_cli_bad_input(env, args) -> None:
     store, model = env
     full = args if "--model" in args else ("--model", model, *args)
-    _one_error(cli(store, "neuron", *full))
+    assert_one_error(cli(store, "neuron", *full))

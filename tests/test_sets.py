@@ -13,7 +13,7 @@ import pytest
 import negdb
 from negdb.errors import NegdbError
 from negdb.query import sets
-from tests.ingest_helpers import cli, ingest_into
+from tests.ingest_helpers import assert_one_error, cli, ingest_into
 from tests.tiny_models import save_step_run
 
 MODEL_LAYERS, D_MLP = 3, 64
@@ -211,12 +211,6 @@ def test_save_is_immutable(cat, env) -> None:
         sets.get(cat, "nope")
 
 
-def _one_error(res) -> None:
-    assert res.exit_code == 2, res.output
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-
-
 def test_cli(env) -> None:
     store, model = env
     res = cli(store, "select", "--model", model, "--top", "1%")
@@ -262,7 +256,7 @@ def test_cli_bad_input(env, args) -> None:
     store, model = env
     assert cli(store, "select", "--model", model, "--top", "1", "--save", "taken").exit_code == 0
     full = args if "--model" in args else ("--model", model, *args)
-    _one_error(cli(store, "select", *full))
+    assert_one_error(cli(store, "select", *full))
 
 
 def test_cli_sets_empty(tmp_path) -> None:
