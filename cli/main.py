@@ -55,6 +55,10 @@ def _register() -> None:
     main.add_command(select_cmd.sets_cmd)
     main.add_command(neuron_cmd.neuron)
     main.add_command(serve_cmd.serve)
+    from negdb.cli import ablate_cmd
+
+    main.add_command(ablate_cmd.ablate)
+    main.add_command(ablate_cmd.results)
 
 
 _register()

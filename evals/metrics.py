@@ -134,3 +134,57 @@ def paired_bootstrap(a_correct: Sequence[Any] | np.ndarray, b_correct: Sequence[
     boots = diff[idx].mean(axis=1)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return float(diff.mean()), float(lo), float(hi)
+
+
+def bootstrap_samples(strata: Sequence[tuple[Any, Any]], n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """``(n_boot,)`` resampled macro differences ``mean over strata of (mean(a) - mean(b))``.
+
+    Each stratum is a pair of equal-length per-item arrays (the same items under two conditions, e.g. one BLiMP
+    paradigm; values may be fractions, e.g. decisions averaged over seeds). Items are resampled with replacement
+    within each stratum (``numpy.random.default_rng(seed)``), the same draw for both conditions.
+    """
+    if not strata:
+        raise NegdbError("bootstrap needs at least one stratum")
+    if n_boot < 1:
+        raise NegdbError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n_boot)
+    for a, b in strata:
+        d = _arr(a) - _arr(b)
+        if d.ndim != 1 or d.size == 0:
+            raise NegdbError("every stratum needs two 1-d arrays of the same, non-zero length")
+        total += d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    return total / len(strata)
+
+
+def macro_delta(strata: Sequence[tuple[Any, Any]]) -> float:
+    """The observed ``mean over strata of (mean(a) - mean(b))``."""
+    return float(np.mean([(_arr(a) - _arr(b)).mean() for a, b in strata]))
+
+
+def stratified_bootstrap(strata: Sequence[tuple[Any, Any]], n_boot: int = 1000, seed: int = 0
+                         ) -> tuple[float, float, float]:
+    """``(delta, lo, hi)``: the macro difference and its 95% percentile interval (:func:`bootstrap_samples`).
+
+    With one stratum this is the plain paired bootstrap of :func:`paired_bootstrap`.
+    """
+    boots = bootstrap_samples(strata, n_boot, seed)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return macro_delta(strata), float(lo), float(hi)
+
+
+def ppl_bootstrap(nll_a: Any, n_a: Any, nll_b: Any, n_b: Any, n_boot: int = 1000, seed: int = 0
+                  ) -> tuple[float, float, float]:
+    """Paired bootstrap of a perplexity difference ``ppl(a) - ppl(b)`` over units (windows or items).
+
+    ``nll_*`` are per-unit summed NLLs and ``n_*`` per-unit token counts; ``ppl = exp(sum nll / sum n)`` of the
+    resampled units, the same draw for both. Returns ``(delta, lo, hi)``, a 95% percentile interval.
+    """
+    na, ca, nb, cb = _arr(nll_a), _arr(n_a), _arr(nll_b), _arr(n_b)
+    if not (na.shape == ca.shape == nb.shape == cb.shape) or na.ndim != 1 or na.size == 0:
+        raise NegdbError("ppl bootstrap needs four 1-d arrays of the same, non-zero length")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, na.size, size=(n_boot, na.size))
+    boot = np.exp(na[idx].sum(1) / ca[idx].sum(1)) - np.exp(nb[idx].sum(1) / cb[idx].sum(1))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(math.exp(na.sum() / ca.sum()) - math.exp(nb.sum() / cb.sum())), float(lo), float(hi)

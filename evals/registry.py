@@ -17,6 +17,7 @@ Kinds and the requests of one item:
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 import zlib
@@ -110,10 +111,52 @@ def _spec(name: str, raw: dict[str, Any]) -> BenchmarkSpec:
 
 
 @lru_cache(maxsize=4)
-def _load_specs(path: str) -> dict[str, BenchmarkSpec]:
+def _load_raw(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
-    return {name: _spec(name, spec) for name, spec in raw["benchmarks"].items()}
+        return json.load(f)
+
+
+@lru_cache(maxsize=4)
+def _load_specs(path: str) -> dict[str, BenchmarkSpec]:
+    return {name: _spec(name, spec) for name, spec in _load_raw(path)["benchmarks"].items()}
+
+
+def aliases() -> dict[str, list[str]]:
+    """Named groups of benchmarks (``ppl``, ``grammar``, ``suite``) from ``benchmarks.json``."""
+    return {k: list(v) for k, v in _load_raw(str(data_path(SPEC_FILE))).get("aliases", {}).items()}
+
+
+def expand(names: str | list[str]) -> list[str]:
+    """Benchmark names from a comma list of names and aliases (``"ppl,blimp,suite"``), order kept, no repeats."""
+    parts = [p.strip() for p in names.split(",")] if isinstance(names, str) else [str(p).strip() for p in names]
+    specs, groups = benchmarks(), aliases()
+    out: list[str] = []
+    for part in filter(None, parts):
+        if part not in specs and part not in groups:
+            raise NegdbError(f"unknown benchmark {part!r}: use {', '.join([*groups, *specs])}")
+        for name in groups.get(part, [part]):
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise NegdbError("no benchmarks given: use e.g. --evals ppl,blimp,tse,suite")
+    return out
+
+
+def spec_hash(name: str) -> str:
+    """SHA-256 over the benchmark's definition and the bytes of its data files (what a stored result depends on)."""
+    spec = get(name)
+    raw = _load_raw(str(data_path(SPEC_FILE)))["benchmarks"][name]
+    h = hashlib.sha256(json.dumps(raw, sort_keys=True).encode())
+    for rel in _files(spec):
+        h.update(rel.encode())
+        h.update(_file_digest(str(data_path(rel))).encode())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def benchmarks() -> dict[str, BenchmarkSpec]:

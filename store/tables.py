@@ -141,6 +141,77 @@ NEURON_SET_MEMBERS = Table("neuron_set_members", "the member neurons of each sav
 ))
 
 
+EVAL_RESULTS = Table("eval_results", "one row per stored evaluation: one benchmark under one intervention", (
+    ("result_id", pa.string(), "SHA-256 key of (model, checkpoint commit, mode, set_id, benchmark spec, scoring, limit, seed)"),
+    ("model_id", pa.string(), "model key"),
+    ("revision", pa.string(), "checkpoint evaluated"),
+    ("commit", pa.string(), "resolved hub commit of the checkpoint (NULL for local files)"),
+    ("mode", pa.string(), "intervention mode (neg, pos, both, mean, posrelu, signflip); 'none' for the baseline"),
+    ("set_id", pa.string(), "neuron set ablated (neuron_sets.set_id); NULL for the baseline"),
+    ("n_neurons", pa.int64(), "neurons in the set (0 for the baseline)"),
+    ("benchmark", pa.string(), "benchmark name (benchmarks.json)"),
+    ("bench_hash", pa.string(), "SHA-256 of the benchmark definition and its data files"),
+    ("scoring_json", pa.string(), "scoring conventions as JSON: BOS policy and prefix token, window, rule"),
+    ("item_limit", pa.int64(), "items per group kept (tokens for perplexity); NULL = all"),
+    ("sample_seed", pa.int64(), "seed of the --limit subsample"),
+    ("n_items", pa.int64(), "items scored (windows for perplexity)"),
+    ("primary_metric", pa.string(), "the benchmark's primary metric"),
+    ("primary_value", pa.float64(), "its value (macro accuracy for grouped benchmarks; perplexity for ppl)"),
+    ("seconds", pa.float64(), "wall time of the evaluation (summed over resumed chunks)"),
+    ("created_at", TS, "when the result was stored (UTC)"),
+    ("versions_json", pa.string(), "library versions as JSON"),
+))
+
+EVAL_METRICS = Table("eval_metrics", "every metric of every stored evaluation, overall and per group", (
+    ("result_id", pa.string(), "the evaluation (eval_results.result_id)"),
+    ("benchmark", pa.string(), "benchmark name"),
+    ("metric", pa.string(), "acc_sum, acc_mean, acc, acc_norm, ppl, nll"),
+    ("level", pa.string(), "overall (micro over items), macro (mean over groups), or the grouping field (UID, phenomenon, field, ...)"),
+    ("grp", pa.string(), "group value at that level (NULL for overall and macro)"),
+    ("value", pa.float64(), "the metric's value"),
+    ("n", pa.int64(), "items (windows, tokens for ppl) behind the value"),
+))
+
+EVAL_ITEMS = Table("eval_items", "per-item scores of every stored evaluation (windows for perplexity)", (
+    ("result_id", pa.string(), "the evaluation (eval_results.result_id)"),
+    ("benchmark", pa.string(), "benchmark name"),
+    ("item", pa.int32(), "item position in the benchmark (window index for perplexity)"),
+    ("item_id", pa.string(), "the item's own id (BLiMP pairID, TSE item; first token offset for perplexity)"),
+    ("grp", pa.string(), "grouping value (BLiMP UID, TSE phenomenon), else NULL"),
+    ("meta_json", pa.string(), "the item's grouping fields as JSON (field, linguistics_term, category, ...)"),
+    ("correct", pa.bool_(), "primary decision: good > bad by total log-prob (pairs), acc (choices), greedy (LAMBADA)"),
+    ("correct_alt", pa.bool_(), "second decision: mean per-token log-prob (pairs), acc_norm (choices), else NULL"),
+    ("logprobs", pa.list_(pa.float64()), "total log-probability of each request (good, bad / each choice); -NLL for a window"),
+    ("n_tokens", pa.list_(pa.int32()), "scored tokens of each request (predicted tokens for a window)"),
+    ("greedy", pa.list_(pa.bool_()), "whether each request's tokens were all the argmax"),
+    ("prefix_id", pa.int32(), "token prepended before the context (BOS policy), else NULL"),
+))
+
+EVAL_TOKENS = Table("eval_tokens", "per-token losses of perplexity evaluations (for surprisal analyses)", (
+    ("result_id", pa.string(), "the evaluation (eval_results.result_id)"),
+    ("window", pa.int32(), "window index"),
+    ("position", pa.int64(), "token position in the tokenized text"),
+    ("token_id", pa.int32(), "the token"),
+    ("nll", pa.float64(), "negative log-likelihood of the token given its window's earlier tokens (natural log)"),
+))
+
+ABLATIONS = Table("ablations", "one row per condition of a stored ablation experiment (negdb ablate)", (
+    ("ablation_id", pa.string(), "key of the experiment (model, checkpoint, main set, mode, evals, controls, seeds, limits)"),
+    ("condition", pa.string(), "baseline, ablation, random, ppl-matched"),
+    ("seed", pa.int64(), "control seed (random), else NULL"),
+    ("model_id", pa.string(), "model key"),
+    ("revision", pa.string(), "checkpoint"),
+    ("mode", pa.string(), "intervention mode ('none' for the baseline)"),
+    ("set_id", pa.string(), "neuron set of the condition (NULL for the baseline)"),
+    ("set_name", pa.string(), "its saved name"),
+    ("n_neurons", pa.int64(), "neurons in the set"),
+    ("fraction", pa.float64(), "ppl-matched: share of each layer's neurons (lowest w_dist) ablated; else NULL"),
+    ("result_ids", pa.list_(pa.string()), "the condition's evaluations (eval_results.result_id)"),
+    ("config_json", pa.string(), "the experiment's arguments as JSON"),
+    ("created_at", TS, "when it was stored (UTC)"),
+))
+
+
 def all_tables() -> tuple[Table, ...]:
     return (MODELS, CHECKPOINTS, SLICES, STAT_SPECS, ACTIVATIONS, RUNS, neuron_stats_table(), NEURON_SETS,
-            NEURON_SET_MEMBERS)
+            NEURON_SET_MEMBERS, EVAL_RESULTS, EVAL_METRICS, EVAL_ITEMS, EVAL_TOKENS, ABLATIONS)
