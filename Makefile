@@ -1,5 +1,6 @@
 # Two entry points, each doing all set-up on a fresh machine (offline apart from PyPI):
-#   make demo   - ingest the embedded SmolLM2-135M and print its top Wasserstein neurons
+#   make demo   - ingest the embedded SmolLM2-135M, print its top Wasserstein neurons, and ablate the top 1%
+#                 against a random and a perplexity-matched control on small benchmark subsets
 #   make test   - run the test suite
 PY ?= python3
 VENV := .venv
@@ -22,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/negdb --store $(DEMO_STORE) ingest --model smollm2-135m --tokens 16384
 	$(BIN)/negdb --store $(DEMO_STORE) top --k 3
+	$(BIN)/negdb --store $(DEMO_STORE) ablate --model smollm2-135m --top 1% --mode neg \
+		--evals ppl,blimp,tse,suite --controls random,ppl-matched --seeds 1 --limit 5 \
+		--ppl-tokens 16384 --probe-tokens 8192 --window 512
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -53,7 +53,7 @@ class AblateOptions:
     controls: str = "random,ppl-matched"
     seeds: int = 3
     seed: int = 0
-    limit: int | None = None
+    limit: int | str | None = None
     sample_seed: int = 0
     ppl_tokens: int | None = None
     probe_tokens: int = 16384
@@ -73,6 +73,28 @@ class AblateOptions:
                 raise NegdbError(f"unknown control {c!r}: use {', '.join(CONTROLS)} (comma-separated) or none")
         return list(dict.fromkeys(names))
 
+    def limits(self, benches: list[str]) -> dict[str, int | None]:
+        """``--limit`` per benchmark: ``N`` for all, or ``N,suite=200,tse=20`` (names and aliases override N)."""
+        out: dict[str, int | None] = dict.fromkeys(benches)
+        if self.limit is None:
+            return out
+        usage = f"bad --limit {self.limit!r}: use a count like 50, or 50,suite=200,tse=20"
+        default: int | None = None
+        overrides: dict[str, int] = {}
+        for part in str(self.limit).split(","):
+            name, eq, value = part.strip().rpartition("=")
+            if not value.strip().isdigit() or int(value) < 1 or (eq and not name.strip()):
+                raise NegdbError(usage)
+            if not eq:
+                default = int(value)
+                continue
+            for b in registry.expand(name.strip()):
+                overrides[b] = int(value)
+        for b in benches:
+            if registry.get(b).kind != "perplexity":
+                out[b] = overrides.get(b, default)
+        return out
+
     def validate(self) -> None:
         given = [n for n, v in (("--where", self.where), ("--set", self.set_name), ("--top", self.top)) if v]
         if len(given) != 1:
@@ -82,9 +104,9 @@ class AblateOptions:
             raise NegdbError(f"unknown --mode {self.mode!r}: use one of {', '.join(MODES)}")
         if self.seeds < 1:
             raise NegdbError("--seeds must be at least 1")
-        for name, value in (("--limit", self.limit), ("--ppl-tokens", self.ppl_tokens)):
-            if value is not None and value < 1:
-                raise NegdbError(f"{name} must be at least 1")
+        if self.ppl_tokens is not None and self.ppl_tokens < 1:
+            raise NegdbError("--ppl-tokens must be at least 1")
+        self.limits(registry.expand(self.evals))
         if self.probe_tokens < 2:
             raise NegdbError("--probe-tokens must be at least 2")
         if not 0 <= self.tolerance < 1:
@@ -173,6 +195,7 @@ def run(opts: AblateOptions, store: str | Path, *, progress: bool = True,
     rule = ScoringRule(opts.bos, opts.window)
     benches = registry.expand(opts.evals)
     controls = opts.control_list()
+    limits = opts.limits(benches)
     with Catalog(layout.root) as cat:
         main = _main_set(cat, opts)
         model_id = main.keys.model_id
@@ -190,7 +213,7 @@ def run(opts: AblateOptions, store: str | Path, *, progress: bool = True,
 
         def ev(t: Target, bench: str, label: str, limit: int | None = None) -> Any:
             if limit is None:
-                limit = opts.ppl_tokens if registry.get(bench).kind == "perplexity" else opts.limit
+                limit = opts.ppl_tokens if registry.get(bench).kind == "perplexity" else limits[bench]
             stored = lookup(layout, make_key(t, bench, rule, limit, opts.sample_seed).result_id) is not None
             counts["reused" if stored else "computed"] += 1
             return evaluate(layout, t, bench, rule, get_lm=loader, limit=limit, seed=opts.sample_seed,

@@ -33,8 +33,9 @@ def _print(df: pl.DataFrame) -> None:
               help="Controls: random, ppl-matched, or none.")
 @click.option("--seeds", default=3, show_default=True, type=int, help="Random control sets (seeds --seed, +1, ...).")
 @click.option("--seed", default=0, show_default=True, type=int, help="First random-control seed; bootstrap seed.")
-@click.option("--limit", default=None, type=int,
-              help="Items per group (BLiMP paradigm, TSE phenomenon, whole benchmark otherwise), seeded subsample.")
+@click.option("--limit", default=None,
+              help="Items per group (BLiMP paradigm, TSE phenomenon; per benchmark otherwise), seeded subsample: "
+                   "N, or N,suite=200,tse=20 to set some benchmarks apart.")
 @click.option("--sample-seed", default=0, show_default=True, type=int, help="Seed of the --limit subsample.")
 @click.option("--ppl-tokens", default=None, type=int, help="WikiText-2 test tokens for perplexity (default: all).")
 @click.option("--probe-tokens", default=16384, show_default=True, type=int,

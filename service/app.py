@@ -357,6 +357,33 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
                                  "ORDER BY model_id, step NULLS LAST, revision", [model, model])
         return {"checkpoints": rows}
 
+    @app.get("/results", summary="Stored evaluations (eval_results), newest last")
+    def results(model: str | None = Query(None, description="only this model_id"),
+                benchmark: str | None = Query(None, description="only this benchmark (blimp, tse, wikitext2, ...)"),
+                limit: int | None = Query(None, description="at most this many rows")) -> dict[str, Any]:
+        n = row_limit(limit, "limit")
+        with snapshot() as snap:
+            table, truncated, _ = run(snap, "SELECT * EXCLUDE (versions_json) FROM eval_results WHERE (? IS NULL OR "
+                                            "model_id = ?) AND (? IS NULL OR benchmark = ?) ORDER BY created_at",
+                                      [model, model, benchmark, benchmark], limit=n)
+        return {"results": table_records(table), "truncated": truncated}
+
+    @app.get("/results/{result_id}/metrics", summary="Every metric of one stored evaluation, overall and per group")
+    def result_metrics(result_id: str) -> dict[str, Any]:
+        with snapshot() as snap:
+            rows = records(snap, "SELECT * FROM eval_metrics WHERE result_id = ? OR result_id LIKE ? || '%' "
+                                 "ORDER BY metric, level, grp NULLS FIRST", [result_id, result_id])
+        if not rows:
+            raise NotFound(f"no stored evaluation {result_id!r}: GET /results lists them")
+        return {"metrics": rows}
+
+    @app.get("/ablations", summary="Stored ablation experiments, one row per condition and seed")
+    def ablations(model: str | None = Query(None, description="only this model_id")) -> dict[str, Any]:
+        with snapshot() as snap:
+            rows = records(snap, "SELECT * EXCLUDE (config_json) FROM ablations WHERE (? IS NULL OR model_id = ?) "
+                                 "ORDER BY created_at, ablation_id, condition, seed", [model, model])
+        return {"ablations": rows}
+
     @app.get("/neurons", summary="Per-neuron statistics (the neurons view), filtered by a boolean expression",
              responses={200: {"content": {"application/json": {}, ARROW_STREAM: {}}}})
     def neurons(request: Request,
