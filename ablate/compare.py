@@ -86,12 +86,16 @@ class Comparison:
         return _table(self)
 
 
+def _same_items(a: list[StoredResult], b: list[StoredResult]) -> None:
+    ids = a[0].items()["item"].to_list()
+    for r in [*a[1:], *b]:
+        if r.items()["item"].to_list() != ids:
+            raise NegdbError(f"results of {r.benchmark} hold different items (other --limit or --sample-seed?): "
+                             "compare results of the same items only")
+
+
 def _decisions(results: list[StoredResult], column: str) -> tuple[np.ndarray, list[str]]:
     frames = [r.items() for r in results]
-    ids = frames[0]["item"].to_list()
-    for f in frames[1:]:
-        if f["item"].to_list() != ids:
-            raise NegdbError("results of the same benchmark hold different items: were they run with other limits?")
     vals = np.mean([f[column].cast(pl.Float64).to_numpy() for f in frames], axis=0)
     groups = [str(g) for g in frames[0]["grp"].to_list()]
     return vals, groups
@@ -126,6 +130,7 @@ def compare(baseline: Condition, others: Sequence[Condition], *, n_boot: int = 1
             if bench not in cond.results:
                 continue
             spec = registry.get(bench)
+            _same_items(base_res, cond.results[bench])
             for metric in spec.metrics:
                 if metric == "ppl":
                     na, ca = _nll(cond.results[bench])

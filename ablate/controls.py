@@ -3,7 +3,7 @@
 - random: for each seed, the same count per layer drawn outside the main set (``sets.select(random_like=)``);
 - ppl-matched: the smallest fraction ``f`` of lowest-``w_dist`` neurons per layer (the main set's layers) whose
   ablation raises perplexity to within ``tolerance`` of the main ablation's increase. Found by doubling ``f``
-  until the perplexity is reached, then bisecting on a grid of ``resolution``; every probe is a stored set and a
+  until the perplexity is reached, then bisecting on a grid of ``resolution`` down to one grid step; every probe is a stored set and a
   stored perplexity result, so a repeated search costs nothing.
 
 Every set is saved (immutable, content-hashed) under ``auto-<hash>`` unless it already has a name.
@@ -138,7 +138,7 @@ def ppl_matched(cat: Catalog, main: NeuronSet, *, d_mlp: int, target: float, bas
     if hi is None:  # even the largest fraction falls short
         ns, p = seen[max_fraction]
         return MatchResult(max_fraction, ns, p, target, baseline, False, probes)
-    while hi - lo > resolution + 1e-12 and abs(run(hi) - target) > tolerance * (target - baseline):
+    while hi - lo > resolution + 1e-12:
         mid = _grid((lo + hi) / 2, resolution)
         if mid <= lo or mid >= hi:
             break

@@ -127,9 +127,9 @@ def _compute(layout: StoreLayout, target: Target, key: EvalKey, rule: ScoringRul
                disable=not progress, leave=False, dynamic_ncols=True)
     try:
         with apply(lm, target.intervention) if target.intervention is not None else contextlib.nullcontext():
-            for k, ((a, b), size) in enumerate(zip(spans, sizes)):
-                path = work / f"chunk-{k:05d}.parquet"
-                tpath = work / f"tokens-{k:05d}.parquet"
+            for (a, b), size in zip(spans, sizes):
+                path = work / f"chunk-{a:07d}-{b:07d}.parquet"  # named by its span: a resume after a change
+                tpath = work / f"tokens-{a:07d}-{b:07d}.parquet"  # of chunk size never reuses the wrong items
                 if path.exists() and (spec.kind != "perplexity" or tpath.exists()):
                     rows, took = _read_chunk(path)
                     if len(rows) == b - a:

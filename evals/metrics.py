@@ -180,6 +180,8 @@ def ppl_bootstrap(nll_a: Any, n_a: Any, nll_b: Any, n_b: Any, n_boot: int = 1000
     ``nll_*`` are per-unit summed NLLs and ``n_*`` per-unit token counts; ``ppl = exp(sum nll / sum n)`` of the
     resampled units, the same draw for both. Returns ``(delta, lo, hi)``, a 95% percentile interval.
     """
+    if n_boot < 1:
+        raise NegdbError(f"n_boot must be >= 1, got {n_boot}")
     na, ca, nb, cb = _arr(nll_a), _arr(n_a), _arr(nll_b), _arr(n_b)
     if not (na.shape == ca.shape == nb.shape == cb.shape) or na.ndim != 1 or na.size == 0:
         raise NegdbError("ppl bootstrap needs four 1-d arrays of the same, non-zero length")
