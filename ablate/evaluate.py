@@ -58,11 +58,11 @@ class Target:
 
 def make_key(target: Target, benchmark: str, rule: ScoringRule, limit: int | None, seed: int) -> EvalKey:
     """The key of ``benchmark`` on ``target`` (``limit``: items per group, or tokens for perplexity)."""
-    scoring = (("bos", rule.bos), ("window", rule.window))
-    if registry.get(benchmark).kind != "perplexity":
-        scoring = (("bos", rule.bos),)
+    ppl = registry.get(benchmark).kind == "perplexity"
+    scoring = (("bos", rule.bos), ("window", rule.window)) if ppl else (("bos", rule.bos),)
+    sampled = limit is not None and not ppl  # perplexity keeps the first `limit` tokens: no sampling
     return EvalKey(target.model_id, target.revision, target.commit, target.mode, target.set_id, benchmark,
-                   registry.spec_hash(benchmark), scoring, limit, seed if limit is not None else 0)
+                   registry.spec_hash(benchmark), scoring, limit, seed if sampled else 0)
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:

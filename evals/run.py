@@ -58,7 +58,11 @@ class ScoringRule:
     def window_for(self, lm: Any) -> int:
         from negdb.evals.scoring import max_context
 
-        return self.window or max_context(lm)
+        context = max_context(lm)
+        if self.window is not None and self.window > context:
+            raise NegdbError(f"--window {self.window} is longer than the model's context ({context} tokens): "
+                             f"use at most {context}")
+        return self.window or context
 
     def describe(self, lm: Any, spec: BenchmarkSpec) -> dict[str, Any]:
         """The conventions in force for ``spec`` on ``lm`` (stored as ``scoring_json``)."""
