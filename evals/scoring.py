@@ -10,14 +10,23 @@ context, and no special tokens are added by the tokenizer. The BOS policy is exp
 
 Each :class:`ContinuationScore` records the token that was prepended (``prefix_id``, ``None`` for none).
 
-Requests are sorted by length (longest first), packed into right-padded batches of at most ``batch_tokens``
-padded tokens, and run with one forward pass per batch; log-softmax is taken only at the continuation positions.
-Right padding with causal attention leaves the real positions unchanged, so scores do not depend on batching.
+Only the needed log-probabilities are computed (:func:`score_continuations`): a request's model input is its token
+sequence without the last token; identical inputs run once, and an input that is a prefix of another one is read
+from the longer one's forward pass. The remaining inputs are sorted and laid side by side in rows (each sharing
+the columns of its common prefix with the input before it, under a tree-shaped causal mask with each token's own
+``position_ids``), rows are batched by width up to ``batch_tokens`` padded tokens, and the LM head and the
+log-softmax run only at the continuation positions (``logits_to_keep``). Whether a model's ``forward`` honours
+these arguments is checked once per model on a small example against plain forward passes; if not, each input
+runs in its own right-padded row, and the full logits are computed. Causal attention makes a position's logits
+depend only on its own sequence's earlier tokens, so scores do not depend on batching, packing or reuse beyond
+floating-point rounding.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -178,6 +187,200 @@ def _batches(lengths: list[int], order: list[int], batch_tokens: int) -> list[li
     return batches
 
 
+ROW_TOKENS = 128
+"""Target width of a packed row (several inputs side by side, see :func:`score_continuations`)."""
+MAX_SHARED_ROW = 4096
+"""Widest packed row (inputs sharing long prefixes may exceed :data:`ROW_TOKENS` up to this, or ``batch_tokens``)."""
+LOGSOFTMAX_ROWS = 1024
+"""Kept positions per log-softmax step (bounds a temporary ``(rows, vocab)`` float32 copy for half-precision models)."""
+
+
+@dataclass(frozen=True)
+class _Caps:
+    """What a model's ``forward`` honours, found once per model by :func:`_capabilities`.
+
+    keep: ``logits_to_keep=<(rows, width) bool mask>`` returns the logits of exactly those positions, flattened
+        row-major, so the LM head runs only where a log-probability is read.
+    tree: an additive ``(rows, 1, width, width)`` attention mask and ``position_ids`` are used as given, so that
+        several inputs (and branches sharing a prefix) can share one row.
+    no_cache: ``forward`` takes ``use_cache`` (passed ``False``: no key/value cache is built).
+    """
+
+    keep: bool
+    tree: bool
+    no_cache: bool = False
+
+
+_CAPS: weakref.WeakKeyDictionary[Any, tuple[str, _Caps]] = weakref.WeakKeyDictionary()
+
+
+def _call(lm: Any, caps: _Caps, ids: torch.Tensor, attn: torch.Tensor | None, pos: torch.Tensor | None,
+          keep: torch.Tensor) -> torch.Tensor:
+    """Logits ``(keep.sum(), vocab)`` at the ``True`` positions of ``keep`` (row-major), from one forward pass."""
+    kw: dict[str, Any] = {"input_ids": ids, "attention_mask": attn}
+    if pos is not None:
+        kw["position_ids"] = pos
+    if caps.keep:
+        kw["logits_to_keep"] = keep
+    if caps.no_cache:
+        kw["use_cache"] = False
+    with torch.inference_mode():
+        out = lm.model(**kw)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return logits if caps.keep else logits[keep]
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(rows, width, width)`` bool (query attends key) -> ``(rows, 1, width, width)`` additive mask."""
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def _model_dtype(model: Any) -> torch.dtype:
+    dtype = getattr(model, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
+def _probe(lm: Any, caps: _Caps) -> bool:
+    """Whether ``caps`` reproduces plain one-sequence forward passes on a small packed example."""
+    model = lm.model
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = int(getattr(emb, "num_embeddings", 0) or len(lm.tokenizer))
+    a = [(37 * i + 11) % vocab for i in range(7)]
+    b = a[:4] + [(53 * i + 5) % vocab for i in range(3)]
+    c = [(29 * i + 3) % vocab for i in range(5)]
+    device = lm.device
+    with torch.inference_mode():
+        ref = [_forward_logits(lm, torch.tensor([s], device=device), torch.ones(1, len(s), dtype=torch.long,
+                                                                               device=device))[0].float()
+               for s in (a, b, c)]
+    if caps.tree:  # row 0: a, then b's last 3 tokens branching after a[:4]; row 1: c and 5 pad columns
+        ids = torch.tensor([a + b[4:], c + [0] * 5], device=device)
+        pos = torch.tensor([list(range(7)) + [4, 5, 6], list(range(5)) + [0] * 5], device=device)
+        allowed = torch.zeros(2, 10, 10, dtype=torch.bool)
+        allowed[0, :7, :7] = torch.ones(7, 7, dtype=torch.bool).tril()
+        allowed[0, 7:, :4] = True
+        allowed[0, 7:, 7:] = torch.ones(3, 3, dtype=torch.bool).tril()
+        allowed[1, :5, :5] = torch.ones(5, 5, dtype=torch.bool).tril()
+        allowed[1, 5:, 5:] = torch.eye(5, dtype=torch.bool)
+        attn = _additive(allowed, _model_dtype(model)).to(device)
+        keep = torch.zeros(2, 10, dtype=torch.bool)
+        keep[0, [1, 3, 6, 7, 9]] = True
+        keep[1, [0, 4]] = True
+        want = torch.stack([ref[0][1], ref[0][3], ref[0][6], ref[1][4], ref[1][6], ref[2][0], ref[2][4]])
+    else:
+        ids = torch.tensor([a, c + [0, 0]], device=device)
+        attn = torch.tensor([[1] * 7, [1] * 5 + [0, 0]], device=device)
+        pos = None
+        keep = torch.zeros(2, 7, dtype=torch.bool)
+        keep[0, [2, 6]] = True
+        keep[1, [1, 4]] = True
+        want = torch.stack([ref[0][2], ref[0][6], ref[2][1], ref[2][4]])
+    got = _call(lm, caps, ids, attn, pos, keep.to(device)).float()
+    if tuple(got.shape) != tuple(want.shape) or not bool(torch.isfinite(got).all()):
+        return False
+    tol = max(1e-4, 64 * torch.finfo(_model_dtype(model)).eps) * max(1.0, float(want.abs().max()))
+    return float((got - want).abs().max()) <= tol
+
+
+def _capabilities(lm: Any) -> _Caps:
+    """The :class:`_Caps` of ``lm.model`` (signature check plus a probe on a tiny input; cached per model)."""
+    model = lm.model
+    impl = str(getattr(getattr(model, "config", None), "_attn_implementation", None))
+    hit = _CAPS.get(model)
+    if hit is not None and hit[0] == impl:
+        return hit[1]
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    no_cache = "use_cache" in params
+    keep = False
+    if "logits_to_keep" in params:
+        try:
+            keep = _probe(lm, _Caps(keep=True, tree=False, no_cache=no_cache))
+        except Exception:  # noqa: BLE001 - any failure means: do not use it
+            keep = False
+    tree = False
+    if "position_ids" in params:
+        try:
+            tree = _probe(lm, _Caps(keep=keep, tree=True, no_cache=no_cache))
+        except Exception:  # noqa: BLE001
+            tree = False
+    caps = _Caps(keep=keep, tree=tree, no_cache=no_cache)
+    try:
+        _CAPS[model] = (impl, caps)
+    except TypeError:  # not weak-referenceable: probe again next time
+        pass
+    return caps
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass
+class _Row:
+    """One model input row: hosts (indices into the sorted unique inputs) and the row's layout."""
+
+    hosts: list[int]
+    tokens: list[int]
+    positions: list[int]
+    segments: list[tuple[int, int, np.ndarray]]  # (first new column, width, columns of the shared prefix)
+
+
+def _pack(
+    hosts: list[tuple[int, ...]], width: int, cap: int, alone_over: int | None
+) -> tuple[list[_Row], list[np.ndarray]]:
+    """Lay the hosts (sorted, none a prefix of another) out in rows; return the rows and each host's columns.
+
+    A host goes into the current row after its predecessor if the row stays within ``width`` tokens, or (sharing
+    at least as many tokens with the predecessor as it adds) within ``cap``; its common prefix with the
+    predecessor is not repeated: it attends to the predecessor's columns. Hosts longer than ``alone_over`` get a
+    row of their own.
+    """
+    rows: list[_Row] = []
+    cols: list[np.ndarray] = []
+    cur: _Row | None = None
+    for j, h in enumerate(hosts):
+        n = len(h)
+        share = _common_prefix(hosts[j - 1], h) if cur is not None else 0
+        alone = alone_over is not None and n > alone_over
+        used = len(cur.tokens) if cur is not None else 0
+        fits = cur is not None and not alone and (
+            used + n - share <= width or (share >= n - share and used + n - share <= cap))
+        if not fits:
+            cur = _Row([], [], [], [])
+            rows.append(cur)
+            share, used = 0, 0
+        prev = cols[j - 1][:share] if share else np.empty(0, dtype=np.int64)
+        new = np.arange(used, used + n - share, dtype=np.int64)
+        cols.append(np.concatenate([prev, new]))
+        cur.hosts.append(j)
+        cur.tokens.extend(h[share:])
+        cur.positions.extend(range(share, n))
+        cur.segments.append((used, n - share, prev))
+        if alone:
+            cur = None
+    return rows, cols
+
+
+def _sliding_window(lm: Any) -> int | None:
+    value = getattr(lm.config, "sliding_window", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def score_continuations(
     lm: Any,
     requests: Sequence[tuple[str, str]],
@@ -186,17 +389,29 @@ def score_continuations(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     max_length: int | None = None,
     return_tokens: bool = False,
+    pack: bool = True,
 ) -> list[ContinuationScore]:
     """Score ``log P(continuation | context)`` for each request, in the order given.
+
+    Only what is needed is computed. The model input of a request is its token sequence without the last token;
+    identical inputs run once, and an input that is a prefix of another input is not run at all: its
+    log-probabilities are read from the longer one's forward pass (causal attention makes them identical). With
+    ``pack`` (and a model that honours ``position_ids`` and a 4-D additive attention mask, checked once per
+    model), the remaining inputs are sorted, laid side by side in rows of about :data:`ROW_TOKENS` tokens with no
+    padding between them, and an input shares the columns of its common prefix with the input before it (a
+    tree-shaped causal mask: each token attends to its own sequence's earlier tokens only). The LM head and the
+    log-softmax run only at the positions read (``logits_to_keep`` where ``forward`` accepts it).
 
     Args:
         lm: a :class:`negdb.models.loading.LoadedModel` (``model``, ``tokenizer``, ``device``, ``config``).
         requests: ``(context, continuation)`` string pairs; the continuation must not be empty.
         bos: the BOS policy (see the module docstring): ``None``, a token string (e.g. ``"<|endoftext|>"``) or an id.
-        batch_tokens: upper bound on ``rows * padded length`` of one forward pass (a longer request runs alone).
+        batch_tokens: upper bound on ``rows * padded length`` of one forward pass (a longer request runs alone;
+            ``1`` runs every distinct input alone, unpacked).
         max_length: the model's context (default :func:`max_context`); longer inputs lose tokens on the left,
             as in lm-eval; a continuation longer than it is refused.
         return_tokens: also return the per-token log-probabilities.
+        pack: pack inputs into shared rows when the model supports it (``False``: one right-padded row each).
     """
     if batch_tokens < 1:
         raise NegdbError(f"batch_tokens must be >= 1, got {batch_tokens}")
@@ -204,6 +419,8 @@ def score_continuations(
     bos_id = resolve_bos(tokenizer, bos)
     max_len = max_length or max_context(lm)
     encoded = encode_requests(tokenizer, requests, bos_id)
+    if not encoded:
+        return []
 
     seqs: list[list[int]] = []
     n_cont: list[int] = []
@@ -214,46 +431,130 @@ def score_continuations(
         full = full[-(max_len + 1):]  # inputs are full[:-1], at most max_len tokens
         seqs.append(full)
         n_cont.append(len(cont))
-    in_len = [len(s) - 1 for s in seqs]
-    order = sorted(range(len(seqs)), key=lambda i: (-in_len[i], tuple(seqs[i])))
+
+    # Distinct inputs in lexicographic order; an input that is a prefix of another is a prefix of its successor,
+    # and is read from the longest input along that chain (its host).
+    inputs = [tuple(s[:-1]) for s in seqs]
+    uniq = sorted(set(inputs))
+    host_of = list(range(len(uniq)))
+    for k in range(len(uniq) - 2, -1, -1):
+        a, b = uniq[k], uniq[k + 1]
+        if len(a) < len(b) and b[:len(a)] == a:
+            host_of[k] = host_of[k + 1]
+    host_ids = [k for k in range(len(uniq)) if host_of[k] == k]
+    host_rank = {k: r for r, k in enumerate(host_ids)}
+    hosts = [uniq[k] for k in host_ids]
+    rank_of_input = {u: host_rank[host_of[k]] for k, u in enumerate(uniq)}
+
+    caps = _capabilities(lm)
+    packed = pack and caps.tree and batch_tokens > 1
+    if packed:
+        width = min(ROW_TOKENS, batch_tokens)
+        rows, cols = _pack(hosts, width, min(batch_tokens, MAX_SHARED_ROW), _sliding_window(lm))
+    else:
+        rows, cols = _pack(hosts, 0, 0, 0)  # every host alone
+    row_of_host = np.empty(len(hosts), dtype=np.int64)
+    for r, row in enumerate(rows):
+        row_of_host[row.hosts] = r
+
+    # One entry per continuation token: the row and column whose logits predict it, and the token.
+    offsets = np.concatenate([[0], np.cumsum(n_cont)])
+    n_entries = int(offsets[-1])
+    e_row = np.empty(n_entries, dtype=np.int64)
+    e_col = np.empty(n_entries, dtype=np.int64)
+    e_tgt = np.empty(n_entries, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        h = rank_of_input[inputs[i]]
+        n, k = len(s) - 1, n_cont[i]
+        sl = slice(offsets[i], offsets[i + 1])
+        e_row[sl] = row_of_host[h]
+        e_col[sl] = cols[h][n - k:n]
+        e_tgt[sl] = s[n + 1 - k:]
+
+    widths = [len(row.tokens) for row in rows]
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = int(pad_id) if pad_id is not None else 0
     device = lm.device
+    dtype = _model_dtype(lm.model)
+    multi = [r for r, row in enumerate(rows) if len(row.hosts) > 1]
+    single = [r for r, row in enumerate(rows) if len(row.hosts) == 1]
+    batches = [(b, True) for b in _batches(widths, sorted(multi, key=lambda r: -widths[r]), batch_tokens)]
+    batches += [(b, False) for b in _batches(widths, sorted(single, key=lambda r: -widths[r]), batch_tokens)]
 
-    results: list[ContinuationScore | None] = [None] * len(seqs)
-    for batch in _batches(in_len, order, batch_tokens):
-        width = max(in_len[i] for i in batch)
+    batch_of_row = np.empty(len(rows), dtype=np.int64)
+    local_of_row = np.empty(len(rows), dtype=np.int64)
+    for bi, (batch, _) in enumerate(batches):
+        batch_of_row[batch] = bi
+        local_of_row[batch] = np.arange(len(batch))
+    e_batch = batch_of_row[e_row]
+    by_batch = np.argsort(e_batch, kind="stable")
+    bounds = np.searchsorted(e_batch[by_batch], np.arange(len(batches) + 1))
+
+    tok_lp = np.empty(n_entries, dtype=np.float64)
+    greedy = np.empty(n_entries, dtype=bool)
+    for bi, (batch, tree) in enumerate(batches):
+        sel = by_batch[bounds[bi]:bounds[bi + 1]]
+        width = max(widths[r] for r in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        rows, cols, targets = [], [], []
-        for r, i in enumerate(batch):
-            s = seqs[i]
-            n = in_len[i]
-            ids[r, :n] = torch.tensor(s[:-1], dtype=torch.long)
-            mask[r, :n] = 1
-            start = n - n_cont[i]  # logits at position p predict token p + 1
-            rows.extend([r] * n_cont[i])
-            cols.extend(range(start, n))
-            targets.extend(s[-n_cont[i]:])
-        logits = _forward_logits(lm, ids.to(device), mask.to(device))
-        picked = logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)]
-        logp = torch.log_softmax(picked.float(), dim=-1)
-        tgt = torch.tensor(targets, device=logp.device)
-        tok_lp = logp.gather(1, tgt[:, None])[:, 0].double().cpu().numpy()
-        greedy = (logp.argmax(dim=-1) == tgt).cpu().numpy()
-        at = 0
-        for i in batch:
-            k = n_cont[i]
-            lp = tok_lp[at:at + k]
-            results[i] = ContinuationScore(
-                logprob_sum=float(lp.sum()),
-                n_tokens=k,
-                is_greedy=bool(greedy[at:at + k].all()),
-                prefix_id=encoded[i][2],
-                token_logprobs=tuple(float(x) for x in lp) if return_tokens else None,
-            )
-            at += k
-    return results  # type: ignore[return-value]
+        keep = torch.zeros((len(batch), width), dtype=torch.bool)
+        loc = local_of_row[e_row[sel]]
+        keep[torch.from_numpy(loc), torch.from_numpy(e_col[sel])] = True
+        if tree:
+            pos = torch.zeros((len(batch), width), dtype=torch.long)
+            allowed = torch.zeros((len(batch), width, width), dtype=torch.bool)
+            for r, ri in enumerate(batch):
+                row = rows[ri]
+                n = len(row.tokens)
+                ids[r, :n] = torch.tensor(row.tokens, dtype=torch.long)
+                pos[r, :n] = torch.tensor(row.positions, dtype=torch.long)
+                for start, size, shared in row.segments:
+                    seg = slice(start, start + size)
+                    allowed[r, seg, seg] = torch.ones(size, size, dtype=torch.bool).tril_()
+                    if len(shared):
+                        allowed[r, seg, torch.from_numpy(shared)] = True
+                pad = torch.arange(n, width)
+                allowed[r, pad, pad] = True  # padding attends to itself only
+            attn = _additive(allowed, dtype).to(device)
+            pos = pos.to(device)
+        else:
+            attn = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, ri in enumerate(batch):
+                n = widths[ri]
+                ids[r, :n] = torch.tensor(rows[ri].tokens, dtype=torch.long)
+                attn[r, :n] = 1
+            attn = attn.to(device)
+            pos = None
+        logits = _call(lm, caps, ids.to(device), attn, pos, keep.to(device))
+        # index of each entry's (row, column) among the kept positions (row-major)
+        flat = (torch.cumsum(keep.flatten(), 0) - 1).numpy()
+        idx = flat[loc * width + e_col[sel]]
+        order = np.argsort(idx, kind="stable")
+        cuts = np.searchsorted(idx[order], np.arange(0, len(logits) + LOGSOFTMAX_ROWS, LOGSOFTMAX_ROWS))
+        with torch.inference_mode():  # (logits are inference tensors, updated in place below)
+            for c, c0 in enumerate(range(0, len(logits), LOGSOFTMAX_ROWS)):  # bounded temporaries
+                part = sel[order[cuts[c]:cuts[c + 1]]]
+                rel = torch.from_numpy(idx[order[cuts[c]:cuts[c + 1]]] - c0).to(logits.device)
+                x = logits[c0:c0 + LOGSOFTMAX_ROWS].float()
+                tgt = torch.from_numpy(e_tgt[part]).to(x.device)
+                picked = x[rel, tgt]
+                top, top_id = x.max(dim=-1)  # the first maximal index, as argmax
+                lse = top + x.sub_(top[:, None]).exp_().sum(dim=-1).log()  # x is overwritten (not needed again)
+                tok_lp[part] = (picked - lse[rel]).double().cpu().numpy()
+                greedy[part] = (top_id[rel] == tgt).cpu().numpy()
+
+    starts = offsets[:-1]
+    sums = np.add.reduceat(tok_lp, starts)
+    all_greedy = np.logical_and.reduceat(greedy, starts)
+    return [
+        ContinuationScore(
+            logprob_sum=float(sums[i]),
+            n_tokens=n_cont[i],
+            is_greedy=bool(all_greedy[i]),
+            prefix_id=encoded[i][2],
+            token_logprobs=tuple(tok_lp[offsets[i]:offsets[i + 1]].tolist()) if return_tokens else None,
+        )
+        for i in range(len(seqs))
+    ]
 
 
 # ---------------------------------------------------------------------------------------- perplexity
