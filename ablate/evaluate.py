@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,7 @@ def _compute(layout: StoreLayout, target: Target, key: EvalKey, rule: ScoringRul
     work = layout.work_dir(f"eval-{key.result_id}")
     work.mkdir(parents=True, exist_ok=True)
     if spec.kind == "perplexity":
-        text = "\n".join(it.text or "" for it in registry.load_items(spec.name))
-        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = _token_ids(lm.tokenizer, "\n".join(it.text or "" for it in registry.load_items(spec.name)))
         units: list[Any] = plan_windows(ids, window=rule.window_for(lm), bos_id=rule.bos_id(lm), max_tokens=limit)
         spans = _chunks(len(units), CHUNK_WINDOWS)
         sizes = [sum(len(w.ids) for w in units[a:b]) for a, b in spans]
@@ -164,6 +164,12 @@ def _compute(layout: StoreLayout, target: Target, key: EvalKey, rule: ScoringRul
     stored = publish(layout, row, items, metrics, tokens or None)
     shutil.rmtree(work, ignore_errors=True)
     return stored
+
+
+@lru_cache(maxsize=4)
+def _token_ids(tokenizer: Any, text: str) -> tuple[int, ...]:
+    """``text`` tokenized once per tokenizer (the probes of a perplexity match share it)."""
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _json(obj: Any) -> str:

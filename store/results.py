@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class StoredResult:
 
     row: dict[str, Any]
     root: Path
+    _frames: dict[str, pl.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def result_id(self) -> str:
@@ -68,8 +69,12 @@ class StoredResult:
         return str(self.row["benchmark"])
 
     def _read(self, table: str) -> pl.DataFrame:
-        path = self.root / "tables" / table / f"{self.result_id}.parquet"
-        return pl.from_arrow(pq.read_table(path)) if path.exists() else pl.DataFrame()  # type: ignore[return-value]
+        """The result's segment of ``table`` (read once: segments are immutable)."""
+        if table not in self._frames:
+            path = self.root / "tables" / table / f"{self.result_id}.parquet"
+            self._frames[table] = (pl.from_arrow(pq.read_table(path)) if path.exists()  # type: ignore[assignment]
+                                   else pl.DataFrame())
+        return self._frames[table]
 
     def items(self) -> pl.DataFrame:
         """Per-item scores (``eval_items`` rows), in item order."""

@@ -110,3 +110,20 @@ def window_items(benchmark: str, nll: Sequence[float], n: Sequence[int],
                     "correct": g, "correct_alt": None, "logprobs": [-float(v)], "n_tokens": [int(k)],
                     "greedy": [bool(g)], "prefix_id": None})
     return out
+
+
+WIKI_CHARS = 20_000
+"""WikiText-2 is cut to this many characters in the ablate tests: they read at most a few hundred tokens of it."""
+
+
+def short_wikitext_loader(real: Any) -> Any:
+    """A ``registry.load_items`` that returns WikiText-2 cut to :data:`WIKI_CHARS` characters (others unchanged)."""
+    import dataclasses
+
+    def load(name: str, limit: int | None = None, seed: int = 0) -> Any:
+        items = real(name, limit=limit, seed=seed)
+        if name == "wikitext2":
+            items = [dataclasses.replace(it, text=it.text[:WIKI_CHARS]) for it in items]
+        return items
+
+    return load

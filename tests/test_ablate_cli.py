@@ -4,7 +4,6 @@ and segments read directly; the error paths print one line."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -19,6 +18,7 @@ import negdb
 from negdb.ablate.experiment import AblateOptions
 from negdb.errors import NegdbError
 from negdb.evals import registry
+from tests.ablate_helpers import short_wikitext_loader
 from tests.ingest_helpers import assert_one_error, cli, ingest_into
 from tests.tiny_models import save_tiny
 
@@ -26,20 +26,13 @@ pytestmark = pytest.mark.timeout(300)
 
 ARGS = ["--top", "10%", "--evals", "blimp,copa,ppl", "--limit", "2", "--ppl-tokens", "256", "--probe-tokens",
         "256", "--seeds", "2", "--window", "64", "--quiet"]
-WIKI_CHARS = 20_000
 
 
 @pytest.fixture(scope="module")
 def short_wikitext():
     """WikiText-2 cut to its first characters for this module: the runs read 256 tokens of it, and tokenizing
     the whole test file costs seconds for each of the dozen perplexity evaluations of an ablation."""
-    real = registry.load_items
-
-    def load(name, limit=None, seed=0):
-        items = real(name, limit=limit, seed=seed)
-        if name == "wikitext2":
-            items = [dataclasses.replace(it, text=it.text[:WIKI_CHARS]) for it in items]
-        return items
+    load = short_wikitext_loader(registry.load_items)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(registry, "load_items", load)

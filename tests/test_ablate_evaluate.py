@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -19,22 +18,16 @@ from negdb.evals.run import ScoringRule, score_items, summarize
 from negdb.models.loading import from_model
 from negdb.store.layout import StoreLayout
 from negdb.store.results import lookup
+from tests.ablate_helpers import short_wikitext_loader
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
-WIKI_CHARS = 20_000
 
 
 @pytest.fixture(autouse=True)
 def short_wikitext(monkeypatch):
     """WikiText-2 cut to its first characters: tokenizing the whole test file takes seconds per evaluation, and
     every evaluation here reads at most a few hundred tokens of it."""
-    real = registry.load_items
-
-    def load(name, limit=None, seed=0):
-        items = real(name, limit=limit, seed=seed)
-        if name == "wikitext2":
-            items = [dataclasses.replace(it, text=it.text[:WIKI_CHARS]) for it in items]
-        return items
+    load = short_wikitext_loader(registry.load_items)
 
     monkeypatch.setattr(registry, "load_items", load)
 

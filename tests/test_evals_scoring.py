@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from negdb.errors import NegdbError
-from negdb.evals.scoring import _Caps, _capabilities, perplexity, score_continuations
+from negdb.evals.packing import _Caps, _capabilities
+from negdb.evals.scoring import perplexity, score_continuations
 from negdb.models.loading import from_model
 from tiny_models import SENTENCES, TINY_CONFIGS, tiny_model, tiny_tokenizer
 
