@@ -59,6 +59,10 @@ def _register() -> None:
 
     main.add_command(ablate_cmd.ablate)
     main.add_command(ablate_cmd.results)
+    from negdb.cli import analyze_cmd, report_cmd
+
+    main.add_command(analyze_cmd.analyze)
+    main.add_command(report_cmd.report)
 
 
 _register()

@@ -156,7 +156,7 @@ def schema_cursor() -> duckdb.DuckDBPyConnection:
 # neuron_stats segments sit in model_id=/revision= folders (see ingest/publish.py): DuckDB prunes by path
 _HIVE = ", hive_partitioning = true, hive_types = {'model_id': VARCHAR, 'revision': VARCHAR}"
 SMALL_TABLES = frozenset({"models", "checkpoints", "slices", "stat_specs", "runs", "activations", "neuron_sets",
-                          "eval_results", "ablations"})
+                          "eval_results", "ablations", "analyses"})
 
 
 class Catalog:

@@ -212,6 +212,108 @@ ABLATIONS = Table("ablations", "one row per condition of a stored ablation exper
 ))
 
 
+ANALYSES = Table("analyses", "one row per stored analysis (negdb analyze pos | layers | training | pairs)", (
+    ("analysis_id", pa.string(), "key of the analysis: hash of its kind and every argument that changes its numbers"),
+    ("kind", pa.string(), "pos, layers, training or pairs"),
+    ("model_id", pa.string(), "model key"),
+    ("revision", pa.string(), "checkpoint (the final one for training; NULL when not one checkpoint)"),
+    ("config_json", pa.string(), "the analysis's arguments as JSON"),
+    ("summary_json", pa.string(), "headline numbers and the stored results it read (ablation ids, result ids) as JSON"),
+    ("seconds", pa.float64(), "wall time of the analysis itself (stored evaluations it reused not counted)"),
+    ("created_at", TS, "when it was stored (UTC)"),
+))
+
+POS_SURPRISAL = Table("pos_surprisal", "per part-of-speech tag: excess surprisal of an ablation on WikiText-2 test", (
+    ("analysis_id", pa.string(), "the analysis (analyses.analysis_id)"),
+    ("condition", pa.string(), "ablation, random or ppl-matched"),
+    ("seed", pa.int64(), "random-control seed, else NULL"),
+    ("result_id", pa.string(), "the ablated perplexity evaluation (eval_results.result_id)"),
+    ("baseline_id", pa.string(), "the baseline perplexity evaluation"),
+    ("tag", pa.string(), "spaCy universal POS tag of the token (by largest character overlap); ALL for every token"),
+    ("function_word", pa.bool_(), "tag is a function-word class (DET, ADP, AUX, PART, PRON, CCONJ, SCONJ, PUNCT)"),
+    ("n_tokens", pa.int64(), "scored tokens with this tag"),
+    ("baseline_nll", pa.float64(), "mean baseline surprisal (nats)"),
+    ("ablated_nll", pa.float64(), "mean surprisal under the condition (nats)"),
+    ("excess", pa.float64(), "mean excess surprisal: ablated minus baseline (nats per token)"),
+    ("excess_total", pa.float64(), "summed excess surprisal of the tag's tokens (nats)"),
+    ("share", pa.float64(), "the tag's share of the summed excess over all tokens"),
+    ("token_share", pa.float64(), "the tag's share of the scored tokens"),
+    ("ci_lo", pa.float64(), "95% bootstrap CI of excess (resampling windows), lower"),
+    ("ci_hi", pa.float64(), "upper"),
+))
+
+LAYER_EFFECTS = Table("layer_effects", "a neuron set ablated one layer group at a time and cumulatively", (
+    ("analysis_id", pa.string(), "the analysis (analyses.analysis_id)"),
+    ("variant", pa.string(), "alone (only this group's layers) or cumulative (groups 0..this one)"),
+    ("group_index", pa.int32(), "layer group, 0 = first layers"),
+    ("layers", pa.list_(pa.int32()), "layers whose set members were ablated"),
+    ("set_id", pa.string(), "the restricted neuron set (neuron_sets.set_id)"),
+    ("n_neurons", pa.int64(), "neurons ablated"),
+    ("benchmark", pa.string(), "benchmark name"),
+    ("metric", pa.string(), "metric (acc_sum, acc_mean, ppl)"),
+    ("level", pa.string(), "overall, macro, or a grouping field (phenomenon, linguistics_term, field)"),
+    ("grp", pa.string(), "group value at that level (NULL for overall and macro)"),
+    ("baseline", pa.float64(), "unablated value"),
+    ("value", pa.float64(), "ablated value"),
+    ("delta", pa.float64(), "value minus baseline"),
+    ("ci_lo", pa.float64(), "95% paired-bootstrap CI of delta, lower (overall and macro rows)"),
+    ("ci_hi", pa.float64(), "upper"),
+    ("result_id", pa.string(), "the ablated evaluation (eval_results.result_id)"),
+))
+
+TRAINING_DYNAMICS = Table("training_dynamics", "per checkpoint: w_dist distribution, top-1% cohort, overlaps, ablation effect", (
+    ("analysis_id", pa.string(), "the analysis (analyses.analysis_id)"),
+    ("model_id", pa.string(), "model key"),
+    ("revision", pa.string(), "checkpoint"),
+    ("step", pa.int64(), "training step (NULL if unknown)"),
+    ("tokens_seen", pa.int64(), "training tokens seen (NULL if unknown)"),
+    ("layer", pa.int32(), "layer (NULL: all layers)"),
+    ("quantity", pa.string(), "what the value is (see docs/ANALYSES.md): w_dist_mean, w_dist_p50/p90/p99/max, cohort_w_dist, overlap_final, overlap_prev, delta_<benchmark>_<metric>, ..."),
+    ("value", pa.float64(), "the value"),
+    ("ci_lo", pa.float64(), "95% CI lower, where the quantity has one"),
+    ("ci_hi", pa.float64(), "upper"),
+    ("n", pa.int64(), "neurons, items or tokens behind the value"),
+))
+
+DIFF_PAIRS = Table("diff_pairs", "token pairs with nearby MLP inputs whose pre-activations of one neuron land far apart", (
+    ("analysis_id", pa.string(), "the analysis (analyses.analysis_id)"),
+    ("model_id", pa.string(), "model key"),
+    ("revision", pa.string(), "checkpoint"),
+    ("layer", pa.int32(), "layer"),
+    ("neuron", pa.int32(), "neuron"),
+    ("rank", pa.int32(), "1 = the most differentiating pair"),
+    ("token_a", pa.int64(), "flat token index of the first token in the slice"),
+    ("token_b", pa.int64(), "flat token index of the second token"),
+    ("x_a", pa.float64(), "pre-activation at token_a"),
+    ("x_b", pa.float64(), "pre-activation at token_b"),
+    ("d_in", pa.float64(), "MLP-input distance, divided by the largest over the pairs (as md)"),
+    ("d_out", pa.float64(), "|x_a - x_b| divided by the median over the pairs (as md)"),
+    ("ratio", pa.float64(), "d_out / d_in"),
+    ("both_negative", pa.bool_(), "x_a < 0 and x_b < 0"),
+    ("text_a", pa.string(), "token_a as text"),
+    ("text_b", pa.string(), "token_b as text"),
+    ("context_a", pa.string(), "the tokens before and after token_a, token_a in [[ ]]"),
+    ("context_b", pa.string(), "the same for token_b"),
+))
+
+NEG_SHARE = Table("neg_share", "per layer: the share of non-Gaussianity (w_dist) in the negative region", (
+    ("analysis_id", pa.string(), "the analysis (analyses.analysis_id)"),
+    ("model_id", pa.string(), "model key"),
+    ("revision", pa.string(), "checkpoint"),
+    ("layer", pa.int32(), "layer"),
+    ("selection", pa.string(), "top1 (the layer's top 1% by w_dist), rest, or all"),
+    ("n_neurons", pa.int64(), "neurons"),
+    ("share_mean", pa.float64(), "mean over neurons of w_dist_neg / w_dist"),
+    ("share_pooled", pa.float64(), "sum of w_dist_neg / sum of w_dist"),
+    ("neg_mass_mean", pa.float64(), "mean share of the neuron's tokens with a negative pre-activation (frac_neg)"),
+    ("ci_lo", pa.float64(), "95% bootstrap CI of share_mean (resampling neurons), lower"),
+    ("ci_hi", pa.float64(), "upper"),
+))
+
+ANALYSIS_TABLES = (POS_SURPRISAL, LAYER_EFFECTS, TRAINING_DYNAMICS, DIFF_PAIRS, NEG_SHARE)
+
+
 def all_tables() -> tuple[Table, ...]:
     return (MODELS, CHECKPOINTS, SLICES, STAT_SPECS, ACTIVATIONS, RUNS, neuron_stats_table(), NEURON_SETS,
-            NEURON_SET_MEMBERS, EVAL_RESULTS, EVAL_METRICS, EVAL_ITEMS, EVAL_TOKENS, ABLATIONS)
+            NEURON_SET_MEMBERS, EVAL_RESULTS, EVAL_METRICS, EVAL_ITEMS, EVAL_TOKENS, ABLATIONS, ANALYSES,
+            *ANALYSIS_TABLES)
