@@ -63,6 +63,9 @@ def _register() -> None:
 
     main.add_command(analyze_cmd.analyze)
     main.add_command(report_cmd.report)
+    from negdb.cli import sweep_cmd
+
+    main.add_command(sweep_cmd.sweep)
 
 
 _register()

@@ -307,7 +307,7 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
         return {"service": "negdb query service", "version": negdb.__version__, "docs": "/docs",
                 "openapi": "/openapi.json",
                 "endpoints": ["/health", "/models", "/checkpoints", "/neurons", "/neuron/{model}/{checkpoint}/"
-                              "{layer}/{index}", "/sets", "/sets/{name}", "POST /sql"]}
+                              "{layer}/{index}", "/sets", "/sets/{name}", "/results", "/ablations", "/analyses", "POST /sql"]}
 
     @app.get("/health", summary="Service status, store path, segment and row counts, snapshot age")
     def health() -> dict[str, Any]:
@@ -383,6 +383,27 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
             rows = records(snap, "SELECT * EXCLUDE (config_json) FROM ablations WHERE (? IS NULL OR model_id = ?) "
                                  "ORDER BY created_at, ablation_id, condition, seed", [model, model])
         return {"ablations": rows}
+
+    @app.get("/analyses", summary="Stored analyses (negdb analyze pos | layers | training | pairs), newest last")
+    def analyses(model: str | None = Query(None, description="only this model_id"),
+                 kind: str | None = Query(None, description="only this kind: pos, layers, training or pairs")
+                 ) -> dict[str, Any]:
+        with snapshot() as snap:
+            rows = records(snap, "SELECT * FROM analyses WHERE (? IS NULL OR model_id = ?) AND (? IS NULL OR kind = ?) "
+                                 "ORDER BY created_at, analysis_id", [model, model, kind, kind])
+        return {"analyses": rows}
+
+    @app.get("/analyses/{analysis_id}", summary="One stored analysis with the rows of its result tables")
+    def analysis(analysis_id: str) -> dict[str, Any]:
+        from negdb.store.tables import ANALYSIS_TABLES
+
+        with snapshot() as snap:
+            head = records(snap, "SELECT * FROM analyses WHERE analysis_id = ?", [analysis_id])
+            if not head:
+                raise NotFound(f"no stored analysis {analysis_id!r}: GET /analyses lists them")
+            tables = {t.name: records(snap, f"SELECT * EXCLUDE (analysis_id) FROM {t.name} WHERE analysis_id = ?",
+                                      [analysis_id]) for t in ANALYSIS_TABLES}
+        return {"analysis": head[0], "tables": {k: v for k, v in tables.items() if v}}
 
     @app.get("/neurons", summary="Per-neuron statistics (the neurons view), filtered by a boolean expression",
              responses={200: {"content": {"application/json": {}, ARROW_STREAM: {}}}})

@@ -214,7 +214,7 @@ ABLATIONS = Table("ablations", "one row per condition of a stored ablation exper
 
 ANALYSES = Table("analyses", "one row per stored analysis (negdb analyze pos | layers | training | pairs)", (
     ("analysis_id", pa.string(), "key of the analysis: hash of its kind and every argument that changes its numbers"),
-    ("kind", pa.string(), "pos, layers, training or pairs"),
+    ("kind", pa.string(), "pos, layers, training, pairs or sweep"),
     ("model_id", pa.string(), "model key"),
     ("revision", pa.string(), "checkpoint (the final one for training; NULL when not one checkpoint)"),
     ("config_json", pa.string(), "the analysis's arguments as JSON"),
@@ -247,18 +247,20 @@ LAYER_EFFECTS = Table("layer_effects", "a neuron set ablated one layer group at 
     ("variant", pa.string(), "alone (only this group's layers) or cumulative (groups 0..this one)"),
     ("group_index", pa.int32(), "layer group, 0 = first layers"),
     ("layers", pa.list_(pa.int32()), "layers whose set members were ablated"),
-    ("set_id", pa.string(), "the restricted neuron set (neuron_sets.set_id)"),
+    ("set_id", pa.string(), "the restricted neuron set (neuron_sets.set_id); NULL when it has no neurons there"),
     ("n_neurons", pa.int64(), "neurons ablated"),
-    ("benchmark", pa.string(), "benchmark name"),
-    ("metric", pa.string(), "metric (acc_sum, acc_mean, ppl)"),
-    ("level", pa.string(), "overall, macro, or a grouping field (phenomenon, linguistics_term, field)"),
-    ("grp", pa.string(), "group value at that level (NULL for overall and macro)"),
+    ("benchmark", pa.string(), "benchmark name, or a summary (grammar: mean of BLiMP acc_sum and TSE acc_mean)"),
+    ("metric", pa.string(), "metric (acc_sum, acc_mean, ppl, nll; mean for summaries)"),
+    ("level", pa.string(), "overall, macro, summary, or a grouping field (UID, field, linguistics_term, phenomenon, ...)"),
+    ("grp", pa.string(), "group value at that level (NULL for overall, macro and summary)"),
+    ("n", pa.int64(), "items, windows or tokens behind the value"),
     ("baseline", pa.float64(), "unablated value"),
     ("value", pa.float64(), "ablated value"),
     ("delta", pa.float64(), "value minus baseline"),
-    ("ci_lo", pa.float64(), "95% paired-bootstrap CI of delta, lower (overall and macro rows)"),
+    ("ci_lo", pa.float64(), "95% paired-bootstrap CI of delta, lower (headline rows: macro, ppl, summary; else NULL)"),
     ("ci_hi", pa.float64(), "upper"),
-    ("result_id", pa.string(), "the ablated evaluation (eval_results.result_id)"),
+    ("result_id", pa.string(), "the ablated evaluation (eval_results.result_id; the baseline's when no neurons)"),
+    ("baseline_id", pa.string(), "the baseline evaluation (eval_results.result_id)"),
 ))
 
 TRAINING_DYNAMICS = Table("training_dynamics", "per checkpoint: w_dist distribution, top-1% cohort, overlaps, ablation effect", (
@@ -289,7 +291,7 @@ DIFF_PAIRS = Table("diff_pairs", "token pairs with nearby MLP inputs whose pre-a
     ("d_in", pa.float64(), "MLP-input distance, divided by the largest over the pairs (as md)"),
     ("d_out", pa.float64(), "|x_a - x_b| divided by the median over the pairs (as md)"),
     ("ratio", pa.float64(), "d_out / d_in"),
-    ("both_negative", pa.bool_(), "x_a < 0 and x_b < 0"),
+    ("signs", pa.string(), "neg (x_a < 0 and x_b < 0), pos (both >= 0) or mixed"),
     ("text_a", pa.string(), "token_a as text"),
     ("text_b", pa.string(), "token_b as text"),
     ("context_a", pa.string(), "the tokens before and after token_a, token_a in [[ ]]"),
@@ -300,9 +302,9 @@ NEG_SHARE = Table("neg_share", "per layer: the share of non-Gaussianity (w_dist)
     ("analysis_id", pa.string(), "the analysis (analyses.analysis_id)"),
     ("model_id", pa.string(), "model key"),
     ("revision", pa.string(), "checkpoint"),
-    ("layer", pa.int32(), "layer"),
+    ("layer", pa.int32(), "layer (NULL: all layers together)"),
     ("selection", pa.string(), "top1 (the layer's top 1% by w_dist), rest, or all"),
-    ("n_neurons", pa.int64(), "neurons"),
+    ("n_neurons", pa.int64(), "neurons with w_dist > 0 (the share is undefined for the others)"),
     ("share_mean", pa.float64(), "mean over neurons of w_dist_neg / w_dist"),
     ("share_pooled", pa.float64(), "sum of w_dist_neg / sum of w_dist"),
     ("neg_mass_mean", pa.float64(), "mean share of the neuron's tokens with a negative pre-activation (frac_neg)"),
@@ -310,7 +312,42 @@ NEG_SHARE = Table("neg_share", "per layer: the share of non-Gaussianity (w_dist)
     ("ci_hi", pa.float64(), "upper"),
 ))
 
-ANALYSIS_TABLES = (POS_SURPRISAL, LAYER_EFFECTS, TRAINING_DYNAMICS, DIFF_PAIRS, NEG_SHARE)
+SWEEP_POINTS = Table("sweep_points", "every (selector, fraction, mode, condition, seed) of a sweep: one benchmark metric each", (
+    ("analysis_id", pa.string(), "the sweep (analyses.analysis_id, kind 'sweep')"),
+    ("by", pa.string(), "statistic the main set was ranked by (w_dist, kurtosis, skew, std, ...)"),
+    ("direction", pa.string(), "top or bottom"),
+    ("fraction", pa.float64(), "share of each layer's neurons in the main set (0.01 = 1%)"),
+    ("mode", pa.string(), "intervention mode"),
+    ("condition", pa.string(), "ablation, random or ppl-matched"),
+    ("seed", pa.int64(), "sweep seed: item subsample and random-control seed"),
+    ("set_id", pa.string(), "the condition's neuron set"),
+    ("n_neurons", pa.int64(), "neurons ablated"),
+    ("benchmark", pa.string(), "benchmark, or grammar / suite for the summary means"),
+    ("metric", pa.string(), "metric (acc_sum, acc_mean, acc, acc_norm, ppl, mean)"),
+    ("baseline", pa.float64(), "unablated value on the same items"),
+    ("value", pa.float64(), "value under the condition"),
+    ("delta", pa.float64(), "value minus baseline"),
+    ("ci_lo", pa.float64(), "95% paired-bootstrap CI of delta over items, lower"),
+    ("ci_hi", pa.float64(), "upper"),
+    ("result_id", pa.string(), "the evaluation (eval_results.result_id); NULL for summary means"),
+))
+
+SWEEP_SUMMARY = Table("sweep_summary", "per grid point, across seeds: dose-response, selectivity, sign and selector contrasts", (
+    ("analysis_id", pa.string(), "the sweep (analyses.analysis_id)"),
+    ("kind", pa.string(), "dose (a condition's delta), selectivity, sign (mode A minus mode B) or selector (by A minus by B)"),
+    ("by", pa.string(), "selector (for selector contrasts: A-B)"),
+    ("fraction", pa.float64(), "share of each layer's neurons"),
+    ("mode", pa.string(), "mode (for sign contrasts: A-B)"),
+    ("condition", pa.string(), "condition (dose rows)"),
+    ("benchmark", pa.string(), "benchmark, grammar, suite, or the index name"),
+    ("metric", pa.string(), "metric"),
+    ("value", pa.float64(), "mean across seeds"),
+    ("ci_lo", pa.float64(), "95% CI across seeds and items, lower"),
+    ("ci_hi", pa.float64(), "upper"),
+    ("n_seeds", pa.int32(), "seeds behind the value"),
+))
+
+ANALYSIS_TABLES = (POS_SURPRISAL, LAYER_EFFECTS, TRAINING_DYNAMICS, DIFF_PAIRS, NEG_SHARE, SWEEP_POINTS, SWEEP_SUMMARY)
 
 
 def all_tables() -> tuple[Table, ...]:

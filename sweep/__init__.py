@@ -1,0 +1,1 @@
+"""Dose-response and robustness sweeps of sign-specific ablations (``negdb sweep``)."""
