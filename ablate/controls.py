@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import polars as pl
+
 from negdb.ablate.interventions import Intervention
 from negdb.errors import NegdbError
 from negdb.query import sets as setlib
@@ -30,6 +32,21 @@ def save_auto(cat: Catalog, selection: setlib.Selection, name: str | None = None
     saved = setlib.save(cat.layout, selection, name or f"auto-{selection.content_hash[:16]}")
     cat.refresh()
     return saved
+
+
+def restrict_set(cat: Catalog, main: NeuronSet, layers: list[int]) -> NeuronSet | None:
+    """``main``'s members in ``layers``, saved as a set (``main`` itself when that is all of it; ``None`` if empty)."""
+    members = main.members.filter(pl.col("layer").is_in(layers)).select(
+        pl.col("layer").cast(pl.Int32), pl.col("neuron").cast(pl.Int32)).sort("layer", "neuron")
+    if members.height == 0:
+        return None
+    if members.height == main.n_members:
+        return main
+    per_layer = dict(members.group_by("layer").len().iter_rows())
+    sel = setlib.Selection(keys=main.keys, expression=json.dumps({"layers": layers, "restrict": main.set_id}, sort_keys=True, separators=(",", ":")),
+                           members=members, counts={int(li): int(per_layer.get(li, 0)) for li in layers},
+                           content_hash=setlib.content_hash(main.keys, members))
+    return save_auto(cat, sel)
 
 
 def intervention_for(cat: Catalog, neuron_set: NeuronSet, mode: str) -> Intervention:

@@ -17,7 +17,7 @@ from typing import Any
 
 from negdb.ablate.compare import Comparison, Condition, compare
 from negdb.ablate.controls import (MatchResult, intervention_for, main_fraction, ppl_matched, random_controls,
-                                   save_auto)
+                                   restrict_set, save_auto)
 from negdb.ablate.evaluate import Target, evaluate, make_key
 from negdb.ablate.interventions import MODES
 from negdb.errors import NegdbError
@@ -27,7 +27,7 @@ from negdb.query import sets as setlib
 from negdb.query.setstore import NeuronSet
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout, short_hash
-from negdb.store.results import lookup
+from negdb.store.results import StoredResult, lookup
 from negdb.store.runs import now
 from negdb.store.segments import write_segment
 from negdb.store.tables import ABLATIONS
@@ -131,12 +131,18 @@ class Experiment:
     conditions: list[Condition] = field(default_factory=list)
 
 
-def _main_set(cat: Catalog, opts: AblateOptions) -> NeuronSet:
+def main_set(cat: Catalog, opts: AblateOptions) -> NeuronSet:
+    """The neurons ``opts`` picks (``--set``, or ``--where``/``--top`` saved as ``auto-<hash>`` or ``--save``)."""
     if opts.set_name:
         ns = setlib.get(cat, opts.set_name)
         if ns.keys.model_id != setlib.resolve_model(cat, opts.model):
             raise NegdbError(f"set {opts.set_name} holds neurons of {ns.keys.model_id}, not {opts.model}")
-        return ns
+        if opts.layers is None:
+            return ns
+        restricted = restrict_set(cat, ns, setlib.parse_layer_list(opts.layers, cat, ns.keys))
+        if restricted is None:
+            raise NegdbError(f"set {opts.set_name} has no neurons in --layers {opts.layers}")
+        return restricted
     sel = setlib.select(cat, opts.model, opts.checkpoint, where=opts.where, top=opts.top, by=opts.by,
                         layers=opts.layers)
     if sel.n_members == 0:
@@ -144,7 +150,15 @@ def _main_set(cat: Catalog, opts: AblateOptions) -> NeuronSet:
     return save_auto(cat, sel, opts.save)
 
 
-def _checkpoint_row(cat: Catalog, model_id: str, revision: str) -> dict[str, Any]:
+def resolve_revision(cat: Catalog, main: NeuronSet, checkpoint: str | None) -> str:
+    """The checkpoint to evaluate: ``checkpoint`` (resolved) or the one the set's statistics come from."""
+    if checkpoint and checkpoint != main.keys.revision:
+        return setlib.resolve_keys(cat, main.keys.model_id, checkpoint).revision
+    return checkpoint or main.keys.revision
+
+
+def checkpoint_row(cat: Catalog, model_id: str, revision: str) -> dict[str, Any]:
+    """The ``checkpoints`` row of ``model_id@revision`` (``NegdbError`` when it was never ingested)."""
     rows = cat.arrow("SELECT * FROM checkpoints WHERE model_id = ? AND revision = ?", [model_id, revision]).to_pylist()
     if not rows:
         raise NegdbError(f"{model_id}@{revision} is not in the store: run `negdb ingest --model {model_id} "
@@ -157,7 +171,7 @@ def _d_mlp(cat: Catalog, model_id: str) -> int:
     return int(rows[0]["d_mlp"])
 
 
-class _Loader:
+class Loader:
     """Loads the checkpoint the first time it is needed."""
 
     def __init__(self, model_id: str, revision: str, device: str, log: Callable[[str], None]) -> None:
@@ -181,6 +195,43 @@ class _Loader:
         return self.lm
 
 
+class Evaluator:
+    """Stored evaluations of one checkpoint under one mode; counts what it ``computed`` and ``reused``.
+
+    ``limits``: items per benchmark (``AblateOptions.limits``); perplexity reads ``ppl_tokens`` tokens.
+    """
+
+    def __init__(self, layout: StoreLayout, cat: Catalog, ckpt: dict[str, Any], mode: str, rule: ScoringRule, *,
+                 limits: dict[str, int | None], ppl_tokens: int | None, sample_seed: int, batch_tokens: int,
+                 progress: bool, get_lm: Callable[[], Any]) -> None:
+        self.layout, self.cat, self.ckpt, self.mode, self.rule = layout, cat, ckpt, mode, rule
+        self.limits, self.ppl_tokens, self.sample_seed = limits, ppl_tokens, sample_seed
+        self.batch_tokens, self.progress, self.get_lm = batch_tokens, progress, get_lm
+        self.computed = 0
+        self.reused = 0
+
+    def target(self, ns: NeuronSet | None) -> Target:
+        """The checkpoint under ``mode`` on ``ns`` (``None``: the baseline)."""
+        iv = None if ns is None else intervention_for(self.cat, ns, self.mode)
+        return Target(self.ckpt["model_id"], self.ckpt["revision"], self.ckpt["commit"], iv,
+                      None if ns is None else ns.set_id)
+
+    def limit(self, bench: str) -> int | None:
+        return self.ppl_tokens if registry.get(bench).kind == "perplexity" else self.limits.get(bench)
+
+    def __call__(self, t: Target, bench: str, label: str, limit: int | None = None) -> StoredResult:
+        """The stored result of ``bench`` on ``t`` (``limit`` overrides the benchmark's), computing it if needed."""
+        if limit is None:
+            limit = self.limit(bench)
+        stored = lookup(self.layout, make_key(t, bench, self.rule, limit, self.sample_seed).result_id) is not None
+        if stored:
+            self.reused += 1
+        else:
+            self.computed += 1
+        return evaluate(self.layout, t, bench, self.rule, get_lm=self.get_lm, limit=limit, seed=self.sample_seed,
+                        batch_tokens=self.batch_tokens, progress=self.progress, label=label)
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -197,27 +248,15 @@ def run(opts: AblateOptions, store: str | Path, *, progress: bool = True,
     controls = opts.control_list()
     limits = opts.limits(benches)
     with Catalog(layout.root) as cat:
-        main = _main_set(cat, opts)
+        main = main_set(cat, opts)
         model_id = main.keys.model_id
-        revision = opts.checkpoint or main.keys.revision
-        if opts.checkpoint and opts.checkpoint != main.keys.revision:
-            revision = setlib.resolve_keys(cat, model_id, opts.checkpoint).revision
-        ck = _checkpoint_row(cat, model_id, revision)
+        revision = resolve_revision(cat, main, opts.checkpoint)
+        ck = checkpoint_row(cat, model_id, revision)
         d_mlp = _d_mlp(cat, model_id)
-        loader = _Loader(model_id, revision, opts.device, log)
-        counts = {"computed": 0, "reused": 0}
-
-        def target(ns: NeuronSet | None) -> Target:
-            iv = None if ns is None else intervention_for(cat, ns, opts.mode)
-            return Target(model_id, revision, ck["commit"], iv, None if ns is None else ns.set_id)
-
-        def ev(t: Target, bench: str, label: str, limit: int | None = None) -> Any:
-            if limit is None:
-                limit = opts.ppl_tokens if registry.get(bench).kind == "perplexity" else limits[bench]
-            stored = lookup(layout, make_key(t, bench, rule, limit, opts.sample_seed).result_id) is not None
-            counts["reused" if stored else "computed"] += 1
-            return evaluate(layout, t, bench, rule, get_lm=loader, limit=limit, seed=opts.sample_seed,
-                            batch_tokens=opts.batch_tokens, progress=progress, label=label)
+        ev = Evaluator(layout, cat, ck, opts.mode, rule, limits=limits, ppl_tokens=opts.ppl_tokens,
+                       sample_seed=opts.sample_seed, batch_tokens=opts.batch_tokens, progress=progress,
+                       get_lm=Loader(model_id, revision, opts.device, log))
+        target = ev.target
 
         def condition(name: str, label: str, sets_: list[NeuronSet | None], **kw: Any) -> Condition:
             results: dict[str, list[Any]] = {b: [] for b in benches}
@@ -261,7 +300,7 @@ def run(opts: AblateOptions, store: str | Path, *, progress: bool = True,
         ablation_id = short_hash(model_id, revision, main.set_id, asdict(opts), n=16)
         _record(layout, ablation_id, model_id, revision, opts, [base, *conds])
         cat.refresh()
-        return Experiment(ablation_id, main, cmp, match, counts["computed"], counts["reused"], [base, *conds])
+        return Experiment(ablation_id, main, cmp, match, ev.computed, ev.reused, [base, *conds])
 
 
 def _record(layout: StoreLayout, ablation_id: str, model_id: str, revision: str, opts: AblateOptions,

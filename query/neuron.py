@@ -21,7 +21,8 @@ from negdb.errors import NegdbError
 from negdb.query.sets import Keys, resolve_keys
 from negdb.store.catalog import Catalog
 
-__all__ = ["Context", "Histogram", "NeuronReport", "activations", "histogram", "report", "token_contexts"]
+__all__ = ["Context", "Histogram", "NeuronReport", "activations", "contexts_at", "histogram", "layer_array_path",
+           "report", "slice_tokenizer", "token_contexts"]
 
 KINDS = ("most_negative", "most_positive", "near_zero")
 MARK_OPEN, MARK_CLOSE = "[[", "]]"
@@ -213,6 +214,32 @@ def _context(row: int, value: float, token_ids: np.ndarray, windows: np.ndarray,
             + _decode(tokenizer, token_ids[row + 1:hi]) + ("..." if end_cut else ""))
     return Context(row=int(row), value=float(value), window=int(windows[row]), position=int(positions[row]),
                    token_id=int(target[0]), token=token if tokenizer is not None else None, text=text)
+
+
+def layer_array_path(cat: Catalog, keys: Keys, layer: int) -> Path:
+    """The stored pre-activation array of one layer; its slice group (token ids, md inputs) is two folders up.
+
+    Raises:
+        NegdbError: the layer's activations were not kept.
+    """
+    return _array_path(cat, keys, int(layer))
+
+
+def slice_tokenizer(cat: Catalog, keys: Keys) -> Any:
+    """The tokenizer of the checkpoint of ``keys`` (cached per checkpoint)."""
+    return _load_tokenizer(cat, keys)
+
+
+def contexts_at(group: Path, rows: np.ndarray, values: np.ndarray, tokenizer: Any, width: int = 8) -> list[Context]:
+    """Token contexts of the slice ``rows`` (flat token indices) of the slice group ``group``, in order."""
+    import zarr
+
+    g = zarr.open_group(str(group), mode="r")
+    token_ids = np.asarray(g["token_ids"][:])
+    windows = np.asarray(g["window"][:])
+    positions = np.asarray(g["position"][:])
+    return [_context(int(r), float(v), token_ids, windows, positions, tokenizer, width)
+            for r, v in zip(np.asarray(rows).reshape(-1), np.asarray(values).reshape(-1))]
 
 
 def token_contexts(x: np.ndarray, group: Path, tokenizer: Any, k: int = 5, width: int = 8) -> dict[str, list[Context]]:

@@ -280,6 +280,25 @@ def test_the_same_set_by_name_reuses_every_evaluation(env):
     assert _files(env["store"], "eval_results") == before
 
 
+def test_a_named_set_restricted_by_layers(env, short_wikitext):
+    """``--set NAME --layers L`` ablates only the set's members in those layers (a new, saved set)."""
+    abl = _ablation(env)
+    name = abl.filter(pl.col("condition") == "ablation")["set_name"][0]
+    with negdb.connect(str(env["store"])) as cat:
+        members = cat.sql("SELECT m.layer, m.neuron FROM neuron_set_members m JOIN neuron_sets s USING (set_id) "
+                          "WHERE s.name = ? ORDER BY 1, 2", [name])
+    res = cli(env["store"], "ablate", "--model", env["model_arg"], "--set", name, "--layers", "1", "--evals", "copa",
+              "--limit", "1", "--controls", "none", "--format", "json", "--quiet")
+    assert res.exit_code == 0, res.output
+    (cond,) = [c for c in json.loads(res.stdout)["conditions"] if c["name"] == "ablation"]
+    expected = members.filter(pl.col("layer") == 1)
+    assert 0 < expected.height < members.height
+    assert cond["n_neurons"] == expected.height
+    outside = cli(env["store"], "ablate", "--model", env["model_arg"], "--set", name, "--layers", "7", "--evals",
+                  "copa", "--controls", "none", "--quiet")
+    assert_one_error(outside)
+
+
 def test_mean_mode_runs_and_is_recorded(env, short_wikitext):
     res = cli(env["store"], "ablate", "--model", env["model_arg"], "--top", "10%", "--mode", "mean", "--evals",
               "ppl", "--ppl-tokens", "128", "--window", "64", "--controls", "none", "--format", "json", "--quiet")

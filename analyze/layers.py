@@ -1,0 +1,348 @@
+"""``negdb analyze layers``: a neuron set ablated one layer group at a time, and cumulatively from the first.
+
+The model's layers are split into ``groups`` contiguous groups (:func:`negdb.ablate.interventions.layer_groups`).
+For each group, variant ``alone`` ablates the set's members in that group's layers only, and ``cumulative`` its
+members in groups ``0..g`` (:func:`~negdb.ablate.interventions.cumulative`). Each restricted set is an ordinary
+saved neuron set (content-hashed, so equal member lists are one set: alone 0 is cumulative 0, the last cumulative
+group is the whole set) and each of its evaluations is a stored result (:mod:`negdb.ablate.evaluate`), computed once.
+Deltas against the baseline and their 95% paired-bootstrap CIs come from :func:`negdb.ablate.compare.compare`
+(headline rows: macro accuracy over groups, perplexity, the grammar mean); per-phenomenon rows (every grouping
+level of ``eval_metrics``) are value, baseline and delta. The rows are stored in ``layer_effects`` under an
+analysis key (:mod:`negdb.analyze.record`), so a repeated call only reads them back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from negdb.ablate.compare import Comparison, Condition, compare
+from negdb.ablate.controls import restrict_set
+from negdb.ablate.experiment import (AblateOptions, Evaluator, Loader, checkpoint_row, main_set,
+                                     resolve_revision)
+from negdb.ablate.interventions import cumulative, layer_groups
+from negdb.analyze.record import Timer, analysis_id, canonical, lookup, publish
+from negdb.errors import NegdbError
+from negdb.evals import registry
+from negdb.evals.run import ScoringRule
+from negdb.query import sets as setlib
+from negdb.query.setstore import NeuronSet
+from negdb.store.catalog import Catalog
+from negdb.store.layout import StoreLayout
+from negdb.store.results import StoredResult
+from negdb.store.tables import LAYER_EFFECTS
+
+VARIANTS = ("alone", "cumulative")
+HEADLINE_LEVELS = ("macro", "overall", "summary")
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """Arguments of ``negdb analyze layers`` (see the CLI help for each)."""
+
+    model: str
+    checkpoint: str | None = None
+    where: str | None = None
+    set_name: str | None = None
+    top: str | None = None
+    by: str = "w_dist"
+    mode: str = "neg"
+    groups: int = 8
+    variants: str = "alone,cumulative"
+    evals: str = "ppl,blimp,tse"
+    limit: int | str | None = None
+    sample_seed: int = 0
+    ppl_tokens: int | None = None
+    window: int | None = None
+    bos: str = "lm-eval"
+    batch_tokens: int = 8192
+    n_boot: int = 1000
+    seed: int = 0
+    device: str = "auto"
+
+    def variant_list(self) -> list[str]:
+        names = [v.strip() for v in (self.variants or "").split(",") if v.strip()]
+        bad = [v for v in names if v not in VARIANTS]
+        if bad or not names:
+            raise NegdbError(f"unknown --variants {self.variants!r}: use {', '.join(VARIANTS)} (comma-separated)")
+        return list(dict.fromkeys(names))
+
+    def ablate_options(self) -> AblateOptions:
+        """The same selection, mode, benchmarks and scoring as ``negdb ablate`` options (no controls)."""
+        return AblateOptions(model=self.model, checkpoint=self.checkpoint, where=self.where, set_name=self.set_name,
+                             top=self.top, by=self.by, mode=self.mode, evals=self.evals, controls="none",
+                             seed=self.seed, limit=self.limit, sample_seed=self.sample_seed,
+                             ppl_tokens=self.ppl_tokens, bos=self.bos, window=self.window,
+                             batch_tokens=self.batch_tokens, device=self.device, n_boot=self.n_boot)
+
+    def validate(self) -> None:
+        self.ablate_options().validate()
+        if self.groups < 1:
+            raise NegdbError(f"--groups must be at least 1, got {self.groups}")
+        self.variant_list()
+
+
+@dataclass(frozen=True)
+class GroupSet:
+    """One (variant, group): its layers and the main set restricted to them (``None``: no members there)."""
+
+    variant: str
+    index: int
+    layers: list[int]
+    neuron_set: NeuronSet | None
+
+    @property
+    def key(self) -> str:
+        """The condition evaluated for it: the set's id, or ``none`` (nothing to ablate)."""
+        return "none" if self.neuron_set is None else self.neuron_set.set_id
+
+
+@dataclass
+class LayerAnalysis:
+    """What :func:`run` did (or read back): the ``layer_effects`` rows and the analysis record."""
+
+    analysis_id: str
+    model_id: str
+    revision: str
+    groups: list[list[int]]
+    rows: list[dict[str, Any]]
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    computed: int = 0
+    reused: int = 0
+    from_store: bool = False
+    plan: list[GroupSet] = field(default_factory=list)
+
+    def headline(self) -> list[dict[str, Any]]:
+        """The rows with a CI: per (variant, group) and benchmark metric at its headline level."""
+        return [r for r in self.rows if r["level"] in HEADLINE_LEVELS and r["ci_lo"] is not None]
+
+    def render(self, fmt: str = "table") -> str:
+        if fmt == "json":
+            return json.dumps({"analysis_id": self.analysis_id, "model_id": self.model_id, "revision": self.revision,
+                               "groups": self.groups, "config": self.config, "summary": self.summary,
+                               "rows": self.rows}, indent=2, default=str)
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=[c for c, _, _ in LAYER_EFFECTS.columns])
+            w.writeheader()
+            w.writerows([{**r, "layers": " ".join(map(str, r["layers"]))} for r in self.rows])
+            return buf.getvalue()
+        if fmt != "table":
+            raise NegdbError(f"unknown format {fmt!r}: use table, json or csv")
+        return _table(self)
+
+
+# ------------------------------------------------------------------------------------------ groups and sets
+
+
+def plan_groups(cat: Catalog, main: NeuronSet, groups: list[list[int]], variants: list[str]) -> list[GroupSet]:
+    """Every (variant, group) with its layers and restricted set, variants in the order given."""
+    layer_sets = {"alone": groups, "cumulative": cumulative(groups)}
+    cache: dict[tuple[int, ...], NeuronSet | None] = {}
+    out = []
+    for variant in variants:
+        for g, layers in enumerate(layer_sets[variant]):
+            key = tuple(layers)
+            if key not in cache:
+                cache[key] = restrict_set(cat, main, list(layers))
+            out.append(GroupSet(variant, g, list(layers), cache[key]))
+    return out
+
+
+def _n_layers(cat: Catalog, model_id: str) -> int:
+    rows = cat.arrow("SELECT max(n_layers) AS n FROM models WHERE model_id = ?", [model_id]).to_pylist()
+    if not rows or rows[0]["n"] is None:
+        raise NegdbError(f"{model_id} has no models row: run `negdb ingest --model {model_id}` first")
+    return int(rows[0]["n"])
+
+
+# ------------------------------------------------------------------------------------------ rows
+
+
+def _headline_level(bench: str, metric: str) -> str:
+    if bench not in registry.benchmarks():
+        return "summary"
+    return "macro" if registry.get(bench).group is not None and metric != "ppl" else "overall"
+
+
+def _metric_rows(res: StoredResult) -> dict[tuple[str, str, str | None], tuple[float, int]]:
+    return {(r["metric"], r["level"], r["grp"]): (r["value"], r["n"]) for r in res.metrics().iter_rows(named=True)}
+
+
+def effect_rows(plan: list[GroupSet], base: Condition, conds: dict[str, Condition], cmp: Comparison
+                ) -> list[dict[str, Any]]:
+    """``layer_effects`` rows (without ``analysis_id``): headline rows from ``cmp``, the rest from eval_metrics."""
+    by_cond: dict[str, list[Any]] = {}
+    for r in cmp.rows:
+        by_cond.setdefault(r.condition, []).append(r)
+    out: list[dict[str, Any]] = []
+    for gs in plan:
+        cond = conds[gs.key]
+        head = {"variant": gs.variant, "group_index": gs.index, "layers": gs.layers,
+                "set_id": None if gs.neuron_set is None else gs.neuron_set.set_id, "n_neurons": cond.n_neurons}
+        done = set()
+        for r in by_cond.get(gs.key, []):
+            level = _headline_level(r.benchmark, r.metric)
+            ids = ({"result_id": cond.results[r.benchmark][0].result_id,
+                    "baseline_id": base.results[r.benchmark][0].result_id} if level != "summary" else {})
+            out.append({**head, "benchmark": r.benchmark, "metric": r.metric, "level": level, "grp": None,
+                        "n": r.n, "baseline": r.baseline, "value": r.value, "delta": r.delta, "ci_lo": r.lo,
+                        "ci_hi": r.hi, **ids})
+            done.add((r.benchmark, r.metric, level))
+        for bench, results in cond.results.items():
+            res, res0 = results[0], base.results[bench][0]
+            values, baseline = _metric_rows(res), _metric_rows(res0)
+            for (metric, level, grp), (value, n) in values.items():
+                if (bench, metric, level) in done or (metric, level, grp) not in baseline:
+                    continue
+                b = baseline[(metric, level, grp)][0]
+                out.append({**head, "benchmark": bench, "metric": metric, "level": level, "grp": grp, "n": n,
+                            "baseline": b, "value": value, "delta": value - b, "ci_lo": None, "ci_hi": None,
+                            "result_id": res.result_id, "baseline_id": res0.result_id})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _config(opts: LayerOptions, main: NeuronSet, ck: dict[str, Any], benches: list[str],
+            limits: dict[str, int | None], groups: list[list[int]]) -> dict[str, Any]:
+    """Every argument that changes the numbers (the analysis key)."""
+    return {"model_id": ck["model_id"], "revision": ck["revision"], "commit": ck["commit"], "set_id": main.set_id,
+            "mode": opts.mode, "groups": groups, "variants": opts.variant_list(),
+            "benchmarks": {b: registry.spec_hash(b) for b in benches}, "limits": limits,
+            "ppl_tokens": opts.ppl_tokens, "sample_seed": opts.sample_seed, "bos": opts.bos, "window": opts.window,
+            "n_boot": opts.n_boot, "seed": opts.seed}
+
+
+def _stored_rows(layout: StoreLayout, aid: str) -> list[dict[str, Any]]:
+    path = layout.table_dir(LAYER_EFFECTS.name) / f"{aid}.parquet"
+    return pq.read_table(path).to_pylist() if path.exists() else []
+
+
+def run(opts: LayerOptions, store: str | Path, *, progress: bool = True,
+        log: Callable[[str], None] = _stderr) -> LayerAnalysis:
+    """Run (or read back) the layer-group analysis ``opts`` in ``store``; see the module docstring."""
+    timer = Timer()
+    opts.validate()
+    layout = StoreLayout(Path(store))
+    if not layout.marker.exists():
+        raise NegdbError(f"{store} is not a negdb store: run `negdb ingest --model {opts.model}` first")
+    aopts = opts.ablate_options()
+    rule = ScoringRule(opts.bos, opts.window)
+    benches = registry.expand(opts.evals)
+    limits = aopts.limits(benches)
+    variants = opts.variant_list()
+    with Catalog(layout.root) as cat:
+        n_layers = _n_layers(cat, setlib.resolve_model(cat, opts.model))
+        if opts.groups > n_layers:
+            raise NegdbError(f"--groups {opts.groups} is more than the model's {n_layers} layers: use 1..{n_layers}")
+        groups = layer_groups(n_layers, opts.groups)
+        main = main_set(cat, aopts)
+        model_id = main.keys.model_id
+        revision = resolve_revision(cat, main, opts.checkpoint)
+        ck = checkpoint_row(cat, model_id, revision)
+        config = _config(opts, main, ck, benches, limits, groups)
+        aid = analysis_id("layers", config)
+        stored = lookup(layout, aid)
+        if stored is not None:
+            return LayerAnalysis(aid, model_id, revision, groups, _stored_rows(layout, aid), config,
+                                 json.loads(stored["summary_json"]), from_store=True)
+        ev = Evaluator(layout, cat, ck, opts.mode, rule, limits=limits, ppl_tokens=opts.ppl_tokens,
+                       sample_seed=opts.sample_seed, batch_tokens=opts.batch_tokens, progress=progress,
+                       get_lm=Loader(model_id, revision, opts.device, log))
+        plan = plan_groups(cat, main, groups, variants)
+        log(f"{model_id}@{revision}: {opts.mode} ablation of {main.n_members} neurons (set {main.name}) in "
+            f"{len(groups)} layer groups ({', '.join(variants)}), evals {', '.join(benches)}")
+        base_t = ev.target(None)
+        base = Condition("baseline", "baseline", {b: [ev(base_t, b, "baseline")] for b in benches})
+        conds: dict[str, Condition] = {}
+        for gs in plan:
+            if gs.key in conds:
+                continue  # an equal set was evaluated already
+            if gs.neuron_set is None:
+                conds[gs.key] = Condition(gs.key, "no neurons", base.results, n_neurons=0)
+                continue
+            t = ev.target(gs.neuron_set)
+            label = f"{gs.variant} {gs.index}"
+            conds[gs.key] = Condition(gs.key, label, {b: [ev(t, b, label)] for b in benches},
+                                      n_neurons=gs.neuron_set.n_members, sets=[gs.neuron_set])
+        cmp = compare(base, list(conds.values()), n_boot=opts.n_boot, seed=opts.seed)
+        rows = effect_rows(plan, base, conds, cmp)
+        summary = {"set_id": main.set_id, "set_name": main.name, "n_neurons": main.n_members,
+                   "baseline": {b: r[0].result_id for b, r in base.results.items()},
+                   "results": {k: {b: r[0].result_id for b, r in c.results.items()} for k, c in conds.items()
+                               if k != "none"},
+                   "computed": ev.computed, "reused": ev.reused}
+        row = publish(layout, aid, kind="layers", model_id=model_id, revision=revision, config=config,
+                      summary=summary, seconds=timer.seconds, tables={LAYER_EFFECTS: rows})
+        cat.refresh()
+        return LayerAnalysis(aid, model_id, revision, groups, _stored_rows(layout, aid), config,
+                             json.loads(row["summary_json"]), ev.computed, ev.reused, plan=plan)
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def _span(layers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2,5``."""
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def _fmt(value: float, metric: str) -> str:
+    return f"{value:.3f}" if metric == "ppl" else f"{value:.4f}"
+
+
+def _table(an: LayerAnalysis) -> str:
+    head_rows = an.headline()
+    cols = list(dict.fromkeys((r["benchmark"], r["metric"]) for r in head_rows
+                              if r["level"] == "summary" or r["metric"] == registry.get(r["benchmark"]).metrics[0]))
+    cols.sort(key=lambda c: c[0] in ("grammar", "suite"))
+    by = {(r["variant"], r["group_index"], r["benchmark"], r["metric"]): r for r in head_rows}
+    keys = list(dict.fromkeys((r["variant"], r["group_index"]) for r in an.rows))
+    lines = [["variant", "group", "layers", "neurons", *[f"{b} {m}" for b, m in cols]]]
+    base = []
+    for b, m in cols:
+        r = next(r for r in head_rows if (r["benchmark"], r["metric"]) == (b, m))
+        base.append(_fmt(r["baseline"], m))
+    lines.append(["baseline", "", "", "0", *base])
+    for variant, g in keys:
+        first = next(r for r in an.rows if (r["variant"], r["group_index"]) == (variant, g))
+        cells = []
+        for b, m in cols:
+            r = by.get((variant, g, b, m))
+            cells.append("" if r is None else f"{r['delta']:+.4f} [{r['ci_lo']:+.4f}, {r['ci_hi']:+.4f}]")
+        lines.append([variant, str(g), _span(first["layers"]), str(first["n_neurons"]), *cells])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    boot = f"{an.config['n_boot']} draws, seed {an.config['seed']}"
+    out += ["", f"baseline value, then delta vs baseline [95% CI, paired bootstrap over items ({boot}); windows for "
+            "ppl]; accuracy macro over groups (BLiMP paradigms, TSE phenomena); grammar = mean of BLiMP acc_sum "
+            "and TSE acc_mean.",
+            f"per phenomenon: negdb sql \"SELECT * FROM layer_effects WHERE analysis_id = '{an.analysis_id}'\""]
+    return "\n".join(out)
+
+
+__all__ = ["GroupSet", "LayerAnalysis", "LayerOptions", "VARIANTS", "effect_rows", "plan_groups",
+           "run"]
