@@ -50,6 +50,9 @@ class CheckpointResult:
     n_tokens: int
     layers: list[int]
     seconds: float
+    slice_id: str | None = None
+    spec_id: str | None = None
+    """The statistics keys of this checkpoint's ingest (with model_id and revision: what neuron sets select from)."""
 
 
 def _stderr(msg: str) -> None:
@@ -126,7 +129,8 @@ def _checkpoint(opts: IngestOptions, layout: StoreLayout, source, ckpt, corpus, 
                 log(f"{label}: already ingested ({len(layers)} layers, slice {sl.slice_id}, spec {spec.spec_id}); "
                     "nothing to do")
                 overall.update(sl.n_tokens)
-                return CheckpointResult(source.model_id, ckpt.revision, "already", None, sl.n_tokens, layers, 0.0)
+                return CheckpointResult(source.model_id, ckpt.revision, "already", None, sl.n_tokens, layers, 0.0,
+                                        sl.slice_id, spec.spec_id)
             state = JobState(started_at=now().isoformat(), layers=todo, stats_layers=stats_todo, keep=acts_todo)
             status = "ingested"
         else:
@@ -159,7 +163,8 @@ def _checkpoint(opts: IngestOptions, layout: StoreLayout, source, ckpt, corpus, 
     seconds = time.perf_counter() - started
     log(f"{label}: {status} {sl.n_tokens:,} tokens x {len(state.layers)} layers in {seconds:.1f} s "
         f"(run {state.run_id})")
-    return CheckpointResult(source.model_id, ckpt.revision, status, state.run_id, sl.n_tokens, state.layers, seconds)
+    return CheckpointResult(source.model_id, ckpt.revision, status, state.run_id, sl.n_tokens, state.layers, seconds,
+                            sl.slice_id, spec.spec_id)
 
 
 def _needed_bytes(opts: IngestOptions, lm, sl: TokenSlice, layers: list[int]) -> int:

@@ -317,7 +317,7 @@ NEG_SHARE = Table("neg_share", "per layer: the share of non-Gaussianity (w_dist)
 
 SWEEP_POINTS = Table("sweep_points", "every (selector, fraction, mode, condition, seed) of a sweep: one benchmark metric each", (
     ("analysis_id", pa.string(), "the sweep (analyses.analysis_id, kind 'sweep')"),
-    ("by", pa.string(), "statistic the main set was ranked by (w_dist, kurtosis, skew, std, ...)"),
+    ("selector", pa.string(), "statistic the main set was ranked by (w_dist, kurtosis, skew, std, ...)"),
     ("direction", pa.string(), "top or bottom"),
     ("fraction", pa.float64(), "share of each layer's neurons in the main set (0.01 = 1%)"),
     ("mode", pa.string(), "intervention mode"),
@@ -342,7 +342,7 @@ SWEEP_POINTS = Table("sweep_points", "every (selector, fraction, mode, condition
 SWEEP_SUMMARY = Table("sweep_summary", "per grid point, across seeds: dose-response, selectivity, sign and selector contrasts", (
     ("analysis_id", pa.string(), "the sweep (analyses.analysis_id)"),
     ("kind", pa.string(), "dose (a condition minus the baseline), selectivity, sign (mode A minus mode B) or selector (by A minus by B)"),
-    ("by", pa.string(), "selector (for selector contrasts: A-B)"),
+    ("selector", pa.string(), "statistic the set was ranked by (for selector contrasts: A-B, e.g. w_dist-std)"),
     ("direction", pa.string(), "top or bottom"),
     ("fraction", pa.float64(), "share of each layer's neurons"),
     ("mode", pa.string(), "mode (for sign contrasts: A-B)"),
