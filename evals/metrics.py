@@ -136,12 +136,14 @@ def paired_bootstrap(a_correct: Sequence[Any] | np.ndarray, b_correct: Sequence[
     return float(diff.mean()), float(lo), float(hi)
 
 
-def bootstrap_samples(strata: Sequence[tuple[Any, Any]], n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+def bootstrap_samples(strata: Sequence[tuple[Any, Any]], n_boot: int = 1000,
+                      seed: int | np.random.Generator = 0) -> np.ndarray:
     """``(n_boot,)`` resampled macro differences ``mean over strata of (mean(a) - mean(b))``.
 
     Each stratum is a pair of equal-length per-item arrays (the same items under two conditions, e.g. one BLiMP
     paradigm; values may be fractions, e.g. decisions averaged over seeds). Items are resampled with replacement
-    within each stratum (``numpy.random.default_rng(seed)``), the same draw for both conditions.
+    within each stratum (``numpy.random.default_rng(seed)``; a Generator is used as is, consumed in stratum
+    order), the same draw for both conditions.
     """
     if not strata:
         raise NegdbError("bootstrap needs at least one stratum")
@@ -180,6 +182,16 @@ def ppl_bootstrap(nll_a: Any, n_a: Any, nll_b: Any, n_b: Any, n_boot: int = 1000
     ``nll_*`` are per-unit summed NLLs and ``n_*`` per-unit token counts; ``ppl = exp(sum nll / sum n)`` of the
     resampled units, the same draw for both. Returns ``(delta, lo, hi)``, a 95% percentile interval.
     """
+    boot = ppl_bootstrap_samples(nll_a, n_a, nll_b, n_b, n_boot, seed)
+    na, ca, nb, cb = _arr(nll_a), _arr(n_a), _arr(nll_b), _arr(n_b)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(math.exp(na.sum() / ca.sum()) - math.exp(nb.sum() / cb.sum())), float(lo), float(hi)
+
+
+def ppl_bootstrap_samples(nll_a: Any, n_a: Any, nll_b: Any, n_b: Any, n_boot: int = 1000,
+                          seed: int | np.random.Generator = 0) -> np.ndarray:
+    """``(n_boot,)`` resampled differences ``ppl(a) - ppl(b)`` of :func:`ppl_bootstrap` (one ``(n_boot, n)``
+    block of unit indices from ``numpy.random.default_rng(seed)``; a Generator is used as is)."""
     if n_boot < 1:
         raise NegdbError(f"n_boot must be >= 1, got {n_boot}")
     na, ca, nb, cb = _arr(nll_a), _arr(n_a), _arr(nll_b), _arr(n_b)
@@ -187,6 +199,4 @@ def ppl_bootstrap(nll_a: Any, n_a: Any, nll_b: Any, n_b: Any, n_boot: int = 1000
         raise NegdbError("ppl bootstrap needs four 1-d arrays of the same, non-zero length")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, na.size, size=(n_boot, na.size))
-    boot = np.exp(na[idx].sum(1) / ca[idx].sum(1)) - np.exp(nb[idx].sum(1) / cb[idx].sum(1))
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(math.exp(na.sum() / ca.sum()) - math.exp(nb.sum() / cb.sum())), float(lo), float(hi)
+    return np.exp(na[idx].sum(1) / ca[idx].sum(1)) - np.exp(nb[idx].sum(1) / cb[idx].sum(1))

@@ -1,0 +1,620 @@
+"""``negdb sweep`` end to end on a tiny ingested store, and its statistics against references written here.
+
+The references follow the definitions (docs/ANALYSES.md, the docstring of :mod:`negdb.sweep.contrasts`) with plain
+Python loops over the stored items read directly from the segments; only the documented random draws
+(``numpy.random.default_rng(seed).integers`` blocks) are shared with the code under test.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+import negdb
+from negdb.ablate import experiment
+from negdb.ablate.evaluate import make_key
+from negdb.errors import NegdbError
+from negdb.evals import registry
+from negdb.store.results import lookup
+from negdb.store.tables import SWEEP_SUMMARY
+from negdb.sweep import SweepOptions, contrasts, plan, run
+from negdb.sweep.estimate import estimate, probe_bound
+from negdb.sweep.grid import selection, setup
+from tests.ablate_helpers import draws, percentile, ppl_reference, short_wikitext_loader, stratified_reference
+from tests.ingest_helpers import assert_one_error, cli, ingest_into
+from tests.tiny_models import save_tiny
+
+pytestmark = pytest.mark.timeout(300)
+
+N_BOOT = 200
+GRID = ["--fractions", "10,20", "--by", "w_dist,std", "--modes", "neg,pos", "--seeds", "2", "--seed", "1",
+        "--controls", "ppl-matched", "--evals", "tse,copa,ppl", "--limit", "2,copa=4", "--ppl-tokens", "128", "--probe-tokens", "128",
+        "--window", "64", "--resolution", "0.1", "--max-fraction", "0.4", "--n-boot", str(N_BOOT), "--quiet"]
+OPTS = dict(fractions="10,20", by="w_dist,std", modes="neg,pos", seeds=2, seed=1, controls="ppl-matched",
+            evals="tse,copa,ppl",
+            limit="2,copa=4", ppl_tokens=128, probe_tokens=128, window=64, resolution=0.1, max_fraction=0.4,
+            n_boot=N_BOOT)
+REAL_EVALUATE = experiment.evaluate
+COL = {"acc_sum": "correct", "acc": "correct", "acc_mean": "correct_alt", "acc_norm": "correct_alt"}
+
+
+@pytest.fixture(scope="module")
+def short_wikitext():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "load_items", short_wikitext_loader(registry.load_items))
+        yield
+
+
+def _files(store: Path, table: str) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (store / "tables" / table).glob("*.parquet")}
+
+
+def _counting(computed: list[str], stop_after: int | None = None):
+    """A stand-in for ``evaluate`` that records the keys it had to compute (and can stop the run like Ctrl-C)."""
+    real = REAL_EVALUATE
+
+    def ev(layout, target, bench, rule, **kw):
+        rid = make_key(target, bench, rule, kw.get("limit"), kw.get("seed", 0)).result_id
+        if lookup(layout, rid) is None:
+            if stop_after is not None and len(computed) >= stop_after:
+                raise KeyboardInterrupt
+            computed.append(rid)
+        return real(layout, target, bench, rule, **kw)
+
+    return ev
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, short_wikitext):
+    model = save_tiny(tmp_path_factory.mktemp("m") / "neox", "gpt_neox", seed=0)
+    store = ingest_into(tmp_path_factory, model)
+    dry = cli(store, "sweep", "--model", str(model), *GRID, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    computed: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(experiment, "evaluate", _counting(computed))
+        first = cli(store, "sweep", "--model", str(model), *GRID, "--format", "json")
+    assert first.exit_code == 0, first.output
+    files1 = {t: _files(store, t) for t in ("eval_results", "analyses", "sweep_points", "sweep_summary")}
+    out = tmp_path_factory.mktemp("out") / "sweep.txt"
+    again: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(experiment, "evaluate", _counting(again))
+        second = cli(store, "sweep", "--model", str(model), *GRID, "--out", str(out))
+    assert second.exit_code == 0, second.output
+    doc = json.loads(first.stdout)
+    return {"store": store, "model": str(model), "dry": dry, "first": first, "second": second, "doc": doc,
+            "computed": computed, "again": again, "out": out, "files1": files1,
+            "files2": {t: _files(store, t) for t in files1}, "points": pl.DataFrame(doc["points"]),
+            "rows": pl.DataFrame(doc["rows"])}
+
+
+def _items(store: Path, rid: str) -> pl.DataFrame:
+    return pl.from_arrow(pq.read_table(store / "tables" / "eval_items" / f"{rid}.parquet")).sort("item")
+
+
+def _point_ids(env, selector: str, fraction: float, mode: str, condition: str, bench: str) -> list[tuple[str, str]]:
+    """(result_id, baseline_id) per seed, seed order, of one condition and benchmark, from the stored points."""
+    p = env["points"].filter((pl.col("selector") == selector) & (pl.col("fraction") == fraction)
+                             & (pl.col("mode") == mode) & (pl.col("condition") == condition)
+                             & (pl.col("benchmark") == bench)).unique(["seed"]).sort("seed")
+    return list(zip(p["result_id"].to_list(), p["baseline_id"].to_list()))
+
+
+# ------------------------------------------------------------------------------------------ references
+
+
+def _macro(frame: pl.DataFrame, metric: str, grouped: bool) -> float:
+    vals = frame[COL[metric]].cast(pl.Float64).to_list()
+    groups = frame["grp"].to_list() if grouped else [None] * len(vals)
+    by: dict = {}
+    for g, v in zip(groups, vals):
+        by.setdefault(g, []).append(v)
+    return sum(sum(v) / len(v) for v in by.values()) / len(by)
+
+
+def _ppl(frame: pl.DataFrame) -> float:
+    nll = sum(-lp[0] for lp in frame["logprobs"].to_list())
+    return math.exp(nll / sum(n[0] for n in frame["n_tokens"].to_list()))
+
+
+def ref_acc(pairs: list[tuple[pl.DataFrame, pl.DataFrame]], metric: str, grouped: bool, seed: int):
+    """Mean over seeds of the macro difference a - b and its paired-bootstrap CI, by the documented procedure."""
+    rng = np.random.default_rng(seed)
+    col = COL[metric]
+    same = all(fa["item"].to_list() == pairs[0][0]["item"].to_list() for fa, _ in pairs)
+
+    def split(frame: pl.DataFrame, vals: list[float]) -> dict:
+        out: dict = {}
+        for g, v in zip(frame["grp"].to_list() if grouped else [None] * len(vals), vals):
+            out.setdefault(g, []).append(v)
+        return out
+
+    per_seed = [(split(fa, fa[col].cast(pl.Float64).to_list()), split(fb, fb[col].cast(pl.Float64).to_list()))
+                for fa, fb in pairs]
+    groups = list(per_seed[0][0])
+    if same:
+        strata = {g: [([sum(s[0][g][i] for s in per_seed) / len(per_seed) for i in range(len(per_seed[0][0][g]))],
+                       [sum(s[1][g][i] for s in per_seed) / len(per_seed) for i in range(len(per_seed[0][1][g]))])]
+                  for g in groups}
+    else:
+        strata = {g: [(s[0][g], s[1][g]) for s in per_seed] for g in groups}
+    value = sum(sum(sum(x - y for x, y in zip(a, b)) / len(a) for a, b in strata[g]) / len(strata[g])
+                for g in groups) / len(groups)
+    boots = [0.0] * N_BOOT
+    for g in groups:
+        for a, b in strata[g]:
+            d = [x - y for x, y in zip(a, b)]
+            for k, row in enumerate(draws(rng, len(d), N_BOOT)):
+                boots[k] += sum(d[i] for i in row) / len(d) / len(strata[g]) / len(groups)
+    return value, percentile(boots, 2.5), percentile(boots, 97.5), boots
+
+
+def ref_ppl(pairs: list[tuple[pl.DataFrame, pl.DataFrame]], seed: int):
+    """The windows are the same in every seed: NLL averaged over seeds, then the paired ppl bootstrap."""
+    def nll(f):
+        return [-lp[0] for lp in f["logprobs"].to_list()]
+    for fa, fb in pairs:
+        assert fa["item"].to_list() == fb["item"].to_list() == pairs[0][0]["item"].to_list()
+    na = [sum(v) / len(pairs) for v in zip(*(nll(fa) for fa, _ in pairs))]
+    nb = [sum(v) / len(pairs) for v in zip(*(nll(fb) for _, fb in pairs))]
+    n = [c[0] for c in pairs[0][0]["n_tokens"].to_list()]
+    return ppl_reference(na, n, nb, n, N_BOOT, seed)
+
+
+def _ref(store: Path, pairs: list[tuple[str, str]], bench: str, metric: str, seed: int):
+    frames = [(_items(store, a), _items(store, b)) for a, b in pairs]
+    if metric == "ppl":
+        return ref_ppl(frames, seed)
+    return ref_acc(frames, metric, registry.get(bench).group is not None, seed)[:3]
+
+
+def _check(row: dict, ref: tuple) -> None:
+    assert row["value"] == pytest.approx(ref[0], abs=1e-9)
+    assert row["ci_lo"] == pytest.approx(ref[1], abs=1e-9)
+    assert row["ci_hi"] == pytest.approx(ref[2], abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ the grid
+
+
+def test_sets_are_an_independent_ranking_of_neuron_stats(env):
+    files = sorted((env["store"] / "tables" / "neuron_stats").rglob("*.parquet"))
+    stats = pl.concat([pl.from_arrow(pq.read_table(f)) for f in files], how="diagonal_relaxed")
+    members = pl.concat([pl.from_arrow(pq.read_table(f)) for f in
+                         (env["store"] / "tables" / "neuron_set_members").glob("*.parquet")])
+    abl = env["points"].filter(pl.col("condition") == "ablation").unique(["selector", "fraction", "set_id"])
+    assert abl.height == 4  # (w_dist, std) x (10%, 20%), the same set for both modes and seeds
+    for r in abl.iter_rows(named=True):
+        want = set()
+        for layer in range(3):
+            col = stats.filter(pl.col("layer") == layer)
+            vals = [(float(v), int(n)) for v, n in zip(col[r["selector"]].to_list(), col["neuron"].to_list())
+                    if v is not None and not math.isnan(v)]
+            k = max(1, round(r["fraction"] * 64))
+            want |= {(layer, n) for _, n in sorted(vals, key=lambda t: (-t[0], t[1]))[:k]}
+        got = members.filter(pl.col("set_id") == r["set_id"])
+        assert set(zip(got["layer"].to_list(), got["neuron"].to_list())) == want
+        assert r["n_neurons"] == len(want) == 3 * max(1, round(r["fraction"] * 64))
+    # every (point, condition, seed) is there: 2 selectors x 2 fractions x 2 modes x 2 seeds
+    per = env["points"].filter(pl.col("benchmark") == "copa").group_by("condition").len()
+    counts = dict(zip(per["condition"].to_list(), per["len"].to_list()))
+    assert counts["ablation"] == 16 and 0 < counts.get("ppl-matched", 0) <= 16 and "random" not in counts
+
+
+def test_bottom_direction_and_other_selectors(env):
+    with negdb.connect(str(env["store"])) as cat:
+        st = setup(cat, SweepOptions(env["model"], **{**OPTS, "by": "kurtosis"}))
+        sel = selection(cat, SweepOptions(env["model"], direction="bottom"), st.keys, "kurtosis", 0.05)
+        stats = cat.sql("SELECT layer, neuron, kurtosis FROM neuron_stats")
+    want = set()
+    for layer in range(3):
+        col = stats.filter(pl.col("layer") == layer)
+        vals = sorted((float(v), int(n)) for v, n in zip(col["kurtosis"].to_list(), col["neuron"].to_list())
+                      if v is not None and not math.isnan(v))
+        want |= {(layer, n) for _, n in vals[:round(0.05 * 64)]}
+    assert set(sel.members.iter_rows()) == want
+
+
+def test_points_equal_the_stored_items(env):
+    store = env["store"]
+    pts = env["points"].filter(pl.col("result_id").is_not_null())
+    assert pts.height > 0
+    for r in pts.iter_rows(named=True):
+        a, b = _items(store, r["result_id"]), _items(store, r["baseline_id"])
+        assert a["item"].to_list() == b["item"].to_list() and r["n"] == a.height
+        if r["metric"] == "ppl":
+            value, base = _ppl(a), _ppl(b)
+        else:
+            grouped = registry.get(r["benchmark"]).group is not None
+            value, base = _macro(a, r["metric"], grouped), _macro(b, r["metric"], grouped)
+        assert r["value"] == pytest.approx(value, rel=1e-9) and r["baseline"] == pytest.approx(base, rel=1e-9)
+        assert r["delta"] == pytest.approx(value - base, abs=1e-9) and r["ci_lo"] <= r["ci_hi"]
+    # seeds draw different item subsamples, the baseline of one seed is shared by every point
+    tse = pts.filter((pl.col("benchmark") == "tse") & (pl.col("metric") == "acc_mean"))
+    assert tse.group_by("seed").agg(pl.col("baseline_id").n_unique())["baseline_id"].to_list() == [1, 1]
+    assert tse["baseline_id"].n_unique() == 2
+    pm = env["points"].filter(pl.col("condition") == "ppl-matched")
+    assert pm["control_fraction"].null_count() == 0 and pm["matched"].null_count() == 0
+
+
+def test_a_point_is_what_negdb_ablate_computes(env, short_wikitext):
+    pm = env["points"].filter(pl.col("condition") == "ppl-matched").sort("selector", "fraction", "mode", "seed")
+    r = pm.row(-1, named=True)  # a point that has a matched control (ablate needs one)
+    computed: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(experiment, "evaluate", _counting(computed))
+        res = cli(env["store"], "ablate", "--model", env["model"], "--top", f"{100 * r['fraction']:g}%", "--by",
+                  r["selector"], "--mode", r["mode"], "--seeds", "1", "--seed", str(r["seed"]), "--sample-seed",
+                  str(r["seed"]), "--controls", "ppl-matched", "--evals", "tse,copa,ppl", "--limit", "2,copa=4", "--ppl-tokens", "128",
+                  "--probe-tokens", "128", "--window", "64", "--resolution", "0.1", "--max-fraction", "0.4",
+                  "--n-boot", str(N_BOOT), "--format", "json", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert computed == []  # every evaluation of ablate was stored by the sweep
+    mine = env["points"].filter((pl.col("selector") == r["selector"]) & (pl.col("fraction") == r["fraction"])
+                                & (pl.col("mode") == r["mode"]) & (pl.col("seed") == r["seed"]))
+    rows = json.loads(res.stdout)["rows"]
+    assert len(rows) == mine.height
+    by = {(x["benchmark"], x["metric"], x["condition"]): x for x in mine.iter_rows(named=True)}
+    for x in rows:
+        y = by[(x["benchmark"], x["metric"], x["condition"])]
+        assert (x["value"], x["baseline"], x["delta"], x["lo"], x["hi"]) == pytest.approx(
+            (y["value"], y["baseline"], y["delta"], y["ci_lo"], y["ci_hi"]), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ summaries
+
+
+def test_dose_rows_against_the_stored_items(env):
+    store, rows = env["store"], env["rows"].filter(pl.col("kind") == "dose")
+    assert rows.filter(pl.col("benchmark").is_in(["grammar", "suite"])).height == 0  # one benchmark of each
+    assert set(rows["n_seeds"].to_list()) == {2}
+    checked = 0
+    for r in rows.iter_rows(named=True):
+        ids = _point_ids(env, r["selector"], r["fraction"], r["mode"], r["condition"], r["benchmark"])
+        _check(r, _ref(store, ids, r["benchmark"], r["metric"], 1))
+        # the value is the mean over seeds of the stored points' deltas (for perplexity here too: each seed
+        # scores the same windows under the same set)
+        deltas = env["points"].filter((pl.col("selector") == r["selector"]) & (pl.col("fraction") == r["fraction"])
+                                      & (pl.col("mode") == r["mode"]) & (pl.col("condition") == r["condition"])
+                                      & (pl.col("benchmark") == r["benchmark"]) & (pl.col("metric") == r["metric"]))
+        assert r["value"] == pytest.approx(deltas["delta"].mean(), abs=1e-9)
+        checked += 1
+    assert checked == rows.height >= 2 * 2 * 2 * 2 * 4
+
+
+def test_selectivity_against_the_stored_items(env):
+    store, sel = env["store"], env["rows"].filter(pl.col("kind") == "selectivity")
+    assert sel.height > 0 and set(sel["benchmark"].to_list()) == {"selectivity", "grammar", "suite"}
+    for (selector, f, mode), g in sel.group_by(["selector", "fraction", "mode"]):
+        frames = {b: [(_items(store, a), _items(store, p)) for (a, _), (p, _) in
+                      zip(_point_ids(env, selector, f, mode, "ablation", b),
+                          _point_ids(env, selector, f, mode, "ppl-matched", b))] for b in ("tse", "copa")}
+        dg = ref_acc(frames["tse"], "acc_mean", True, 1 + 0)  # grammar member 0: tse acc_mean
+        ds = ref_acc(frames["copa"], "acc", False, 1 + 1)  # suite member 1: copa acc
+        si = [s - t for s, t in zip(ds[3], dg[3])]
+        got = {r["benchmark"]: r for r in g.iter_rows(named=True)}
+        _check(got["selectivity"], (ds[0] - dg[0], percentile(si, 2.5), percentile(si, 97.5)))
+        _check(got["grammar"], (-dg[0], -dg[2], -dg[1]))
+        # SI is the difference in differences of the losses L = -delta of the dose rows
+        dose = env["rows"].filter((pl.col("kind") == "dose") & (pl.col("selector") == selector)
+                                  & (pl.col("fraction") == f) & (pl.col("mode") == mode))
+        d = {(r["condition"], r["benchmark"]): r["value"] for r in dose.iter_rows(named=True)
+             if r["metric"] in ("acc_mean", "acc")}
+        did = (-d[("ablation", "tse")] + d[("ppl-matched", "tse")]) - (-d[("ablation", "copa")]
+                                                                     + d[("ppl-matched", "copa")])
+        assert got["selectivity"]["value"] == pytest.approx(did, abs=1e-9)
+
+
+def test_sign_and_selector_contrasts_against_the_stored_items(env):
+    store, rows = env["store"], env["rows"]
+    sign = rows.filter(pl.col("kind") == "sign")
+    assert set(sign["mode"].to_list()) == {"neg-pos"} and sign.height == 2 * 2 * 4
+    for r in sign.iter_rows(named=True):
+        a = _point_ids(env, r["selector"], r["fraction"], "neg", "ablation", r["benchmark"])
+        b = _point_ids(env, r["selector"], r["fraction"], "pos", "ablation", r["benchmark"])
+        _check(r, _ref(store, [(x[0], y[0]) for x, y in zip(a, b)], r["benchmark"], r["metric"], 1))
+    selector = rows.filter(pl.col("kind") == "selector")
+    assert set(selector["selector"].to_list()) == {"w_dist-std"} and selector.height == 2 * 2 * 4
+    for r in selector.iter_rows(named=True):
+        a = _point_ids(env, "w_dist", r["fraction"], r["mode"], "ablation", r["benchmark"])
+        b = _point_ids(env, "std", r["fraction"], r["mode"], "ablation", r["benchmark"])
+        _check(r, _ref(store, [(x[0], y[0]) for x, y in zip(a, b)], r["benchmark"], r["metric"], 1))
+
+
+# ------------------------------------------------------------------------------------------ storage, rerun
+
+
+def test_stored_as_an_analysis_and_queryable(env):
+    doc = env["doc"]
+    with negdb.connect(str(env["store"])) as cat:
+        head = cat.sql("SELECT * FROM analyses WHERE kind = 'sweep'")
+        n_points = cat.sql("SELECT count(*) AS n FROM sweep_points WHERE analysis_id = ?", [doc["analysis_id"]])
+        n_rows = cat.sql("SELECT count(*) AS n FROM sweep_summary WHERE analysis_id = ?", [doc["analysis_id"]])
+    assert head["analysis_id"].to_list() == [doc["analysis_id"]]
+    assert n_points["n"][0] == len(doc["points"]) and n_rows["n"][0] == len(doc["rows"])
+    config = json.loads(head["config_json"][0])
+    assert config["seeds"] == [1, 2] and config["fractions"] == [0.1, 0.2] and config["modes"] == ["neg", "pos"]
+    summary = json.loads(head["summary_json"][0])
+    assert summary["evaluations_computed"] == len(env["computed"]) == len(set(env["computed"])) > 0
+
+
+def test_rerun_computes_nothing(env):
+    assert env["again"] == []  # no evaluation was even asked for
+    assert env["files2"] == env["files1"]
+    assert "read back from the store" in env["second"].stderr and "loading" not in env["second"].stderr
+    assert "loading" in env["first"].stderr
+    assert env["out"].read_text() == env["second"].stdout
+    text = env["second"].stdout
+    assert "dose-response: tse acc_mean" in text and "selectivity index" in text and "w_dist-std" in text
+    r = env["rows"].filter((pl.col("kind") == "dose") & (pl.col("benchmark") == "copa")).row(0, named=True)
+    assert f"{r['value']:+.4f} [{r['ci_lo']:+.4f}, {r['ci_hi']:+.4f}]" in text
+
+
+def test_csv_and_json(env, short_wikitext):
+    res = cli(env["store"], "sweep", "--model", env["model"], *GRID, "--format", "csv")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert list(rows[0]) == [c for c, _, _ in SWEEP_SUMMARY.columns] and len(rows) == env["rows"].height
+    assert {r["analysis_id"] for r in rows} == {env["doc"]["analysis_id"]}
+    doc = json.loads(cli(env["store"], "sweep", "--model", env["model"], *GRID, "--format", "json").stdout)
+    assert doc["points"] == env["doc"]["points"] and doc["rows"] == env["doc"]["rows"]
+    assert doc["estimate"]["complete"] == env["doc"]["analysis_id"]
+
+
+# ------------------------------------------------------------------------------------------ estimate, resume
+
+
+def test_estimate_counts_stored_work(env):
+    assert "0 stored" in env["dry"].stdout and "up to" in env["dry"].stdout
+    before = env["doc"]["estimate"]
+    assert before["stored"] == 0 and before["to_compute"] >= len(env["computed"])
+    with negdb.connect(str(env["store"])) as cat:
+        opts = SweepOptions(env["model"], **OPTS)
+        after = estimate(cat, opts, setup(cat, opts))  # the counts, bypassing "the sweep is stored"
+        stored = set(cat.sql("SELECT result_id FROM eval_results")["result_id"].to_list())
+    assert after.stored == after.planned > 0 and after.pending == after.probes_left == after.to_compute == 0
+    ids = set(env["points"]["result_id"].drop_nulls().to_list()) | set(env["points"]["baseline_id"].drop_nulls())
+    assert ids <= set(after.result_ids) <= stored
+    assert plan(opts, env["store"]).complete == env["doc"]["analysis_id"]
+    assert "nothing to compute" in cli(env["store"], "sweep", "--model", env["model"], *GRID, "--dry-run").stdout
+
+
+def test_interrupted_sweep_resumes(env, short_wikitext, monkeypatch):
+    opts = SweepOptions(env["model"], fractions="30,40", by="w_dist", modes="neg", seeds=1, seed=5,
+                        controls="random", evals="copa,ppl", limit=3, ppl_tokens=128, window=64, n_boot=50)
+    with negdb.connect(str(env["store"])) as cat:
+        est1 = estimate(cat, opts, setup(cat, opts))
+    first: list[str] = []
+    monkeypatch.setattr(experiment, "evaluate", _counting(first, stop_after=3))
+    with pytest.raises(KeyboardInterrupt):
+        run(opts, env["store"], progress=False, log=lambda m: None)
+    assert len(first) == 3 and plan(opts, env["store"]).complete is None  # nothing published
+    with negdb.connect(str(env["store"])) as cat:
+        est2 = estimate(cat, opts, setup(cat, opts))
+    assert est2.stored == est1.stored + 3 and est2.to_compute == est1.to_compute - 3
+    second: list[str] = []
+    monkeypatch.setattr(experiment, "evaluate", _counting(second))
+    sw = run(opts, env["store"], progress=False, log=lambda m: None)
+    assert not set(first) & set(second) and sw.computed == len(second) == est2.to_compute
+    used = set(pl.DataFrame(sw.points)["result_id"].drop_nulls()) | set(
+        pl.DataFrame(sw.points)["baseline_id"].drop_nulls())
+    assert set(first) | set(second) <= used  # everything computed is used, once
+    assert len(sw.points) == 2 * 2 * 2 and {r["condition"] for r in sw.points} == {"ablation", "random"}
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def test_sweep_figures_write_pngs(env, tmp_path):
+    from negdb.report.sweep_figures import sweep_figures
+
+    with negdb.connect(str(env["store"])) as cat:
+        model_id = cat.sql("SELECT model_id FROM analyses WHERE analysis_id = ?",
+                           [env["doc"]["analysis_id"]])["model_id"][0]
+        figs = sweep_figures(cat, model_id, tmp_path, env["doc"]["analysis_id"])
+        latest = sweep_figures(cat, model_id, tmp_path / "latest")  # the resumed sweep when it ran: no selectivity
+        assert sweep_figures(cat, "no-such-model", tmp_path / "none") == []
+    titles = [f["title"] for f in figs]
+    assert any("dose-response (neg)" in t for t in titles) and any("selectivity" in t for t in titles)
+    assert any("sign" in t for t in titles) and any("selector" in t for t in titles)
+    for f in figs:
+        data = (tmp_path / f["png"]).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        assert model_id in f["caption"] and "bootstrap" in f["caption"] and f["table_html"].startswith("<table")
+    assert latest and all((tmp_path / "latest" / f["png"]).stat().st_size > 0 for f in latest)
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize("args", [
+    ["--by", "nope"],
+    ["--by", ""],
+    ["--fractions", "0"],
+    ["--fractions", "150"],
+    ["--fractions", "abc"],
+    ["--modes", "zap"],
+    ["--seeds", "0"],
+    ["--direction", "sideways"],
+    ["--evals", "nope"],
+    ["--limit", "0"],
+    ["--controls", "bogus"],
+    ["--n-boot", "0"],
+    ["--resolution", "0.95"],
+    ["--checkpoint", "step999"],
+])
+def test_bad_input_gives_one_error_line(env, args):
+    before = _files(env["store"], "eval_results")
+    res = cli(env["store"], "sweep", "--model", env["model"], *GRID, *args)
+    assert_one_error(res)
+    assert _files(env["store"], "eval_results") == before
+
+
+def test_missing_store_and_model(env, tmp_path):
+    res = cli(tmp_path / "nowhere", "sweep", "--model", env["model"], "--quiet")
+    assert_one_error(res)
+    assert "not a negdb store" in res.stderr and not (tmp_path / "nowhere").exists()
+    assert_one_error(cli(env["store"], "sweep", "--model", "no-such-model", "--dry-run"))
+
+
+# ------------------------------------------------------------------------------------------ pure statistics
+
+
+def _unit(values, ids, groups=None):
+    ids = np.asarray(ids)
+    if groups is None:
+        items = contrasts.Items(ids, None)
+    else:
+        labels = tuple(dict.fromkeys(groups))
+        items = contrasts.Items(ids, np.array([labels.index(g) for g in groups]), labels)
+    return contrasts.Acc(np.asarray(values, dtype=np.float32), items)
+
+
+def _rand_pairs(rng, n_seeds, n, same, groups=None):
+    out = []
+    for s in range(n_seeds):
+        ids = list(range(n)) if same else list(rng.choice(1000, n, replace=False))
+        b = (rng.random(n) < 0.6).astype(float)
+        a = np.where(rng.random(n) < 0.3, 1 - b, b)
+        out.append((_unit(a, ids, groups), _unit(b, ids, groups)))
+    return out
+
+
+def _ref_units(pairs, seed, n_boot):
+    """The documented procedure on synthetic units: same items -> average over seeds; else seeds as strata."""
+    labels = pairs[0][0].items.labels or ("",)
+
+    def parts(u):
+        codes = u.items.codes
+        return {g: [float(v) for v, c in zip(u.values, codes if codes is not None else [0] * len(u.values))
+                    if c == j] for j, g in enumerate(u.items.labels or ("",))}
+    same = all(list(a.items.ids) == list(pairs[0][0].items.ids) for a, _ in pairs)
+    rng = np.random.default_rng(seed)
+    boots = [0.0] * n_boot
+    value = 0.0
+    for g in labels:
+        if same:
+            a = [sum(x) / len(pairs) for x in zip(*(parts(p[0])[g] for p in pairs))]
+            b = [sum(x) / len(pairs) for x in zip(*(parts(p[1])[g] for p in pairs))]
+            strata = [(a, b)]
+        else:
+            strata = [(parts(p[0])[g], parts(p[1])[g]) for p in pairs]
+        value += sum(sum(x - y for x, y in zip(a, b)) / len(a) for a, b in strata) / len(strata) / len(labels)
+        for a, b in strata:
+            d = [x - y for x, y in zip(a, b)]
+            for k, row in enumerate(draws(rng, len(d), n_boot)):
+                boots[k] += sum(d[i] for i in row) / len(d) / len(strata) / len(labels)
+    return value, percentile(boots, 2.5), percentile(boots, 97.5), boots
+
+
+@pytest.mark.parametrize("same", [True, False])
+@pytest.mark.parametrize("grouped", [True, False])
+def test_paired_against_reference(same, grouped):
+    rng = np.random.default_rng(3)
+    groups = ["x", "y", "y", "z", "x", "z", "y", "x", "z", "z", "x", "y"] if grouped else None
+    pairs = _rand_pairs(rng, 3, 12, same, groups)
+    b = contrasts.paired(pairs, 300, 7)
+    value, lo, hi, _ = _ref_units(pairs, 7, 300)
+    assert (b.value, b.lo, b.hi) == pytest.approx((value, lo, hi), abs=1e-12)
+    assert b.n_seeds == 3 and b.n == 12
+
+
+def test_seeds_with_the_same_items_are_not_independent_samples():
+    # three seeds that evaluated the same items to the same decisions say no more than one seed
+    (pair,) = _rand_pairs(np.random.default_rng(1), 1, 20, True)
+    one, three = contrasts.paired([pair], 300, 2), contrasts.paired([pair] * 3, 300, 2)
+    assert (three.value, three.lo, three.hi) == (one.value, one.lo, one.hi)
+    _, naive = stratified_reference([(pair[0].values, pair[1].values)] * 3, 300, 2)  # seeds as strata
+    assert (one.hi - one.lo) > (percentile(naive, 97.5) - percentile(naive, 2.5))
+
+
+def test_one_seed_is_the_comparison_of_negdb_ablate():
+    rng = np.random.default_rng(5)
+    groups = ["x", "y", "x", "y", "y", "x", "z", "z"]
+    pairs = _rand_pairs(rng, 1, 8, True, groups)
+    a, b = pairs[0]
+    strata = [(a.values[a.items.codes == j].astype(float), b.values[b.items.codes == j].astype(float))
+              for j in range(3)]
+    value, boots = stratified_reference(strata, 400, 11)
+    got = contrasts.paired(pairs, 400, 11)
+    assert (got.value, got.lo, got.hi) == pytest.approx((value, percentile(boots, 2.5), percentile(boots, 97.5)))
+
+
+def test_perplexity_estimates():
+    rng = np.random.default_rng(2)
+    ids = contrasts.Items(np.arange(6), None)
+    n = np.array([5.0, 7, 6, 5, 9, 4])
+
+    def ppl_unit(items=ids, nn=n):
+        return contrasts.Ppl(rng.random(len(nn)) * 20 + 10, nn, items)
+
+    same = [(ppl_unit(), ppl_unit()) for _ in range(3)]
+    got = contrasts.paired(same, 300, 4)
+    na = [sum(v) / 3 for v in zip(*(p[0].nll for p in same))]
+    nb = [sum(v) / 3 for v in zip(*(p[1].nll for p in same))]
+    assert (got.value, got.lo, got.hi) == pytest.approx(ppl_reference(na, n, nb, n, 300, 4), abs=1e-9)
+    # different items per seed (LAMBADA with --limit): the mean of the seeds' differences, one stream
+    diff = []
+    for s in range(2):
+        items = contrasts.Items(np.arange(6) + 10 * s, None)
+        diff.append((ppl_unit(items), ppl_unit(items)))
+    got = contrasts.paired(diff, 300, 4)
+    r = np.random.default_rng(4)
+    boots = [0.0] * 300
+    for a, b in diff:
+        for k, row in enumerate(draws(r, 6, 300)):
+            pa = math.exp(sum(a.nll[i] for i in row) / sum(a.n[i] for i in row))
+            pb = math.exp(sum(b.nll[i] for i in row) / sum(b.n[i] for i in row))
+            boots[k] += (pa - pb) / 2
+    value = sum(math.exp(a.nll.sum() / a.n.sum()) - math.exp(b.nll.sum() / b.n.sum()) for a, b in diff) / 2
+    assert (got.value, got.lo, got.hi) == pytest.approx((value, percentile(boots, 2.5), percentile(boots, 97.5)))
+
+
+def test_summary_means_and_selectivity_on_synthetic_scores():
+    rng = np.random.default_rng(9)
+    keys = [("blimp", "acc_sum"), ("tse", "acc_mean"), ("copa", "acc"), ("piqa", "acc")]
+    pairs = {k: _rand_pairs(rng, 2, 10, False, ["p", "q"] * 5 if k[0] in ("blimp", "tse") else None) for k in keys}
+    est = contrasts.estimates(pairs, 200, 3)
+    suite = [(b, "acc") for b in registry.aliases()["suite"] if b in ("copa", "piqa")]  # the alias's order
+    for name, members in (("grammar", keys[:2]), ("suite", suite)):
+        refs = [_ref_units(pairs[m], 3 + i, 200) for i, m in enumerate(members)]
+        boots = [sum(r[3][k] for r in refs) / 2 for k in range(200)]
+        g = est[(name, "mean")]
+        assert (g.value, g.lo, g.hi) == pytest.approx((sum(r[0] for r in refs) / 2, percentile(boots, 2.5),
+                                                      percentile(boots, 97.5)))
+    # selectivity: W loses grammar items the matched control keeps, and equal suite accuracy -> SI > 0
+    ids = list(range(10))
+    w = [{("blimp", "acc_sum"): _unit([0] * 10, ids, ["p"] * 10), ("copa", "acc"): _unit([1] * 10, ids)}]
+    pm = [{("blimp", "acc_sum"): _unit([1] * 6 + [0] * 4, ids, ["p"] * 10), ("copa", "acc"): _unit([1] * 10, ids)}]
+    si = contrasts.selectivity(w, pm, 100, 0)
+    assert si[("selectivity", "si")].value == pytest.approx(0.6)
+    assert si[("grammar", "loss_w_minus_pm")].value == pytest.approx(0.6)
+    assert si[("suite", "loss_w_minus_pm")].value == pytest.approx(0.0)
+    assert contrasts.selectivity(w, [{("blimp", "acc_sum"): pm[0][("blimp", "acc_sum")]}], 100, 0) == {}
+
+
+def test_pairs_must_share_items():
+    a = _unit([1, 0, 1], [0, 1, 2])
+    b = _unit([1, 1, 1], [0, 1, 3])
+    with pytest.raises(NegdbError):
+        contrasts.paired([(a, b)], 10, 0)
+
+
+def test_probe_bound_and_options():
+    assert probe_bound(0.01, 0.005, 0.9) >= 1 + math.ceil(math.log2(0.9 / 0.02))
+    assert probe_bound(0.6, 0.005, 0.9) == 1 + math.ceil(math.log2(0.45 / 0.005))
+    o = SweepOptions("m", fractions="0.5, 1,2%,1", by="w_dist,skew", modes="neg,both", seeds=2, seed=4)
+    assert o.fraction_list() == [0.005, 0.01, 0.02] and o.seed_list() == [4, 5]
+    assert [p.k for p in o.points()][:3] == ["0.5%", "0.5%", "1%"] and len(o.points()) == 2 * 3 * 2
+    for bad in ({"fractions": ""}, {"by": "w_dist,nope"}, {"modes": ""}, {"direction": "up"}, {"seeds": 0}):
+        with pytest.raises(NegdbError):
+            SweepOptions("m", **bad).validate()
