@@ -24,7 +24,8 @@ from negdb.evals import registry
 from negdb.evals.metrics import bootstrap_samples, macro_delta, ppl_bootstrap, stratified_bootstrap
 from negdb.store.results import StoredResult
 
-_DECISION = {"acc_sum": "correct", "acc": "correct", "acc_mean": "correct_alt", "acc_norm": "correct_alt"}
+DECISION_COLUMN = {"acc_sum": "correct", "acc": "correct", "acc_mean": "correct_alt", "acc_norm": "correct_alt"}
+"""Accuracy metric -> the ``eval_items`` column holding its per-item decision."""
 SUMMARIES = {"grammar": (("blimp", "acc_sum"), ("tse", "acc_mean"))}
 """Summary rows: name -> (benchmark, metric) parts, averaged. ``suite`` is added from the suite alias."""
 
@@ -94,7 +95,8 @@ def _same_items(a: list[StoredResult], b: list[StoredResult]) -> None:
                              "compare results of the same items only")
 
 
-def _decisions(results: list[StoredResult], column: str) -> tuple[np.ndarray, list[str]]:
+def decisions(results: list[StoredResult], column: str) -> tuple[np.ndarray, list[str]]:
+    """Per item the decision ``column`` averaged over ``results`` (seeds), and the items' groups as text."""
     frames = [r.items() for r in results]
     vals = np.mean([f[column].cast(pl.Float64).to_numpy() for f in frames], axis=0)
     groups = [str(g) for g in frames[0]["grp"].to_list()]
@@ -108,7 +110,9 @@ def _strata(a: np.ndarray, b: np.ndarray, groups: list[str] | None) -> list[tupl
     return [(a[keys == g], b[keys == g]) for g in dict.fromkeys(groups)]
 
 
-def _nll(results: list[StoredResult]) -> tuple[np.ndarray, np.ndarray]:
+def item_nll(results: list[StoredResult]) -> tuple[np.ndarray, np.ndarray]:
+    """Per window (LAMBADA: item) the NLL averaged over ``results`` (seeds), and its token count (1 per item for
+    LAMBADA, whose perplexity is per word)."""
     frames = [r.items() for r in results]
     nll = np.mean([-np.array([lp[0] for lp in f["logprobs"].to_list()]) for f in frames], axis=0)
     n = np.array([c[0] for c in frames[0]["n_tokens"].to_list()], dtype=np.float64)
@@ -133,16 +137,16 @@ def compare(baseline: Condition, others: Sequence[Condition], *, n_boot: int = 1
             _same_items(base_res, cond.results[bench])
             for metric in spec.metrics:
                 if metric == "ppl":
-                    na, ca = _nll(cond.results[bench])
-                    nb, cb = _nll(base_res)
+                    na, ca = item_nll(cond.results[bench])
+                    nb, cb = item_nll(base_res)
                     d, lo, hi = ppl_bootstrap(na, ca, nb, cb, n_boot, seed)
                     value0 = float(np.exp(nb.sum() / cb.sum()))
                     cmp.rows.append(Row(bench, "ppl", cond.name, value0 + d, value0, d, lo, hi, len(na),
                                         len(cond.results[bench])))
                     continue
-                col = _DECISION[metric]
-                a, groups = _decisions(cond.results[bench], col)
-                b, _ = _decisions(base_res, col)
+                col = DECISION_COLUMN[metric]
+                a, groups = decisions(cond.results[bench], col)
+                b, _ = decisions(base_res, col)
                 strata = _strata(a, b, groups if spec.group else None)
                 d, lo, hi = stratified_bootstrap(strata, n_boot, seed)
                 value0 = float(np.mean([s[1].mean() for s in strata]))

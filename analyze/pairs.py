@@ -41,7 +41,7 @@ from negdb.ingest.layerstats import PairPlan
 from negdb.query import neuron as nq
 from negdb.query.sets import Keys, layer_widths, resolve_keys, select
 from negdb.stats.mapping import input_distances
-from negdb.store.arrays import layer_name
+from negdb.store.arrays import layer_name, md_group_name
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 from negdb.store.tables import DIFF_PAIRS, NEG_SHARE, Table
@@ -306,7 +306,7 @@ def _md_key(cat: Catalog, keys: Keys) -> tuple[str, int]:
     row = cat.arrow("SELECT md_pairs, md_seed FROM stat_specs WHERE spec_id = ? LIMIT 1", [keys.spec_id]).to_pylist()
     if not row:
         raise NegdbError(f"statistics spec {keys.spec_id} is not in the catalog: re-ingest {keys.model_id}")
-    return f"p{row[0]['md_pairs']}-s{row[0]['md_seed']}", int(row[0]["md_pairs"])  # as ingest names the md group
+    return md_group_name(int(row[0]["md_pairs"]), int(row[0]["md_seed"])), int(row[0]["md_pairs"])
 
 
 def _ingest_hint(keys: Keys, layer: int) -> str:

@@ -225,12 +225,12 @@ def _config(opts: PosOptions, exp: Experiment, base: StoredResult, cols: list[An
 
 
 def _tokenizer(model_id: str, revision: str, cat_root: Path) -> Any:
-    from negdb.query.neuron import _load_tokenizer
+    from negdb.query.neuron import slice_tokenizer
     from negdb.query.sets import Keys
     from negdb.store.catalog import Catalog
 
     with Catalog(cat_root) as cat:
-        return _load_tokenizer(cat, Keys(model_id, revision, "", ""))
+        return slice_tokenizer(cat, Keys(model_id, revision, "", ""))
 
 
 def compute_rows(layout: StoreLayout, base: StoredResult, cols: list[tuple[str, int | None, StoredResult]], *,

@@ -29,7 +29,7 @@ from negdb.models import checkpoints as ckpts
 from negdb.models import loading, registry
 from negdb.models.families import act_name
 from negdb.stats.mapping import draw_pairs
-from negdb.store.arrays import open_group, put_vector
+from negdb.store.arrays import md_group_name, open_group, put_vector
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout, short_hash
 from negdb.store.locks import exclusive_lock
@@ -185,7 +185,7 @@ def _run_job(opts: IngestOptions, layout: StoreLayout, lm, source, ckpt, sl: Tok
     spool = work / "spool.zarr"
     a, b = draw_pairs(sl.n_tokens, spec.md_pairs, spec.md_seed)
     pairs = PairPlan(a=a, b=b, md_rows=np.unique(np.concatenate([a, b])))
-    md_key = f"p{spec.md_pairs}-s{spec.md_seed}"
+    md_key = md_group_name(spec.md_pairs, spec.md_seed)
     with disk_errors("the token slice"):
         group = open_group(spool)
         flat = sl.tokens.reshape(-1)

@@ -185,7 +185,8 @@ def _tokenizer(model_id: str, revision: str, step: int | None, tokens_seen: int 
     return load_tokenizer(source, Checkpoint(revision, step, tokens_seen, location or source.location))
 
 
-def _load_tokenizer(cat: Catalog, keys: Keys) -> Any:
+def slice_tokenizer(cat: Catalog, keys: Keys) -> Any:
+    """The tokenizer of the checkpoint of ``keys`` (cached per checkpoint)."""
     rows = cat.arrow("SELECT step, tokens_seen, location FROM checkpoints WHERE model_id = ? AND revision = ? "
                      "LIMIT 1", [keys.model_id, keys.revision]).to_pylist()
     row = rows[0] if rows else {"step": None, "tokens_seen": None, "location": ""}
@@ -223,11 +224,6 @@ def layer_array_path(cat: Catalog, keys: Keys, layer: int) -> Path:
         NegdbError: the layer's activations were not kept.
     """
     return _array_path(cat, keys, int(layer))
-
-
-def slice_tokenizer(cat: Catalog, keys: Keys) -> Any:
-    """The tokenizer of the checkpoint of ``keys`` (cached per checkpoint)."""
-    return _load_tokenizer(cat, keys)
 
 
 def contexts_at(group: Path, rows: np.ndarray, values: np.ndarray, tokenizer: Any, width: int = 8) -> list[Context]:
@@ -297,7 +293,7 @@ def report(cat: Catalog, model: str, revision: str | None, layer: int, index: in
         tok = tokenizer
         if tok is None:
             try:
-                tok = _load_tokenizer(cat, keys)
+                tok = slice_tokenizer(cat, keys)
             except Exception as err:  # noqa: BLE001 - any failure to load it only costs the decoded text
                 out.notes.append(f"the tokenizer of {keys.model_id} could not be loaded ({err}); contexts show "
                                  "token ids")

@@ -36,7 +36,7 @@ from negdb.errors import NegdbError
 from negdb.store.catalog import Catalog
 
 __all__ = ["Keys", "NeuronSet", "Selection", "check_name", "get", "list_sets", "member_stats", "parse_k", "layer_widths",
-           "resolve_keys", "save", "select"]
+           "resolve_keys", "save", "select", "stat_columns"]
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _FRACTION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*%$")
@@ -238,7 +238,8 @@ def k_for(kind: str, value: float | int, d_mlp: int) -> int:
     return max(1, round(float(value) * d_mlp))
 
 
-def _stat_columns() -> list[str]:
+def stat_columns() -> list[str]:
+    """The numeric ``neuron_stats`` columns a set can be ranked by (``by``)."""
     from negdb.stats.schema import NEURON_STATS
 
     return [c.name for c in NEURON_STATS if pa.types.is_floating(c.arrow_type) or pa.types.is_integer(c.arrow_type)]
@@ -344,7 +345,7 @@ def select(cat: Catalog, model: str, revision: str | None = None, *, where: str 
         raise NegdbError("--where is empty: give a boolean expression like 'w_dist > 0.5'")
     ranked = bool(pickers) and pickers[0] in ("top", "bottom")
     if ranked:
-        numeric = _stat_columns()
+        numeric = stat_columns()
         if by not in numeric:
             raise NegdbError(f"--by {by}: not a statistic column; use one of {', '.join(numeric)}")
         k_spec = parse_k(top if top is not None else bottom)  # type: ignore[arg-type]
@@ -392,7 +393,7 @@ def select(cat: Catalog, model: str, revision: str | None = None, *, where: str 
 def member_stats(cat: Catalog, selection: Selection | NeuronSet, columns: Iterable[str] = ("w_dist",),
                  limit: int | None = None) -> pl.DataFrame:
     """The members with statistic ``columns`` (default ``w_dist``), in (layer, neuron) order."""
-    numeric = set(_stat_columns())
+    numeric = set(stat_columns())
     cols = list(dict.fromkeys(c for c in columns if c in numeric))
     members = selection.members if limit is None else selection.members.head(limit)
     if members.height == 0:

@@ -2,6 +2,7 @@
 
 - :mod:`negdb.report.data`: stored results read into frames (the one place that names catalog columns).
 - :mod:`negdb.report.figures`: one matplotlib (Agg) function per figure.
+- :mod:`negdb.report.sweep_figures`: the figures, captions and tables of a stored sweep.
 - :mod:`negdb.report.captions`: caption sentences (model, checkpoints, data, scoring conventions).
 - :mod:`negdb.report.sections`: one model's blocks: figure, caption and tables, or a note naming the command.
 - :mod:`negdb.report.page`: the self-contained HTML page.

@@ -1,10 +1,10 @@
 """``negdb report`` as a function: one HTML page with PNG figures beside it, drawn only from stored results.
 
 Per model: the w_dist distribution per layer, an example Wasserstein neuron, the ablation against controls,
-the double dissociation, and the stored analyses (pos, layers, training, pairs); the latest stored ablation
-and analysis of each kind unless pinned by id. Nothing is computed into the store and no model is loaded. The
-page and figures are written into a temporary folder beside ``out`` and then renamed into place, so a failed
-render leaves the previous report (or nothing) behind.
+the double dissociation, the stored analyses (pos, layers, training, pairs) and the stored sweep; the latest
+stored ablation and analysis of each kind unless pinned by id. Nothing is computed into the store and no model is
+loaded. The page and figures are written into a temporary folder beside ``out`` and then renamed into place, so a
+failed render leaves the previous report (or nothing) behind.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 
 PAGE = "index.html"
-KINDS = ("pos", "layers", "training", "pairs")
+KINDS = data.REPORTED_KINDS
 _NEURON = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -96,7 +96,8 @@ def _section(cat: Catalog, store: Path, folder: Path, i: int, model_id: str, *, 
                          f"`negdb sql \"SELECT DISTINCT revision FROM neurons\"` lists the stored ones")
     blocks = [*sections.statistics(ctx, revision, neuron, bins), *sections.ablation(ctx, ablation_id),
               *sections.pos(ctx, analyses["pos"]), *sections.layers(ctx, analyses["layers"]),
-              *sections.training(ctx, analyses["training"]), *sections.pairs(ctx, analyses["pairs"])]
+              *sections.training(ctx, analyses["training"]), *sections.pairs(ctx, analyses["pairs"]),
+              *sections.sweep(ctx, analyses["sweep"])]
     ck = facts.checkpoints
     facts_rows = [("model", model_id), ("family", facts.family or "–"),
                   ("layers x MLP neurons", f"{facts.n_layers} x {facts.d_mlp}" if facts.n_layers else "–"),
@@ -160,7 +161,7 @@ def build(store: str | Path, out: str | Path, models: Sequence[str] | None = Non
                                   analyses=kinds, neuron=pick, bins=bins)
                 secs.append(sec)
                 figs.extend(f)
-            title = "negdb report: " + ", ".join(sections._short(m) for m in chosen)
+            title = "negdb report: " + ", ".join(sections.short_name(m) for m in chosen)
             meta = [f"Drawn only from the stored results of the store {layout.root.absolute()} (no model was loaded, "
                     "nothing was computed into the store).",
                     "Ablations are rebuilt with `negdb results --show ID`; analyses are rows of the `analyses` "

@@ -48,6 +48,10 @@ ANALYSIS_TABLES: dict[str, dict[str, dict[str, str]]] = {
     "pairs": {"neg_share": NEG_SHARE_COLUMNS, "diff_pairs": PAIR_COLUMNS},
 }
 """Analysis kind -> its detail tables and their columns."""
+SWEEP_KIND = "sweep"
+"""``negdb sweep``'s analyses: drawn by :mod:`negdb.report.sweep_figures` from ``sweep_summary``."""
+REPORTED_KINDS = (*ANALYSIS_TABLES, SWEEP_KIND)
+"""Every analysis kind the report shows, in page order."""
 
 TOP_FRACTION = 0.01
 """The paper's Wasserstein neurons: the top 1% of each layer by w_dist."""
@@ -326,9 +330,9 @@ def analysis_head(cat: Catalog, analysis_id: str) -> dict[str, Any]:
     if not rows:
         raise NegdbError(f"no stored analysis {analysis_id!r}: "
                          "`negdb sql \"SELECT analysis_id, kind, model_id FROM analyses\"` lists them")
-    if rows[0]["kind"] not in ANALYSIS_TABLES:
+    if rows[0]["kind"] not in REPORTED_KINDS:
         raise NegdbError(f"analysis {analysis_id} is of kind {rows[0]['kind']!r}, which the report does not show "
-                         f"(it shows {', '.join(ANALYSIS_TABLES)})")
+                         f"(it shows {', '.join(REPORTED_KINDS)})")
     return rows[0]
 
 
@@ -354,7 +358,7 @@ def analysis(cat: Catalog, analysis_id: str) -> AnalysisData:
     head = analysis_head(cat, analysis_id)
     tables = {}
     ids: list[str] = []
-    for table, columns in ANALYSIS_TABLES[head["kind"]].items():
+    for table, columns in ANALYSIS_TABLES.get(head["kind"], {}).items():
         df = cat.sql(f"SELECT {_select(table, columns)} FROM {table} WHERE analysis_id = ?", [analysis_id])
         tables[table] = df
         for col in ("result_id", "baseline_id"):

@@ -36,7 +36,8 @@ class Block:
     image: str | None = None
     alt: str = ""
     caption: list[str] = field(default_factory=list)
-    tables: list[tuple[str, pl.DataFrame]] = field(default_factory=list)
+    tables: list[tuple[str, pl.DataFrame | str]] = field(default_factory=list)
+    """(title, frame) pairs; a string is a table already rendered as HTML (by :func:`table`)."""
     note: str | None = None
     command: str | None = None
 
@@ -82,7 +83,7 @@ def _block(b: Block) -> str:
         cmd = f" Run <code>{esc(b.command)}</code> to produce it." if b.command else ""
         out.append(f'<p class="note">{esc(b.note)}{cmd}</p>')
     for title, frame in b.tables:
-        out.append(f"<p><b>{esc(title)}</b></p>" + table(frame))
+        out.append(f"<p><b>{esc(title)}</b></p>" + (frame if isinstance(frame, str) else table(frame)))
     return "\n".join(out)
 
 

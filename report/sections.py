@@ -73,7 +73,7 @@ def statistics(ctx: Context, revision: str | None, neuron: tuple[int, int] | Non
     rep = data.neuron(ctx.cat, keys, layer, index, bins)  # first: a bad --neuron fails before any drawing
     head = [cap.model_text(ctx.facts, [keys.revision]), cap.slice_text(wd.slice, wd.spec)]
     wd_block.image = ctx.draw("wdist", figures.wdist, wd.values, wd.per_layer,
-                              f"{_short(ctx.model)}@{keys.revision}: w_dist per layer")
+                              f"{short_name(ctx.model)}@{keys.revision}: w_dist per layer")
     wd_block.alt = f"Box plot of w_dist per layer of {ctx.model} at {keys.revision}, top-1% thresholds marked"
     wd_block.caption = [*head, "Boxes: quartiles of w_dist over the layer's neurons; whiskers: 1st and 99th "
                         "percentiles; points beyond them: single neurons. Red bars: the top-1% threshold, the k-th "
@@ -91,7 +91,7 @@ def statistics(ctx: Context, revision: str | None, neuron: tuple[int, int] | Non
         nb.command = ctx.command("ingest", extra=("--checkpoints", keys.revision, "--activations", "all"))
         return [wd_block, nb]
     h = rep.histogram
-    nb.image = ctx.draw("neuron", figures.neuron, h, f"{_short(ctx.model)}@{keys.revision} layer {layer} "
+    nb.image = ctx.draw("neuron", figures.neuron, h, f"{short_name(ctx.model)}@{keys.revision} layer {layer} "
                                                     f"neuron {index}: w_dist {cap.num(_float(rep.stats['w_dist']))}")
     nb.alt = f"Histogram of the pre-activations of layer {layer} neuron {index} against its fitted Gaussian"
     nb.caption = [*head, f"Histogram of the neuron's {h.n:,} stored pre-activations in {len(h.counts)} bins "
@@ -105,7 +105,8 @@ def _float(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def _short(model: str) -> str:
+def short_name(model: str) -> str:
+    """A model key for titles: the folder name of a local model's absolute path, else the key itself."""
     return Path(model).name if "/" in model and Path(model).is_absolute() else model
 
 
@@ -137,7 +138,7 @@ def ablation(ctx: Context, ablation_id: str | None) -> list[Block]:
                               "the same draw for both conditions")
     head = [cap.model_text(ctx.facts, [ab.revision]), *what, cap.evals_text(ab.evals), boot]
     ab_block.image = ctx.draw("ablation", figures.ablation, ab.rows, conds,
-                              f"{_short(ctx.model)}@{ab.revision}: {ab.config.get('mode')}-ablation vs controls")
+                              f"{short_name(ctx.model)}@{ab.revision}: {ab.config.get('mode')}-ablation vs controls")
     ab_block.alt = "Delta against the baseline with 95% confidence intervals per benchmark and metric, per condition"
     ab_block.caption = [*head, "Markers: delta of each condition against the unablated baseline; bars: 95% CI. "
                         "Summary rows: grammar = mean of BLiMP acc_sum and TSE acc_mean; suite = mean of the suite "
@@ -150,7 +151,7 @@ def ablation(ctx: Context, ablation_id: str | None) -> list[Block]:
         dd.command = ctx.command("ablate", extra=("--top", "1%", "--mode", "neg", "--evals", "ppl,blimp,tse,suite"))
         return [ab_block, dd]
     dd.image = ctx.draw("dissociation", figures.dissociation, points, labels,
-                        f"{_short(ctx.model)}@{ab.revision}: grammar vs suite")
+                        f"{short_name(ctx.model)}@{ab.revision}: grammar vs suite")
     dd.alt = "Grammar delta against suite delta per condition with 95% confidence intervals"
     dd.caption = [*head, f"x: delta of {points['x_row'][0]} against the baseline; y: delta of "
                   f"{points['y_row'][0]} (the summary rows when both grammar benchmarks / several suite benchmarks "
@@ -228,7 +229,7 @@ def pos(ctx: Context, analysis_id: str | None) -> list[Block]:
               .sort(["function_word", "excess"], descending=[True, True], nulls_last=True)["tag"].to_list())
     tags = [*ranked, *sorted(set(df.filter(pl.col("tag") != "ALL")["tag"].to_list()) - set(ranked))]
     b.image = ctx.draw("pos", figures.pos, df, series, tags, function_tags,
-                       f"{_short(ctx.model)}: excess surprisal per POS tag")
+                       f"{short_name(ctx.model)}: excess surprisal per POS tag")
     b.alt = "Bar chart of the mean excess surprisal per part-of-speech tag per condition with 95% CIs"
     every = df.filter(pl.col("tag") == "ALL")
     overall = "; ".join(f"{r['series']}: {cap.num(r['excess'])} nats/token" for r in every.iter_rows(named=True))
@@ -284,7 +285,7 @@ def layers(ctx: Context, analysis_id: str | None) -> list[Block]:
     for g in df["group"].unique().to_list():
         group_labels.setdefault(int(g), str(g))
     b.image = ctx.draw("layers", figures.layers, df, panels, group_labels,
-                       f"{_short(ctx.model)}: ablation by layer group")
+                       f"{short_name(ctx.model)}: ablation by layer group")
     b.alt = "Delta against the baseline per layer group, alone and cumulative, per benchmark, with 95% CI bands"
     b.caption = [*_analysis_head(ctx, an, [an.revision] if an.revision else []),
                  "alone: only the set members in the group's layers are ablated; cumulative: the members in groups "
@@ -314,7 +315,7 @@ def training(ctx: Context, analysis_id: str | None) -> list[Block]:
     effect = data.training_effect(series)
     revisions = list(dict.fromkeys(series.sort("x")["revision"].to_list()))
     b.image = ctx.draw("training", figures.training, series, x_label, effect,
-                       f"{_short(ctx.model)}: across training")
+                       f"{short_name(ctx.model)}: across training")
     b.alt = "Training curves: w_dist quantiles, top-1% cohort, overlaps and the ablation delta against the step"
     b.caption = [*_analysis_head(ctx, an, revisions),
                  f"x: {x_label}. Curves: the all-layer value of each stored quantity per checkpoint (the mean over "
@@ -341,7 +342,7 @@ def pairs(ctx: Context, analysis_id: str | None) -> list[Block]:
     b = Block(ctx.key("pairs"), title)
     revisions = sorted({*share["revision"].drop_nulls().to_list(), *pr["revision"].drop_nulls().to_list()})
     if share.height:
-        b.image = ctx.draw("negshare", figures.neg_share, share, f"{_short(ctx.model)}: negative share of w_dist")
+        b.image = ctx.draw("negshare", figures.neg_share, share, f"{short_name(ctx.model)}: negative share of w_dist")
         b.alt = "Per layer, the mean share of w_dist in the negative region, per neuron selection, with 95% CI bands"
         b.caption = [*_analysis_head(ctx, an, revisions or ([an.revision] if an.revision else [])),
                      "Per layer and neuron selection (top1: the layer's top 1% by w_dist; rest; all): mean over "
@@ -356,3 +357,32 @@ def pairs(ctx: Context, analysis_id: str | None) -> list[Block]:
             "layer", "neuron", "rank", "context_a", "x_a", "context_b", "x_b", "d_in", "d_out", "ratio", "signs")
         b.tables.append(("most differentiated token pairs (d_out / d_in, as md)", top.head(12)))
     return [b]
+
+
+def sweep(ctx: Context, analysis_id: str | None) -> list[Block]:
+    """The stored sweep's figures (:func:`negdb.report.sweep_figures.sweep_figures`), each with its table."""
+    from negdb.report.sweep_figures import sweep_figures
+
+    title = "Sweep: dose-response, selectivity, sign and selector contrasts"
+    if analysis_id is None:
+        b = Block(ctx.key("sweep"), title)
+        b.note = f"No stored sweep of {ctx.model}."
+        b.command = ctx.command("sweep")
+        return [b]
+    head = data.analysis_head(ctx.cat, analysis_id)
+    figs = sweep_figures(ctx.cat, ctx.model, ctx.folder, analysis_id)
+    if not figs:
+        b = Block(ctx.key("sweep"), title)
+        b.note = f"Sweep {analysis_id} stored no summary rows."
+        return [b]
+    lead = [cap.model_text(ctx.facts, [head["revision"]] if head["revision"] else []),
+            f"Sweep {analysis_id} (negdb sweep, stored {cap.when(head['created_at'])})."]
+    blocks = []
+    for i, fig in enumerate(figs):
+        ctx.figures.append(ctx.folder / fig["png"])
+        blocks.append(Block(ctx.key(f"sweep-{i}"), fig["title"], image=fig["png"],
+                            alt=f"{fig['title']}: one line per series over the fraction of each layer ablated, "
+                                "with 95% CI bands",
+                            caption=[*lead, fig["caption"]],
+                            tables=[("value [95% CI] per fraction ablated", fig["table_html"])]))
+    return blocks

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
-from negdb.store.segments import list_segments
+from negdb.store.segments import segment_listing
 
 # A folder modified this recently (seconds) may change again within the same timestamp tick.
 _RACY_S = 2.0
@@ -36,7 +36,7 @@ def _fingerprint(tables: Path) -> tuple:
     """Modification times of ``tables/`` and every folder below it (a few ``stat`` calls, no file reads).
 
     A segment linked, renamed or removed anywhere below changes its folder's time; segments may sit in
-    sub-folders (``list_segments`` reads them recursively).
+    sub-folders (``segment_listing`` reads them recursively).
     """
     entries = []
 
@@ -56,19 +56,11 @@ def _fingerprint(tables: Path) -> tuple:
 
 def _listing(tables: Path) -> tuple:
     """The published segments of every table folder, with size and mtime (run records are replaced in place)."""
-    out = []
     if not tables.is_dir():
         return ()
     with os.scandir(tables) as it:
         folders = sorted(e.path for e in it if e.is_dir(follow_symlinks=False))
-    for folder in folders:
-        for p in list_segments(Path(folder)):
-            try:
-                st = p.stat()
-            except FileNotFoundError:  # replaced between listing and stat: the next check sees the new one
-                continue
-            out.append((str(p), st.st_size, st.st_mtime_ns))
-    return tuple(out)
+    return tuple(entry for folder in folders for entry in segment_listing(Path(folder)))
 
 
 class Snapshot:

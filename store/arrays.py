@@ -29,6 +29,12 @@ def layer_name(layer: int) -> str:
     return f"L{layer:03d}"
 
 
+def md_group_name(md_pairs: int, md_seed: int) -> str:
+    """The sub-group ``md/<name>/`` of an acts group holding the md token pairs and the MLP inputs they need
+    (named by the statistics spec's pair count and seed)."""
+    return f"p{md_pairs}-s{md_seed}"
+
+
 def create_preact(group: zarr.Group, layer: int, *, n_tokens: int, d_mlp: int, shard_rows: int,
                   dtype: str, compression: str = "zstd") -> zarr.Array:
     """Create (or open, when resuming) the pre-activation array of one layer."""

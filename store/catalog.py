@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from negdb.errors import NegdbError, one_line
 from negdb.store.layout import StoreLayout
-from negdb.store.segments import list_segments
+from negdb.store.segments import Listing, segment_listing
 from negdb.store.tables import Table, all_tables
 
 NEURONS_VIEW = """
@@ -177,40 +177,69 @@ class Catalog:
         self._safe = _hardened_connection(tables_dir, self._memory_limit)
         self._safe_lock = threading.Lock()
         self._views: frozenset[str] = frozenset()
+        self._listings: dict[str, Listing] = {}
         self.refresh()
 
     # ------------------------------------------------------------------------------------ snapshot
 
     def refresh(self) -> None:
-        """Re-read the list of published segments (a new snapshot)."""
-        names = []
-        with self._safe_lock:
-            for table in all_tables():
-                self._view(table)
-                names.append(table.name)
-            self.con.execute(NEURONS_VIEW)
-            self._safe.execute(NEURONS_VIEW)
-            self._views = frozenset(names) | {"neurons"}
+        """Take a new snapshot: re-read the list of published segments.
 
-    def _view(self, table: Table) -> None:
-        segments = list_segments(self.layout.table_dir(table.name))
-        if segments:
-            # the hardened database reads the same files by their resolved paths (inside allowed_directories)
-            resolved = [self._tables_dir / p.relative_to(self.layout.table_dir(table.name).parent)
-                        for p in segments]
-            hive = all("/model_id=" in str(p) for p in segments)
-            for con, paths in ((self.con, segments), (self._safe, resolved)):
-                reader = f"read_parquet({_sql_list(paths)}, union_by_name = true{_HIVE if hive else ''})"
-                if table.name in SMALL_TABLES:  # a few tiny segments per model: kept in memory, no file opens
-                    con.execute(f"CREATE OR REPLACE TABLE _mem_{table.name} AS SELECT * FROM {reader}")
-                    con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _mem_{table.name}")
-                else:
-                    con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM {reader}")
-        else:
+        Only the views of tables whose listing (segment paths, sizes and modification times) changed since the
+        last refresh are made again, so a refresh after one new segment costs about one table's view. A small
+        table kept in memory whose listing only grew gets just the new segments appended (its rows then follow
+        publication order; no view promises an order without ORDER BY).
+        """
+        with self._safe_lock:
+            changed = set()
+            for table in all_tables():
+                listing = segment_listing(self.layout.table_dir(table.name))
+                old = self._listings.get(table.name)
+                if listing == old:
+                    continue
+                self._listings.pop(table.name, None)  # a failure below leaves the table to be made anew
+                self._view(table, listing, old)
+                self._listings[table.name] = listing
+                changed.add(table.name)
+            if changed & set(_NEURONS_SOURCES):
+                self.con.execute(NEURONS_VIEW)
+                self._safe.execute(NEURONS_VIEW)
+            self._views = frozenset(self._listings) | {"neurons"}
+
+    def _view(self, table: Table, listing: Listing, old: Listing | None) -> None:
+        """Make ``table``'s view on both databases over the segments of ``listing`` (``old``: the last one)."""
+        segments = [Path(p) for p, _, _ in listing]
+        if not segments:
             self.con.execute(f"DROP VIEW IF EXISTS {table.name}")
             self.con.register(f"_empty_{table.name}", table.schema.empty_table())
             self.con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _empty_{table.name}")
             self._safe.execute(f"CREATE OR REPLACE VIEW {table.name} AS {_empty_select(table)}")
+            return
+        folder = self.layout.table_dir(table.name)
+        hive = _HIVE if all("/model_id=" in str(p) for p in segments) else ""
+        kept = set(old or ())
+        added = ([Path(e[0]) for e in listing if e not in kept]
+                 if old and table.name in SMALL_TABLES and kept <= set(listing) else [])
+        def resolved(ps: list[Path]) -> list[Path]:
+            # the hardened database reads the same files by their resolved paths (inside allowed_directories)
+            return [self._tables_dir / p.relative_to(folder.parent) for p in ps]
+
+        for con, every, new in ((self.con, segments, added), (self._safe, resolved(segments), resolved(added))):
+            def reader(paths: list[Path]) -> str:
+                return f"read_parquet({_sql_list(paths)}, union_by_name = true{hive})"
+
+            if table.name not in SMALL_TABLES:
+                con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM {reader(every)}")
+                continue
+            # a few tiny segments per model: kept in memory, no file opens per query
+            if new:
+                try:
+                    con.execute(f"INSERT INTO _mem_{table.name} BY NAME SELECT * FROM {reader(new)}")
+                    continue
+                except duckdb.Error:  # columns (or types) the table lacks: read every segment again
+                    pass
+            con.execute(f"CREATE OR REPLACE TABLE _mem_{table.name} AS SELECT * FROM {reader(every)}")
+            con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _mem_{table.name}")
 
     def view_names(self) -> frozenset[str]:
         """The views user SQL may read."""

@@ -87,3 +87,20 @@ def list_segments(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+
+
+Listing = tuple[tuple[str, int, int], ...]
+"""(path, size in bytes, modification time in ns) of each segment, sorted by path."""
+
+
+def segment_listing(folder: Path) -> Listing:
+    """The published segments of one table with their size and modification time (records such as a run's are
+    replaced in place, which changes both); a segment removed while listing is left out."""
+    out = []
+    for p in list_segments(folder):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        out.append((str(p), st.st_size, st.st_mtime_ns))
+    return tuple(out)

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from negdb.ablate.compare import _DECISION, SUMMARIES, _decisions, _nll
+from negdb.ablate.compare import DECISION_COLUMN, SUMMARIES, decisions, item_nll
 from negdb.errors import NegdbError
 from negdb.evals import registry
 from negdb.evals.metrics import bootstrap_samples, ppl_bootstrap_samples
@@ -124,10 +124,10 @@ def scores(results: dict[str, list[StoredResult]], like: Scores | None = None) -
         items = _items(frame, spec.group is not None, prev)
         for metric in spec.metrics:
             if metric == "ppl":
-                nll, n = _nll(res)
+                nll, n = item_nll(res)
                 out[(bench, metric)] = Ppl(nll, n, items)
             else:
-                vals, _ = _decisions(res, _DECISION[metric])
+                vals, _ = decisions(res, DECISION_COLUMN[metric])
                 out[(bench, metric)] = Acc(vals.astype(np.float32), items)
     return out
 

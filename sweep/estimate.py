@@ -24,7 +24,7 @@ from negdb.query import sets as setlib
 from negdb.query.setstore import NeuronSet
 from negdb.store.catalog import Catalog
 from negdb.store.results import lookup
-from negdb.sweep.grid import Deferred, Setup, SweepOptions, selection
+from negdb.sweep.grid import Setup, SweepOptions, selection
 
 
 @dataclass
@@ -174,8 +174,7 @@ def estimate(cat: Catalog, opts: SweepOptions, st: Setup) -> Estimate:
             return value
 
         try:
-            match = ppl_matched(Deferred(cat), main,  # type: ignore[arg-type]
-                                d_mlp=st.d_mlp, target=pw, baseline=p0, probe=replay,
+            match = ppl_matched(cat, main, d_mlp=st.d_mlp, target=pw, baseline=p0, probe=replay,
                                 tolerance=opts.tolerance, resolution=opts.resolution, max_fraction=opts.max_fraction)
         except _Missing:
             est.probes_stored += len(set(seen))

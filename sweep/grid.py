@@ -30,11 +30,6 @@ def _split(text: str | None) -> list[str]:
     return list(dict.fromkeys(p.strip() for p in (text or "").split(",") if p.strip()))
 
 
-def stat_columns() -> list[str]:
-    """The numeric ``neuron_stats`` columns a grid can rank by."""
-    return setlib._stat_columns()
-
-
 @dataclass(frozen=True)
 class GridPoint:
     """One grid point: the selector, the share of each layer's neurons (0.01 = 1%) and the mode."""
@@ -96,7 +91,7 @@ class SweepOptions:
 
     def by_list(self) -> list[str]:
         names = _split(self.by)
-        allowed = stat_columns()
+        allowed = setlib.stat_columns()
         bad = [b for b in names if b not in allowed]
         if bad or not names:
             raise NegdbError(f"--by {','.join(bad) or '(empty)'}: not a statistic column; use any of "
@@ -196,22 +191,3 @@ def setup(cat: Catalog, opts: SweepOptions) -> Setup:
     rows = cat.arrow("SELECT max(d_mlp) AS d FROM models WHERE model_id = ?", [keys.model_id]).to_pylist()
     d_mlp = int(rows[0]["d"]) if rows and rows[0]["d"] is not None else max(setlib.layer_widths(cat, keys).values())
     return Setup(keys, ckpt, d_mlp, opts.benches(), opts.limits(), opts.rule(), opts.ablate_options().control_list())
-
-
-class Deferred:
-    """The catalog with a deferred ``refresh``: control and probe sets are saved without a new snapshot.
-
-    ``Catalog.refresh`` re-reads every table's segment list (about a second on a store of a few hundred
-    evaluations); the sets saved by :func:`random_controls` and :func:`ppl_matched` are used as returned, never
-    looked up again, so the sweep skips those refreshes (main sets are saved with a refresh: their controls look
-    them up by name).
-    """
-
-    def __init__(self, cat: Catalog) -> None:
-        self._cat = cat
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cat, name)
-
-    def refresh(self) -> None:
-        pass

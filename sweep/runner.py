@@ -34,7 +34,7 @@ from negdb.store.layout import StoreLayout
 from negdb.store.tables import SWEEP_POINTS, SWEEP_SUMMARY
 from negdb.sweep import contrasts
 from negdb.sweep.estimate import Estimate, estimate
-from negdb.sweep.grid import Deferred, GridPoint, Setup, SweepOptions, selection, setup
+from negdb.sweep.grid import GridPoint, Setup, SweepOptions, selection, setup
 
 KIND = "sweep"
 
@@ -106,7 +106,6 @@ class _Runner:
     def __init__(self, layout: StoreLayout, cat: Catalog, opts: SweepOptions, st: Setup, *, progress: bool,
                  log: Callable[[str], None]) -> None:
         self.layout, self.cat, self.opts, self.st, self.progress, self.log = layout, cat, opts, st, progress, log
-        self.lazy = Deferred(cat)
         self.loader = Loader(st.keys.model_id, st.keys.revision, opts.device, log)
         self.evaluators: dict[tuple[str, int], Evaluator] = {}
         self.base: dict[int, contrasts.Scores] = {}
@@ -149,7 +148,7 @@ class _Runner:
         def run_probe(ns: NeuronSet) -> float:
             return float(ev(ev.target(ns), PPL_BENCHMARK, "ppl probe", probe).row["primary_value"])
 
-        found = ppl_matched(self.lazy, main, d_mlp=self.st.d_mlp, target=pw, baseline=p0,  # type: ignore[arg-type]
+        found = ppl_matched(self.cat, main, d_mlp=self.st.d_mlp, target=pw, baseline=p0,
                             probe=run_probe, tolerance=self.opts.tolerance, resolution=self.opts.resolution,
                             max_fraction=self.opts.max_fraction)
         if not found.matched and point.label() not in self.not_matched:
@@ -162,7 +161,7 @@ class _Runner:
         base = self.condition(ev, "baseline", "baseline", None)
         conds = [self.condition(ev, "ablation", f"{point.mode}-ablation", main)]
         if "random" in self.st.controls:
-            (rnd,) = random_controls(self.lazy, main, [seed])  # type: ignore[arg-type]
+            (rnd,) = random_controls(self.cat, main, [seed])
             conds.append(self.condition(ev, "random", "random", rnd))
         found = self.match(ev, main, point) if "ppl-matched" in self.st.controls else None
         if found is not None:

@@ -1,7 +1,7 @@
-"""``negdb report`` end to end on a tiny ingested store with a tiny ablation and synthetic analyses: every figure
-is a real, non-blank PNG linked from the page, every caption names the model and the data, the key numbers
-match references computed here from the stored segments, missing analyses give notes naming their commands,
-a re-render stores nothing and a failed render leaves the earlier report in place."""
+"""``negdb report`` end to end on a tiny ingested store with a tiny ablation, a tiny sweep and synthetic analyses:
+every figure is a real, non-blank PNG linked from the page, every caption names the model and the data, the key
+numbers match references computed here from the stored segments, missing analyses give notes naming their
+commands, a re-render stores nothing and a failed render leaves the earlier report in place."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ pytestmark = pytest.mark.timeout(300)
 
 ABLATE = ["--top", "10%", "--evals", "blimp,copa,ppl", "--limit", "1", "--ppl-tokens", "256", "--probe-tokens",
           "256", "--seeds", "2", "--window", "64", "--controls", "random,ppl-matched", "--quiet"]
+SWEEP = ["--fractions", "10", "--by", "w_dist,std", "--modes", "neg,pos", "--seeds", "1", "--controls", "ppl-matched",
+         "--evals", "blimp,copa,ppl", "--limit", "1", "--ppl-tokens", "256", "--probe-tokens", "256", "--window", "64",
+         "--resolution", "0.1", "--max-fraction", "0.4", "--n-boot", "100", "--quiet"]
+"""The smallest sweep with every kind of figure (two selectors and modes, one fraction and seed): its neg runs
+are the ablation's own evaluations, read back."""
 ALL_FIGURES = ("wdist", "neuron", "ablation", "dissociation", "pos", "layers", "training", "negshare")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TD_TEXT = '<td class="t">'
@@ -147,17 +152,20 @@ def _publish_analyses(store: Path, model: str, ablation_id: str) -> dict[str, st
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(registry, "load_items", short_wikitext_loader(registry.load_items))
         model = save_tiny(tmp_path_factory.mktemp("m") / "neox", "gpt_neox", seed=0)
         store = ingest_into(tmp_path_factory, model)
         res = cli(store, "ablate", "--model", str(model), *ABLATE)
         assert res.exit_code == 0, res.output
+        ablation_id = _read(store, "ablations")["ablation_id"][0]
+        bare = build(store, out / "bare")  # before any analysis or sweep is stored
+        sw = cli(store, "sweep", "--model", str(model), *SWEEP)
+        assert sw.exit_code == 0, sw.output
     model_id = str(model.resolve())
-    ablation_id = _read(store, "ablations")["ablation_id"][0]
-    out = tmp_path_factory.mktemp("reports")
-    bare = build(store, out / "bare")  # before any analysis is stored
     analyses = _publish_analyses(store, model_id, ablation_id)
+    analyses["sweep"] = _read(store, "analyses").filter(pl.col("kind") == "sweep")["analysis_id"].to_list()[0]
     before = _store_state(store)
     full = cli(store, "report", "--model", str(model), "--out", str(out / "full"))
     assert full.exit_code == 0, full.output
@@ -188,6 +196,16 @@ def _check_png(path: Path) -> None:
     assert len(colours) > 10, f"{path.name} is (nearly) blank: {len(colours)} colours"
 
 
+def _sweep_pngs(env) -> list[str]:
+    """The sweep's figures, in page order, from the kinds of its stored summary rows."""
+    rows = _read(env["store"], "sweep_summary").filter(pl.col("analysis_id") == env["analyses"]["sweep"])
+    tag = env["analyses"]["sweep"][:8]
+    kinds = set(rows["kind"].to_list())
+    modes = sorted(set(rows.filter(pl.col("kind") == "dose")["mode"].to_list()))
+    return ([f"sweep-{tag}-dose-{m}.png" for m in modes]
+            + [f"sweep-{tag}-{k}.png" for k in ("selectivity", "sign", "selector") if k in kinds])
+
+
 # ------------------------------------------------------------------------------------------ the full report
 
 
@@ -196,7 +214,10 @@ def test_every_figure_is_a_non_blank_png_linked_from_the_page(env):
     assert env["full_cli"].stdout.strip() == str(folder / "index.html")
     html = _html(folder)
     pngs = sorted(p.name for p in folder.glob("*.png"))
-    assert pngs == sorted(f"m1-{k}.png" for k in ALL_FIGURES)
+    sweep = _sweep_pngs(env)
+    tag = env["analyses"]["sweep"][:8]
+    assert {f"sweep-{tag}-{k}.png" for k in ("dose-neg", "dose-pos", "selectivity", "sign", "selector")} == set(sweep)
+    assert pngs == sorted([*(f"m1-{k}.png" for k in ALL_FIGURES), *sweep])
     caps = _captions(html)
     for name in pngs:
         _check_png(folder / name)
@@ -349,18 +370,40 @@ def test_rerendering_stores_nothing_and_gives_the_same_page(env):
     again = build(env["store"], env["full_dir"], [env["model"]])
     assert _store_state(env["store"]) == env["before"]
     assert again.page == env["full_dir"] / "index.html"
-    assert [p.name for p in again.figures] == [f"m1-{k}.png" for k in ALL_FIGURES]
+    assert [p.name for p in again.figures] == [*(f"m1-{k}.png" for k in ALL_FIGURES), *_sweep_pngs(env)]
     assert again.notes == []
     assert _html(env["full_dir"]) == html
 
 
+def test_sweep_section_shows_the_stored_summary(env):
+    html = _html(env["full_dir"])
+    caps = _captions(html)
+    sid = env["analyses"]["sweep"]
+    rows = _read(env["store"], "sweep_summary").filter(pl.col("analysis_id") == sid)
+    sections = {}
+    for name in _sweep_pngs(env):
+        assert f"Model {env['model']}" in caps[name] and "checkpoint final" in caps[name]
+        assert f"Sweep {sid} (negdb sweep" in caps[name] and "100 draws" in caps[name]
+        block = html.split(f'<img src="{name}"')[1].split("<h3")[0]
+        sections[name.removeprefix(f"sweep-{sid[:8]}-").removesuffix(".png")] = block
+    for r in rows.iter_rows(named=True):  # every selectivity index, and the primary metrics of the others
+        if r["kind"] != "selectivity" and (r["benchmark"], r["metric"]) not in (("blimp", "acc_sum"), ("copa", "acc"),
+                                                                                ("wikitext2", "ppl")):
+            continue
+        key = f"dose-{r['mode']}" if r["kind"] == "dose" else r["kind"]
+        cell = f"{r['value']:+.4g} [{r['ci_lo']:+.4g}, {r['ci_hi']:+.4g}]"
+        assert f"{TD_TEXT}{cell}</td>" in sections[key], (key, r)
+    assert rows.filter(pl.col("kind") == "selectivity").height > 0
+
+
 def test_pinned_ids_and_neuron(env, tmp_path):
     rep = build(env["store"], tmp_path / "r", ablations=[env["ablation_id"]],
-                analyses=[env["analyses"]["pos"]], neuron="2:7", bins=10)
+                analyses=[env["analyses"]["pos"], env["analyses"]["sweep"]], neuron="2:7", bins=10)
     html = _html(tmp_path / "r")
     assert "Example neuron: layer 2, neuron 7 (chosen with --neuron)" in html
     assert "in 10 bins" in html
     assert rep.models == [env["model"]]
+    assert [p.name for p in rep.figures][-len(_sweep_pngs(env)):] == _sweep_pngs(env)
 
 
 # ------------------------------------------------------------------------------------------ missing analyses
@@ -377,7 +420,9 @@ def test_missing_analyses_give_notes_with_their_commands(env):
         cmd = f"negdb --store {store} analyze {kind} --model {model}{extra}"
         assert f"<code>{cmd}</code>" in html, cmd
         assert any(f"No stored {kind} analysis" in n for n in bare.notes)
-    assert len(bare.notes) == 4
+    assert f"<code>negdb --store {store} sweep --model {model}</code>" in html
+    assert any(f"No stored sweep of {model}" in n for n in bare.notes)
+    assert len(bare.notes) == 5
 
 
 def test_a_model_without_an_ablation_gets_its_own_section(env, tmp_path_factory, tmp_path):
@@ -387,7 +432,7 @@ def test_a_model_without_an_ablation_gets_its_own_section(env, tmp_path_factory,
     html = _html(tmp_path / "r")
     assert [p.name for p in rep.figures] == ["m1-wdist.png", "m1-neuron.png"]
     assert f"ablate --model {other.resolve()} --top 1% --mode neg" in html
-    assert len(rep.notes) == 6
+    assert len(rep.notes) == 7
 
 
 # ------------------------------------------------------------------------------------------ atomic writes

@@ -112,3 +112,94 @@ def test_parse_activations() -> None:
         parse_activations("layers=3", [0, 1], 4)
     with pytest.raises(NegdbError):
         parse_activations("some", [0, 1], 4)
+
+
+def _rows(cat: Catalog, view: str) -> list[tuple]:
+    return sorted(cat.con.execute(f"SELECT * FROM {view}").fetchall(), key=repr)
+
+
+def _files(paths: list[Path]) -> list[tuple]:
+    """The rows of ``paths`` read with pyarrow (the reference), as the catalog's column order gives them."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(p) for p in paths]
+    return sorted((tuple(r.values()) for t in tables for r in t.to_pylist()), key=repr)
+
+
+def test_refresh_remakes_only_changed_views_and_sees_what_a_fresh_catalog_sees(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from negdb.store.tables import EVAL_METRICS, EVAL_RESULTS, RUNS
+
+    layout = StoreLayout(tmp_path).init()
+    res, met, runs = (layout.table_dir(t) for t in ("eval_results", "eval_metrics", "runs"))
+
+    def result(i: int, **extra: object) -> pa.Table:
+        return EVAL_RESULTS.from_rows([{"result_id": f"r{i}", "benchmark": "blimp", "n_items": i, **extra}])
+
+    write_segment(res / "r1.parquet", result(1))
+    write_segment(met / "r1.parquet", EVAL_METRICS.from_rows([{"result_id": "r1", "metric": "acc", "value": 0.5}]))
+    write_segment(runs / "job.parquet", RUNS.from_rows([{"run_id": "job", "status": "running"}]), exclusive=False)
+    cat = Catalog(tmp_path)
+    made: list[str] = []
+    real = Catalog._view
+    monkeypatch.setattr(Catalog, "_view", lambda self, table, *a: (made.append(table.name), real(self, table, *a)))
+
+    cat.refresh()  # nothing changed: no view is made again
+    assert made == []
+    write_segment(res / "r2.parquet", result(2))  # eval_results is kept in memory: the new segment is appended
+    write_segment(met / "r2.parquet", EVAL_METRICS.from_rows([{"result_id": "r2", "metric": "acc", "value": 0.7}]))
+    cat.refresh()
+    assert sorted(made) == ["eval_metrics", "eval_results"]
+    assert _rows(cat, "eval_results") == _files([res / "r1.parquet", res / "r2.parquet"])
+    assert _rows(cat, "eval_metrics") == _files([met / "r1.parquet", met / "r2.parquet"])
+    user = cat.query("SELECT result_id FROM eval_results ORDER BY result_id").table.column(0).to_pylist()
+    assert user == ["r1", "r2"]  # the hardened database got the same segment
+
+    made.clear()  # a record replaced in place (same path, new size and time) is read again
+    write_segment(runs / "job.parquet", RUNS.from_rows([{"run_id": "job", "status": "done", "message": "x" * 50}]),
+                  exclusive=False)
+    cat.refresh()
+    assert made == ["runs"]
+    assert cat.sql("SELECT status FROM runs")["status"].to_list() == ["done"]
+
+    made.clear()  # a removed segment and one with a column the table lacks: every segment read again
+    (res / "r1.parquet").unlink()
+    cat.refresh()
+    assert made == ["eval_results"] and _rows(cat, "eval_results") == _files([res / "r2.parquet"])
+    write_segment(res / "r3.parquet", result(3).append_column("extra", pa.array(["e"])))
+    cat.refresh()
+    fresh = Catalog(tmp_path)
+    for view in ("eval_results", "eval_metrics", "runs", "neurons"):
+        assert _rows(cat, view) == _rows(fresh, view), view
+    assert cat.sql("SELECT extra FROM eval_results WHERE result_id = 'r3'")["extra"].to_list() == ["e"]
+    assert cat.view_names() == fresh.view_names()
+
+    (res / "r2.parquet").unlink()
+    (res / "r3.parquet").unlink()
+    cat.refresh()  # no segment left: the empty view with the table's columns
+    assert cat.sql("SELECT count(*) AS n FROM eval_results")["n"][0] == 0
+    columns = [r[0] for r in cat.con.execute("DESCRIBE eval_results").fetchall()]
+    assert columns == [c for c, _, _ in EVAL_RESULTS.columns]
+
+
+def test_refresh_after_a_failed_view_reads_the_table_anew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from negdb.store.tables import EVAL_RESULTS
+
+    layout = StoreLayout(tmp_path).init()
+    res = layout.table_dir("eval_results")
+    write_segment(res / "r1.parquet", EVAL_RESULTS.from_rows([{"result_id": "r1"}]))
+    cat = Catalog(tmp_path)
+    write_segment(res / "r2.parquet", EVAL_RESULTS.from_rows([{"result_id": "r2"}]))
+    real = cat._safe
+
+    class Boom:  # the append on the first database works, the one on the hardened database fails
+        def execute(self, *a: object) -> None:
+            raise RuntimeError("boom")
+
+    cat._safe = Boom()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError):
+        cat.refresh()
+    cat._safe = real
+    cat.refresh()  # not appended twice: the table is read again from every segment
+    assert sorted(cat.sql("SELECT result_id FROM eval_results")["result_id"].to_list()) == ["r1", "r2"]
+    assert sorted(cat.query("SELECT result_id FROM eval_results").table.column(0).to_pylist()) == ["r1", "r2"]
