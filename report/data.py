@@ -242,8 +242,11 @@ def neuron(cat: Catalog, keys: Keys, layer: int, index: int, bins: int) -> Neuro
 
 
 def latest_ablation(cat: Catalog, model_id: str) -> str | None:
+    """The newest of the model's ablations that evaluated the most benchmarks (an `analyze pos` run records a
+    perplexity-only ablation, which must not hide the full comparison)."""
     rows = cat.sql("SELECT ablation_id FROM ablations WHERE model_id = ? GROUP BY ablation_id "
-                   "ORDER BY max(created_at) DESC, ablation_id LIMIT 1", [model_id])["ablation_id"].to_list()
+                   "ORDER BY max(len(result_ids)) DESC, max(created_at) DESC, ablation_id LIMIT 1",
+                   [model_id])["ablation_id"].to_list()
     return rows[0] if rows else None
 
 

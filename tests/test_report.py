@@ -480,3 +480,25 @@ def test_errors_are_one_line(env, tmp_path):
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
     with pytest.raises(NegdbError):
         build(store, tmp_path / "r2", ablations=[env["ablation_id"]], models=["no-such-model"])
+
+
+def test_latest_ablation_prefers_the_fullest_comparison(tmp_path: Path) -> None:
+    """A later perplexity-only ablation (as `analyze pos` records) does not hide an earlier full comparison."""
+    from datetime import datetime, timedelta, timezone
+
+    from negdb.report import data
+    from negdb.store.catalog import Catalog
+    from negdb.store.layout import StoreLayout
+    from negdb.store.segments import write_segment
+    from negdb.store.tables import ABLATIONS
+
+    layout = StoreLayout(tmp_path / "s").init()
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for aid, n, minutes in (("full", 4, 0), ("pplonly", 1, 5), ("full2", 4, 3)):
+        rows = [{"ablation_id": aid, "condition": c, "model_id": "m", "revision": "final",
+                 "result_ids": [f"{aid}-{c}-{i}" for i in range(n)], "created_at": t0 + timedelta(minutes=minutes)}
+                for c in ("baseline", "ablation")]
+        write_segment(layout.table_dir("ablations") / f"{aid}.parquet", ABLATIONS.from_rows(rows))
+    with Catalog(layout.root) as cat:
+        assert data.latest_ablation(cat, "m") == "full2"  # the newest of the two with 4 benchmarks
+        assert data.latest_ablation(cat, "other") is None
