@@ -405,15 +405,13 @@ def training_series(df: pl.DataFrame) -> pl.DataFrame:
     return both.sort("series", "x")
 
 
-EFFECT_PREFERENCE = (("grammar", "mean"), ("blimp", "acc_sum"), ("tse", "acc_mean"), ("suite", "mean"))
-"""The ablation effect the training figure follows: the first of these stored, else the first accuracy."""
+TRAINING_EFFECTS = (("wikitext2", "ppl"), ("blimp", "acc_sum"), ("tse", "acc_mean"))
+"""The ablation effects the training figure follows (the issue's BLiMP, TSE and perplexity), those stored."""
 
 
-def training_effect(series: pl.DataFrame) -> tuple[str, str] | None:
-    """(benchmark, metric) of the ablation effect shown against the step, or None when no effect is stored."""
+def training_effects(series: pl.DataFrame) -> list[tuple[str, str]]:
+    """(benchmark, metric) of each ablation effect shown against the step: those of :data:`TRAINING_EFFECTS` that
+    are stored, else the first stored effect; empty when no effect is stored."""
     eff = series.filter(pl.col("quantity").str.starts_with("delta_") & pl.col("benchmark").is_not_null())
     have = list(dict.fromkeys(zip(eff["benchmark"].to_list(), eff["metric"].to_list())))
-    if not have:
-        return None
-    pick = next((k for k in EFFECT_PREFERENCE if k in have), None)
-    return pick or next((k for k in have if k[1] != "ppl"), have[0])
+    return [k for k in TRAINING_EFFECTS if k in have] or have[:1]

@@ -6,6 +6,8 @@ touched; ``savefig`` writes through the Agg canvas.
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 from pathlib import Path
 
@@ -252,38 +254,49 @@ TRAINING_PANELS = (
     ("w_dist over all neurons", lambda q: q.startswith("w_dist_")),
     ("w_dist of the top-1% set and of the final cohort", lambda q: q.startswith(("top_", "cohort"))),
     ("top-1% set overlap (Jaccard)", lambda q: q.startswith("overlap")),
-    ("ablation effect (delta vs baseline)", lambda q: q.startswith("delta_")),
 )
 
 
-def training(series: pl.DataFrame, x_label: str, effect: tuple[str, str] | None, title: str, path: Path) -> Path:
-    """Training curves: w_dist quantiles, top set and cohort, overlaps, and the deltas of the ``effect``
-    (benchmark, metric) with CI bands, against the step."""
-    fig = Figure(figsize=(10.0, 7.0))
-    axes = fig.subplots(2, 2).ravel()
+def _curves(ax: Any, part: pl.DataFrame) -> None:
+    """One line per series of ``part`` (x, value) with its CI band where stored."""
+    for j, q in enumerate(dict.fromkeys(part["series"].to_list())):
+        s = part.filter(pl.col("series") == q).sort("x")
+        x, v, lo, hi = _f(s, "x"), _f(s, "value"), _f(s, "lo"), _f(s, "hi")
+        c = color(q.removeprefix("delta_").split(" ")[0], j) if q.startswith("delta_") else _CYCLE[j % len(_CYCLE)]
+        ax.plot(x, v, marker="o", ms=3, color=c, label=s["quantity"][0] if q.startswith("delta_") else q)
+        if not np.all(np.isnan(lo)):
+            ax.fill_between(x, lo, hi, color=c, alpha=0.18, lw=0)
+    if part.height == 0:
+        ax.text(0.5, 0.5, "not stored", ha="center", va="center", transform=ax.transAxes, color="#777777")
+    else:
+        ax.legend(fontsize=7)
+
+
+def training(series: pl.DataFrame, x_label: str, effects: list[tuple[str, str]], title: str, path: Path) -> Path:
+    """Training curves: w_dist quantiles, top set and cohort, overlaps (first row), and the deltas of each of
+    ``effects`` (benchmark, metric) with CI bands (second row), against the step."""
+    fig = Figure(figsize=(13.0, 7.0))
+    axes = fig.subplots(2, 3).ravel()
     x_all = _f(series, "x")
-    for ax, (name, pick) in zip(axes, TRAINING_PANELS):
-        part = series.filter(pl.col("quantity").is_in([q for q in series["quantity"].unique().to_list() if pick(q)]))
+    quantities = series["quantity"].unique().to_list()
+    panels: list[tuple[str, pl.DataFrame]] = [
+        (name, series.filter(pl.col("quantity").is_in([q for q in quantities if pick(q)])))
+        for name, pick in TRAINING_PANELS]
+    deltas = series.filter(pl.col("quantity").str.starts_with("delta_"))
+    panels += [(f"ablation effect: {b} {m}", deltas.filter((pl.col("benchmark") == b) & (pl.col("metric") == m)))
+               for b, m in effects[:3]]
+    if not effects:
+        panels.append(("ablation effect (delta vs baseline)", deltas.clear()))
+    for ax, (name, part) in zip(axes, panels):
         if name.startswith("ablation"):
-            part = part.filter((pl.col("benchmark") == effect[0]) & (pl.col("metric") == effect[1])) \
-                if effect else part.clear()
-            name = f"ablation effect: {effect[0]} {effect[1]}" if effect else name
             ax.axhline(0, color="black", lw=0.8)
-        for j, q in enumerate(dict.fromkeys(part["series"].to_list())):
-            s = part.filter(pl.col("series") == q).sort("x")
-            x, v, lo, hi = _f(s, "x"), _f(s, "value"), _f(s, "lo"), _f(s, "hi")
-            c = color(q.removeprefix("delta_").split(" ")[0], j) if q.startswith("delta_") else _CYCLE[j % len(_CYCLE)]
-            ax.plot(x, v, marker="o", ms=3, color=c, label=s["quantity"][0] if q.startswith("delta_") else q)
-            if not np.all(np.isnan(lo)):
-                ax.fill_between(x, lo, hi, color=c, alpha=0.18, lw=0)
-        if part.height == 0:
-            ax.text(0.5, 0.5, "not stored", ha="center", va="center", transform=ax.transAxes, color="#777777")
-        else:
-            ax.legend(fontsize=7)
+        _curves(ax, part)
         _steps_scale(ax, x_all)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(x_label)
         ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -312,9 +312,9 @@ def training(ctx: Context, analysis_id: str | None) -> list[Block]:
         return [b]
     series = data.training_series(df)
     _, x_label = data.training_x(df)
-    effect = data.training_effect(series)
+    effects = data.training_effects(series)
     revisions = list(dict.fromkeys(series.sort("x")["revision"].to_list()))
-    b.image = ctx.draw("training", figures.training, series, x_label, effect,
+    b.image = ctx.draw("training", figures.training, series, x_label, effects,
                        f"{short_name(ctx.model)}: across training")
     b.alt = "Training curves: w_dist quantiles, top-1% cohort, overlaps and the ablation delta against the step"
     b.caption = [*_analysis_head(ctx, an, revisions),
@@ -323,9 +323,9 @@ def training(ctx: Context, analysis_id: str | None) -> list[Block]:
                  "neurons; top_w_dist_mean = mean w_dist of the checkpoint's own top-1% set; cohort_w_dist_mean = "
                  "of the final checkpoint's top-1% set (the cohort) followed back; overlap_final / overlap_prev = "
                  "Jaccard overlap of the checkpoint's top-1% set with the final / previous checkpoint's; "
-                 + (f"delta_<condition> = the ablation effect on {effect[0]} {effect[1]} at that checkpoint "
-                    "(value minus baseline), band = 95% CI; the table holds every benchmark."
-                    if effect else "no ablation effect is stored."),
+                 + ("delta_<condition> = the ablation effect on "
+                    + ", ".join(f"{b} {m}" for b, m in effects) + " at that checkpoint (value minus baseline), "
+                    "band = 95% CI; the table holds every benchmark." if effects else "no ablation effect is stored."),
                  _ci_line(an, "items resampled within groups, windows for perplexity")]
     wide = series.select("x", "revision", "series", "value").pivot("series", index=["x", "revision"],
                                                                      values="value").sort("x")
