@@ -8,16 +8,12 @@ see ``docs/SERVICE.md`` for the endpoints and why readers never block writers no
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
-import decimal
 import json
-import math
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,14 +21,14 @@ from typing import Any
 import pyarrow as pa
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 import negdb
 from negdb.errors import NegdbError
+from negdb.service.encode import ARROW_STREAM, SafeJSONResponse, arrow_stream, json_safe, table_records, table_rows
 from negdb.service.live import LiveCatalog, Snapshot, row_counts
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -52,66 +48,6 @@ def _is_timeout(err: BaseException) -> bool:
 def _one_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-# -------------------------------------------------------------------------------------------------- JSON
-
-
-def _py(value: Any) -> Any:
-    """A JSON-safe form of a value: NaN/inf -> null, times -> ISO 8601, bytes -> base64, numpy -> Python."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _py(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_py(v) for v in value]
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        return _py(float(value))
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if hasattr(value, "to_dict") and callable(value.to_dict):
-        return _py(value.to_dict())
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return _py(value.tolist())
-    if hasattr(value, "to_dicts"):  # polars frames
-        return _py(value.to_dicts())
-    return str(value)
-
-
-def _column(col: pa.ChunkedArray) -> list[Any]:
-    values = col.to_pylist()
-    typ = col.type
-    if pa.types.is_integer(typ) or pa.types.is_string(typ) or pa.types.is_large_string(typ) \
-            or pa.types.is_boolean(typ) or pa.types.is_null(typ):
-        return values
-    if pa.types.is_floating(typ):
-        return [v if v is None or math.isfinite(v) else None for v in values]
-    return [_py(v) for v in values]
-
-
-def table_rows(table: pa.Table) -> list[tuple]:
-    """Rows of an Arrow table as JSON-safe tuples (column order)."""
-    return list(zip(*(_column(c) for c in table.columns))) if table.num_columns else []
-
-
-def table_records(table: pa.Table) -> list[dict[str, Any]]:
-    names = table.column_names
-    return [dict(zip(names, row)) for row in table_rows(table)]
-
-
-class SafeJSONResponse(JSONResponse):
-    """JSON that never contains NaN or Infinity (not JSON) and accepts Arrow/numpy/time values."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(_py(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _error(status: int, message: str, **extra: Any) -> SafeJSONResponse:
@@ -137,13 +73,6 @@ def _wants_arrow(request: Request, fmt: str | None) -> bool:
             raise NegdbError(f"format={fmt}: use json or arrow")
         return fmt == "arrow"
     return ARROW_STREAM in request.headers.get("accept", "").lower()
-
-
-def arrow_stream(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 # --------------------------------------------------------------------------------------------------- app
@@ -501,7 +430,7 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
 
         with snapshot() as snap, snap.lock:
             frame = sets.list_sets(snap.catalog)
-        rows = frame.to_dicts() if hasattr(frame, "to_dicts") else _py(frame)
+        rows = frame.to_dicts() if hasattr(frame, "to_dicts") else json_safe(frame)
         for r in rows:
             for key, parsed in (("counts_json", "counts"), ("expression", "expression")):
                 if isinstance(r.get(key), str):
