@@ -15,7 +15,8 @@ import click
 @click.option("--ablation", "ablations", multiple=True,
               help="Stored ablation id to show instead of the model's latest (repeatable, one per model).")
 @click.option("--analysis", "analyses", multiple=True,
-              help="Stored analysis id to show instead of the latest of its kind (repeatable).")
+              help="Stored analysis id to show instead of the latest of its kind (repeatable; "
+                   "several sweeps may be given, default: every stored sweep).")
 @click.option("--neuron", default=None, help="Example neuron LAYER:INDEX (default: the highest w_dist).")
 @click.option("--bins", default=60, show_default=True, type=int, help="Histogram bins of the example neuron.")
 @click.pass_obj

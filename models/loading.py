@@ -206,11 +206,17 @@ def _gguf_stamp(gguf: Path) -> dict[str, Any]:
 
 
 def _gguf_fresh(folder: Path, stamp: dict[str, Any]) -> bool:
+    """The cache holds this GGUF: same path, size and mtime, or (another install of it) same size and sha256."""
     try:
         meta = json.loads((folder / _META).read_text())
     except (OSError, ValueError):
         return False
-    return all(meta.get(k) == v for k, v in stamp.items()) and (folder / "config.json").is_file()
+    if not (folder / "config.json").is_file():
+        return False
+    if all(meta.get(k) == v for k, v in stamp.items()):
+        return True
+    same_kind = meta.get("version") == stamp["version"] and meta.get("size") == stamp["size"]
+    return same_kind and meta.get("sha256") == _sha256(Path(stamp["gguf"]))
 
 
 def _sha256(path: Path) -> str:
@@ -236,7 +242,8 @@ def convert_gguf(source: ModelSource, cache_root: Path | None = None) -> Path:
     """Dequantise a GGUF model to a float32 ``save_pretrained`` folder once; return the folder.
 
     The folder is written under a temporary name and renamed into place, so a killed conversion never leaves a
-    half cache. ``negdb-gguf.json`` records the GGUF's size, mtime and sha256; a changed file is converted again.
+    half cache. ``negdb-gguf.json`` records the GGUF's path, size, mtime and sha256; a changed file is converted
+    again, while the same file installed elsewhere (another virtual environment) re-uses the cache.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

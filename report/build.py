@@ -1,8 +1,8 @@
 """``negdb report`` as a function: one HTML page with PNG figures beside it, drawn only from stored results.
 
 Per model: the w_dist distribution per layer, an example Wasserstein neuron, the ablation against controls,
-the double dissociation, the stored analyses (pos, layers, training, pairs) and the stored sweep; the latest
-stored ablation and analysis of each kind unless pinned by id. Nothing is computed into the store and no model is
+the double dissociation, the stored analyses (pos, layers, training, pairs) and every stored sweep (newest first);
+the latest stored ablation and analysis of each kind, and every sweep, unless pinned by id. Nothing is computed into the store and no model is
 loaded. The page and figures are written into a temporary folder beside ``out`` and then renamed into place, so a
 failed render leaves the previous report (or nothing) behind.
 """
@@ -50,20 +50,22 @@ def parse_neuron(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def _pins(cat: Catalog, ablations: Iterable[str], analyses: Iterable[str]
-          ) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
-    """--ablation ids by model, --analysis ids by (model, kind); at most one of each per model (and kind)."""
+          ) -> tuple[dict[str, str], dict[tuple[str, str], list[str]]]:
+    """--ablation ids by model, --analysis ids by (model, kind); one per model (and kind), sweeps excepted."""
     abl: dict[str, str] = {}
     for aid in ablations:
         model = data.ablation_model(cat, aid)
         if abl.setdefault(model, aid) != aid:
             raise NegdbError(f"--ablation {abl[model]} and {aid} are both of model {model}: give one per model")
-    ana: dict[tuple[str, str], str] = {}
-    for aid in analyses:
+    ana: dict[tuple[str, str], list[str]] = {}
+    for aid in dict.fromkeys(analyses):
         head = data.analysis_head(cat, aid)
         key = (head["model_id"], head["kind"])
-        if ana.setdefault(key, aid) != aid:
-            raise NegdbError(f"--analysis {ana[key]} and {aid} are both {key[1]} analyses of {key[0]}: "
-                             "give one per model and kind")
+        ids = ana.setdefault(key, [])
+        if ids and key[1] != data.SWEEP_KIND:
+            raise NegdbError(f"--analysis {ids[0]} and {aid} are both {key[1]} analyses of {key[0]}: "
+                             "give one per model and kind (several only for sweeps)")
+        ids.append(aid)
     return abl, ana
 
 
@@ -82,8 +84,8 @@ def _models(cat: Catalog, models: Sequence[str] | None, pinned: list[str]) -> li
 
 
 def _section(cat: Catalog, store: Path, folder: Path, i: int, model_id: str, *, checkpoint: str | None,
-             ablation_id: str | None, analyses: dict[str, str | None], neuron: tuple[int, int] | None,
-             bins: int) -> tuple[Section, list[Path]]:
+             ablation_id: str | None, analyses: dict[str, str | None], sweeps: list[str],
+             neuron: tuple[int, int] | None, bins: int) -> tuple[Section, list[Path]]:
     facts = data.model_facts(cat, model_id)
     ctx = sections.Context(cat, store, facts, f"m{i}", folder)
     preferred = checkpoint
@@ -97,7 +99,7 @@ def _section(cat: Catalog, store: Path, folder: Path, i: int, model_id: str, *, 
     blocks = [*sections.statistics(ctx, revision, neuron, bins), *sections.ablation(ctx, ablation_id),
               *sections.pos(ctx, analyses["pos"]), *sections.layers(ctx, analyses["layers"]),
               *sections.training(ctx, analyses["training"]), *sections.pairs(ctx, analyses["pairs"]),
-              *sections.sweep(ctx, analyses["sweep"])]
+              *sections.sweep(ctx, sweeps)]
     ck = facts.checkpoints
     facts_rows = [("model", model_id), ("family", facts.family or "–"),
                   ("layers x MLP neurons", f"{facts.n_layers} x {facts.d_mlp}" if facts.n_layers else "–"),
@@ -105,7 +107,8 @@ def _section(cat: Catalog, store: Path, folder: Path, i: int, model_id: str, *, 
                   ("stored checkpoints", ", ".join(ck["revision"].to_list()) if ck.height <= 12 else
                    f"{ck.height}: {ck['revision'][0]} ... {ck['revision'][-1]}"),
                   ("statistics shown for", revision or "–"), ("ablation", ablation_id or "none stored"),
-                  *[(f"{k} analysis", v or "none stored") for k, v in analyses.items()]]
+                  *[(f"{k} analysis", v or "none stored") for k, v in analyses.items()],
+                  ("sweeps", ", ".join(sweeps) or "none stored")]
     return Section(f"m{i}", f"Model {model_id}", facts_rows, blocks), ctx.figures
 
 
@@ -155,10 +158,13 @@ def build(store: str | Path, out: str | Path, models: Sequence[str] | None = Non
         try:
             secs, figs = [], []
             for i, model_id in enumerate(chosen, start=1):
-                kinds = {k: ana_pins.get((model_id, k)) or data.latest_analysis(cat, model_id, k) for k in KINDS}
+                kinds = {k: (ana_pins.get((model_id, k)) or [data.latest_analysis(cat, model_id, k)])[0]
+                         for k in KINDS if k != data.SWEEP_KIND}
+                sweeps = (ana_pins.get((model_id, data.SWEEP_KIND))
+                          or data.analyses_of(cat, model_id, data.SWEEP_KIND))
                 sec, f = _section(cat, layout.root.absolute(), tmp, i, model_id, checkpoint=checkpoint,
                                   ablation_id=abl_pins.get(model_id) or data.latest_ablation(cat, model_id),
-                                  analyses=kinds, neuron=pick, bins=bins)
+                                  analyses=kinds, sweeps=sweeps, neuron=pick, bins=bins)
                 secs.append(sec)
                 figs.extend(f)
             title = "negdb report: " + ", ".join(sections.short_name(m) for m in chosen)

@@ -322,9 +322,14 @@ def dissociation(rows: pl.DataFrame) -> pl.DataFrame:
 # ------------------------------------------------------------------------------------------------- analyses
 
 
+def analyses_of(cat: Catalog, model_id: str, kind: str) -> list[str]:
+    """The stored analyses of ``kind`` of ``model_id``, newest first."""
+    return cat.sql("SELECT analysis_id FROM analyses WHERE model_id = ? AND kind = ? "
+                   "ORDER BY created_at DESC, analysis_id", [model_id, kind])["analysis_id"].to_list()
+
+
 def latest_analysis(cat: Catalog, model_id: str, kind: str) -> str | None:
-    rows = cat.sql("SELECT analysis_id FROM analyses WHERE model_id = ? AND kind = ? "
-                   "ORDER BY created_at DESC, analysis_id LIMIT 1", [model_id, kind])["analysis_id"].to_list()
+    rows = analyses_of(cat, model_id, kind)
     return rows[0] if rows else None
 
 

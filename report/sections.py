@@ -359,30 +359,33 @@ def pairs(ctx: Context, analysis_id: str | None) -> list[Block]:
     return [b]
 
 
-def sweep(ctx: Context, analysis_id: str | None) -> list[Block]:
-    """The stored sweep's figures (:func:`negdb.report.sweep_figures.sweep_figures`), each with its table."""
+def sweep(ctx: Context, analysis_ids: list[str]) -> list[Block]:
+    """Each stored sweep's figures (:func:`negdb.report.sweep_figures.sweep_figures`), each with its table."""
     from negdb.report.sweep_figures import sweep_figures
 
     title = "Sweep: dose-response, selectivity, sign and selector contrasts"
-    if analysis_id is None:
+    if not analysis_ids:
         b = Block(ctx.key("sweep"), title)
         b.note = f"No stored sweep of {ctx.model}."
         b.command = ctx.command("sweep")
         return [b]
-    head = data.analysis_head(ctx.cat, analysis_id)
-    figs = sweep_figures(ctx.cat, ctx.model, ctx.folder, analysis_id)
-    if not figs:
-        b = Block(ctx.key("sweep"), title)
-        b.note = f"Sweep {analysis_id} stored no summary rows."
-        return [b]
-    lead = [cap.model_text(ctx.facts, [head["revision"]] if head["revision"] else []),
-            f"Sweep {analysis_id} (negdb sweep, stored {cap.when(head['created_at'])})."]
     blocks = []
-    for i, fig in enumerate(figs):
-        ctx.figures.append(ctx.folder / fig["png"])
-        blocks.append(Block(ctx.key(f"sweep-{i}"), fig["title"], image=fig["png"],
-                            alt=f"{fig['title']}: one line per series over the fraction of each layer ablated, "
-                                "with 95% CI bands",
-                            caption=[*lead, fig["caption"]],
-                            tables=[("value [95% CI] per fraction ablated", fig["table_html"])]))
+    for analysis_id in analysis_ids:
+        tag = analysis_id[:8]
+        head = data.analysis_head(ctx.cat, analysis_id)
+        figs = sweep_figures(ctx.cat, ctx.model, ctx.folder, analysis_id)
+        if not figs:
+            b = Block(ctx.key(f"sweep-{tag}"), title)
+            b.note = f"Sweep {analysis_id} stored no summary rows."
+            blocks.append(b)
+            continue
+        lead = [cap.model_text(ctx.facts, [head["revision"]] if head["revision"] else []),
+                f"Sweep {analysis_id} (negdb sweep, stored {cap.when(head['created_at'])})."]
+        for i, fig in enumerate(figs):
+            ctx.figures.append(ctx.folder / fig["png"])
+            blocks.append(Block(ctx.key(f"sweep-{tag}-{i}"), f"{fig['title']} ({tag})", image=fig["png"],
+                                alt=f"{fig['title']}: one line per series over the fraction of each layer "
+                                    "ablated, with 95% CI bands",
+                                caption=[*lead, fig["caption"]],
+                                tables=[("value [95% CI] per fraction ablated", fig["table_html"])]))
     return blocks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -148,6 +149,10 @@ def test_gguf_cache_is_reused_and_a_failed_conversion_leaves_no_trace(tmp_path, 
     (folder / "config.json").write_text("{}")
     (folder / "negdb-gguf.json").write_text(json.dumps(loading._gguf_stamp(gguf)))
     assert convert_gguf(src, tmp_path / "cache") == folder  # fresh: no conversion attempted
+    meta = {**loading._gguf_stamp(gguf), "gguf": "/elsewhere/x.gguf", "mtime_ns": 1,
+            "sha256": hashlib.sha256(gguf.read_bytes()).hexdigest()}
+    (folder / "negdb-gguf.json").write_text(json.dumps(meta))
+    assert convert_gguf(src, tmp_path / "cache") == folder  # the same bytes installed elsewhere: still fresh
 
     import transformers
 

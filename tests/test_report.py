@@ -406,6 +406,42 @@ def test_pinned_ids_and_neuron(env, tmp_path):
     assert [p.name for p in rep.figures][-len(_sweep_pngs(env)):] == _sweep_pngs(env)
 
 
+def test_every_stored_sweep_is_drawn_newest_first_unless_pinned(env, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    shutil.copytree(env["store"], store)
+    monkeypatch.setattr(registry, "load_items", short_wikitext_loader(registry.load_items))
+    res = cli(store, "sweep", "--model", env["model"], *SWEEP[:-3], "--n-boot", "50", "--quiet")
+    assert res.exit_code == 0, res.output
+    first = env["analyses"]["sweep"]
+    ids = _read(store, "analyses").filter(pl.col("kind") == "sweep").sort("created_at")["analysis_id"].to_list()
+    assert len(ids) == 2 and ids[0] == first
+    second = ids[1]
+    tags = [f"sweep-{a[:8]}-" for a in (second, first)]
+
+    def sweep_tags(rep) -> list[str]:
+        return list(dict.fromkeys(p.name[:15] for p in rep.figures if p.name.startswith("sweep-")))
+
+    every = build(store, tmp_path / "all")
+    assert sweep_tags(every) == tags  # newest first
+    html = _html(tmp_path / "all")
+    assert f"Sweep {second} (negdb sweep" in html and f"Sweep {first} (negdb sweep" in html
+    assert f"{second}, {first}" in html  # the facts table lists both
+    only = build(store, tmp_path / "one", analyses=[first])
+    assert sweep_tags(only) == tags[1:]
+    both = build(store, tmp_path / "two", analyses=[first, second])
+    assert sweep_tags(both) == tags[::-1]
+    with pytest.raises(NegdbError, match="one per model and kind"):
+        build(store, tmp_path / "bad", analyses=[env["analyses"]["pos"], _other_pos(store, env)])
+
+
+def _other_pos(store: Path, env) -> str:
+    """A second stored pos analysis of the same model (a copy of the first under a new id)."""
+    new_id = analysis_id("pos", {"copy": env["analyses"]["pos"]})
+    publish(StoreLayout(store), new_id, kind="pos", model_id=env["model"], revision="final", config={}, summary={},
+            seconds=0.0, tables={})
+    return new_id
+
+
 # ------------------------------------------------------------------------------------------ missing analyses
 
 
