@@ -342,13 +342,13 @@ def check_where(expr: str, *, view: str = "neurons", cat: "Catalog | None" = Non
     else:
         from negdb.store.catalog import schema_cursor
 
-        typ = _expression_type(schema_cursor(), text, view)
+        typ = expression_type(schema_cursor(), text, view)
     if typ != "BOOLEAN":
         raise _refuse(f"{what} is of type {typ}, not a condition: {todo}")
     return text
 
 
-def _expression_type(cur: duckdb.DuckDBPyConnection, expr: str, view: str) -> str:
+def expression_type(cur: duckdb.DuckDBPyConnection, expr: str, view: str) -> str:
     """DuckDB's type of ``expr`` over ``view`` (binding only: DESCRIBE runs nothing); closes ``cur``."""
     try:
         rows = cur.execute(f"DESCRIBE SELECT ({expr}) AS {_WHERE_ALIAS} FROM {view}").fetchall()

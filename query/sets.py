@@ -84,7 +84,8 @@ def _stored_models(cat: Catalog) -> list[str]:
     return cat.arrow("SELECT DISTINCT model_id FROM neuron_stats ORDER BY 1").column("model_id").to_pylist()
 
 
-def _show(items: Iterable[object], n: int = 8) -> str:
+def preview(items: Iterable[object], n: int = 8) -> str:
+    """The first ``n`` of ``items`` for an error message (``"none"`` when empty)."""
     items = [str(i) for i in items]
     if not items:
         return "none"
@@ -106,7 +107,7 @@ def resolve_model(cat: Catalog, model: str) -> str:
         return model_id  # type: ignore[return-value]
     if not stored:
         raise NegdbError(f"no statistics in {cat.layout.root}: run `negdb ingest --model {model}` first")
-    raise NegdbError(f"no statistics for model '{model}' in {cat.layout.root}: stored models are {_show(stored)}")
+    raise NegdbError(f"no statistics for model '{model}' in {cat.layout.root}: stored models are {preview(stored)}")
 
 
 def _final_revision(model_id: str) -> str | None:
@@ -151,7 +152,7 @@ def resolve_keys(cat: Catalog, model: str, revision: str | None = None, slice_id
             final = _final_revision(model_id) if revision.lower() in ("final", "main") else None
             if final is None or final not in revisions:
                 raise NegdbError(f"{model_id} has no statistics for checkpoint '{revision}': stored checkpoints "
-                                 f"are {_show(revisions)}")
+                                 f"are {preview(revisions)}")
             revision = final
         rows = [r for r in rows if r["revision"] == revision]
     for name, value in (("slice", slice_id), ("spec", spec_id)):
@@ -160,7 +161,7 @@ def resolve_keys(cat: Catalog, model: str, revision: str | None = None, slice_id
             if not found:
                 have = list(dict.fromkeys(r[f"{name}_id"] for r in rows))
                 raise NegdbError(f"{model_id}{'@' + revision if revision else ''} has no statistics with "
-                                 f"{name}_id '{value}': stored are {_show(have)}")
+                                 f"{name}_id '{value}': stored are {preview(have)}")
             rows = found
     row = rows[0]
     return Keys(model_id, row["revision"], row["slice_id"], row["spec_id"])
@@ -199,8 +200,8 @@ def parse_layer_list(spec: str | int | Iterable[int] | None, cat: Catalog, keys:
             raise NegdbError(f"layers {bad or '(none)'} out of range: the model has layers 0-{n_layers - 1}")
     missing = [i for i in wanted if i not in info]
     if missing:
-        raise NegdbError(f"layer(s) {_show(missing)} of {keys.model_id}@{keys.revision} have no statistics: "
-                         f"layers with statistics are {_show(have)}")
+        raise NegdbError(f"layer(s) {preview(missing)} of {keys.model_id}@{keys.revision} have no statistics: "
+                         f"layers with statistics are {preview(have)}")
     return wanted
 
 

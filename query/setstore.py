@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negdb.errors import NegdbError
-from negdb.query.sets import NAME, Keys, Selection, _show, content_hash
+from negdb.query.sets import NAME, Keys, Selection, content_hash, preview
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 from negdb.store.segments import write_segment
@@ -148,7 +148,7 @@ def get(cat: Catalog, name: str) -> NeuronSet:
     rows = cat.arrow(_SETS_SQL + " WHERE name = ? ORDER BY created_at LIMIT 1", [name]).to_pylist()
     if not rows:
         names = cat.arrow("SELECT name FROM neuron_sets ORDER BY name").column("name").to_pylist()
-        raise NegdbError(f"no neuron set named '{name}' in {cat.layout.root}: stored sets are {_show(names)} "
+        raise NegdbError(f"no neuron set named '{name}' in {cat.layout.root}: stored sets are {preview(names)} "
                          "(`negdb sets` lists them)")
     row = rows[0]
     members = cat.sql("SELECT DISTINCT layer, neuron FROM neuron_set_members WHERE set_id = ? "

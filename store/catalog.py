@@ -341,9 +341,9 @@ class Catalog:
 
         For :func:`negdb.query.safety.check_where`, which checks ``expr`` before calling this.
         """
-        from negdb.query.safety import _expression_type
+        from negdb.query.safety import expression_type
 
-        return _expression_type(self._cursor(), expr, view)
+        return expression_type(self._cursor(), expr, view)
 
     # ------------------------------------------------------------------------------------ schema
 
