@@ -313,9 +313,10 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
                                  "ORDER BY created_at, ablation_id, condition, seed", [model, model])
         return {"ablations": rows}
 
-    @app.get("/analyses", summary="Stored analyses (negdb analyze pos | layers | training | pairs), newest last")
+    @app.get("/analyses", summary="Stored analyses (negdb analyze pos | layers | training | pairs; negdb sweep), "
+                                   "newest last")
     def analyses(model: str | None = Query(None, description="only this model_id"),
-                 kind: str | None = Query(None, description="only this kind: pos, layers, training or pairs")
+                 kind: str | None = Query(None, description="only this kind: pos, layers, training, pairs or sweep")
                  ) -> dict[str, Any]:
         with snapshot() as snap:
             rows = records(snap, "SELECT * FROM analyses WHERE (? IS NULL OR model_id = ?) AND (? IS NULL OR kind = ?) "
