@@ -7,7 +7,8 @@ saved neuron set (content-hashed, so equal member lists are one set: alone 0 is 
 group is the whole set) and each of its evaluations is a stored result (:mod:`negdb.ablate.evaluate`), computed once.
 Deltas against the baseline and their 95% paired-bootstrap CIs come from :func:`negdb.ablate.compare.compare`
 (headline rows: macro accuracy over groups, perplexity, the grammar mean); per-phenomenon rows (every grouping
-level of ``eval_metrics``) are value, baseline and delta. The rows are stored in ``layer_effects`` under an
+level of ``eval_metrics``) are value, baseline and delta, with a paired-bootstrap CI over the group's items
+(:func:`group_cis`). The rows are stored in ``layer_effects`` under an
 analysis key (:mod:`negdb.analyze.record`), so a repeated call only reads them back.
 """
 
@@ -22,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from negdb.ablate.compare import Comparison, Condition, compare
+from negdb.ablate.compare import DECISION_COLUMN, Comparison, Condition, compare
 from negdb.ablate.controls import restrict_set
 from negdb.ablate.experiment import (AblateOptions, Evaluator, Loader, checkpoint_row, main_set,
                                      resolve_revision)
@@ -33,6 +35,7 @@ from negdb.ablate.interventions import cumulative, layer_groups
 from negdb.analyze.record import Timer, analysis_id, canonical, lookup, publish
 from negdb.errors import NegdbError
 from negdb.evals import registry
+from negdb.evals.metrics import paired_bootstrap
 from negdb.evals.run import ScoringRule
 from negdb.query import sets as setlib
 from negdb.query.setstore import NeuronSet
@@ -179,9 +182,39 @@ def _metric_rows(res: StoredResult) -> dict[tuple[str, str, str | None], tuple[f
     return {(r["metric"], r["level"], r["grp"]): (r["value"], r["n"]) for r in res.metrics().iter_rows(named=True)}
 
 
-def effect_rows(plan: list[GroupSet], base: Condition, conds: dict[str, Condition], cmp: Comparison
-                ) -> list[dict[str, Any]]:
-    """``layer_effects`` rows (without ``analysis_id``): headline rows from ``cmp``, the rest from eval_metrics."""
+def _group_labels(frame: pl.DataFrame, level: str, group_field: str | None) -> list[str | None]:
+    """Each item's group at ``level``: the item's ``grp`` for the benchmark's own grouping, else its meta field."""
+    if level == group_field:
+        return [None if g is None else str(g) for g in frame["grp"].to_list()]
+    metas = [json.loads(m) if m else {} for m in frame["meta_json"].to_list()]
+    return [None if level not in m else str(m[level]) for m in metas]
+
+
+def group_cis(res: StoredResult, base: StoredResult, bench: str, metric: str, *, n_boot: int, seed: int
+              ) -> dict[tuple[str, str], tuple[float, float]]:
+    """95% paired-bootstrap CI of the accuracy delta of every (grouping level, group): its items resampled."""
+    column = DECISION_COLUMN.get(metric)
+    spec = registry.get(bench)
+    if column is None or spec.group is None:
+        return {}
+    a, b = res.items(), base.items()
+    if a["item"].to_list() != b["item"].to_list():
+        return {}
+    da, db = a[column].cast(pl.Float64).to_numpy(), b[column].cast(pl.Float64).to_numpy()
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for level in dict.fromkeys([spec.group, *spec.meta]):
+        labels = np.array(_group_labels(a, level, spec.group), dtype=object)
+        for grp in dict.fromkeys(g for g in labels.tolist() if g is not None):
+            mask = labels == grp
+            _, lo, hi = paired_bootstrap(da[mask], db[mask], n_boot=n_boot, seed=seed)
+            out[(level, grp)] = (lo, hi)
+    return out
+
+
+def effect_rows(plan: list[GroupSet], base: Condition, conds: dict[str, Condition], cmp: Comparison, *,
+                n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """``layer_effects`` rows (without ``analysis_id``): headline rows from ``cmp``, the rest from eval_metrics
+    (per-group rows with :func:`group_cis`)."""
     by_cond: dict[str, list[Any]] = {}
     for r in cmp.rows:
         by_cond.setdefault(r.condition, []).append(r)
@@ -202,12 +235,16 @@ def effect_rows(plan: list[GroupSet], base: Condition, conds: dict[str, Conditio
         for bench, results in cond.results.items():
             res, res0 = results[0], base.results[bench][0]
             values, baseline = _metric_rows(res), _metric_rows(res0)
+            cis: dict[str, dict[tuple[str, str], tuple[float, float]]] = {}
             for (metric, level, grp), (value, n) in values.items():
                 if (bench, metric, level) in done or (metric, level, grp) not in baseline:
                     continue
+                if grp is not None and metric not in cis:
+                    cis[metric] = group_cis(res, res0, bench, metric, n_boot=n_boot, seed=seed)
+                lo, hi = (None, None) if grp is None else cis[metric].get((level, grp), (None, None))
                 b = baseline[(metric, level, grp)][0]
                 out.append({**head, "benchmark": bench, "metric": metric, "level": level, "grp": grp, "n": n,
-                            "baseline": b, "value": value, "delta": value - b, "ci_lo": None, "ci_hi": None,
+                            "baseline": b, "value": value, "delta": value - b, "ci_lo": lo, "ci_hi": hi,
                             "result_id": res.result_id, "baseline_id": res0.result_id})
     return out
 
@@ -226,7 +263,7 @@ def _config(opts: LayerOptions, main: NeuronSet, ck: dict[str, Any], benches: li
             "mode": opts.mode, "groups": groups, "variants": opts.variant_list(),
             "benchmarks": {b: registry.spec_hash(b) for b in benches}, "limits": limits,
             "ppl_tokens": opts.ppl_tokens, "sample_seed": opts.sample_seed, "bos": opts.bos, "window": opts.window,
-            "n_boot": opts.n_boot, "seed": opts.seed}
+            "n_boot": opts.n_boot, "seed": opts.seed, "group_cis": True}
 
 
 def _stored_rows(layout: StoreLayout, aid: str) -> list[dict[str, Any]]:
@@ -282,7 +319,7 @@ def run(opts: LayerOptions, store: str | Path, *, progress: bool = True,
             conds[gs.key] = Condition(gs.key, label, {b: [ev(t, b, label)] for b in benches},
                                       n_neurons=gs.neuron_set.n_members, sets=[gs.neuron_set])
         cmp = compare(base, list(conds.values()), n_boot=opts.n_boot, seed=opts.seed)
-        rows = effect_rows(plan, base, conds, cmp)
+        rows = effect_rows(plan, base, conds, cmp, n_boot=opts.n_boot, seed=opts.seed)
         summary = {"set_id": main.set_id, "set_name": main.name, "n_neurons": main.n_members,
                    "baseline": {b: r[0].result_id for b, r in base.results.items()},
                    "results": {k: {b: r[0].result_id for b, r in c.results.items()} for k, c in conds.items()

@@ -98,7 +98,7 @@ def _reference_members(store: Path) -> dict[int, list[int]]:
 
 def _headline(doc, variant, group, bench, metric):
     (row,) = [r for r in doc["rows"] if (r["variant"], r["group_index"], r["benchmark"], r["metric"]) ==
-              (variant, group, bench, metric) and r["ci_lo"] is not None]
+              (variant, group, bench, metric) and r["grp"] is None and r["ci_lo"] is not None]
     return row
 
 
@@ -233,12 +233,26 @@ def test_headline_deltas_and_cis_from_the_stored_items(env):
     assert any(r["delta"] != 0 for r in doc["rows"] if r["metric"] == "ppl")
 
 
-def _by_meta(items: pl.DataFrame, key: str | None, column: str) -> dict[str, float]:
+def _lists_by_meta(items: pl.DataFrame, key: str | None, column: str) -> dict[str, list[float]]:
     groups: dict[str, list[float]] = {}
     for g, meta, v in zip(items["grp"].to_list(), items["meta_json"].to_list(), items[column].to_list()):
         label = g if key is None else json.loads(meta)[key]
         groups.setdefault(str(label), []).append(float(v))
-    return {k: sum(v) / len(v) for k, v in groups.items()}
+    return groups
+
+
+def _by_meta(items: pl.DataFrame, key: str | None, column: str) -> dict[str, float]:
+    return {k: sum(v) / len(v) for k, v in _lists_by_meta(items, key, column).items()}
+
+
+def _percentile_ci(a: list[float], b: list[float], n_boot: int, seed: int) -> tuple[float, float]:
+    """Reference paired bootstrap, one draw at a time: items resampled with replacement, 2.5/97.5 percentiles."""
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(a), size=len(a))
+        draws.append(sum(a[i] - b[i] for i in idx) / len(a))
+    return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
 def test_per_phenomenon_rows_from_the_stored_items(env):
@@ -249,18 +263,22 @@ def test_per_phenomenon_rows_from_the_stored_items(env):
               ("tse", "acc_mean", "phenomenon", "correct_alt", None),
               ("tse", "acc_sum", "phenomenon", "correct", None))
     for bench, metric, level, column, meta_key in checks:
+        base_items = _lists_by_meta(_items(store, base_ids[bench]), meta_key, column)
         base = _by_meta(_items(store, base_ids[bench]), meta_key, column)
         for variant in ("alone", "cumulative"):
             for g in range(3):
                 rows = [r for r in doc["rows"] if (r["variant"], r["group_index"], r["benchmark"], r["metric"],
                                                    r["level"]) == (variant, g, bench, metric, level)]
+                items = _lists_by_meta(_items(store, rows[0]["result_id"]), meta_key, column)
                 value = _by_meta(_items(store, rows[0]["result_id"]), meta_key, column)
                 assert {r["grp"] for r in rows} == set(value) == set(base) and len(rows) > 1
                 for r in rows:
                     assert r["value"] == pytest.approx(value[r["grp"]])
                     assert r["baseline"] == pytest.approx(base[r["grp"]])
                     assert r["delta"] == pytest.approx(value[r["grp"]] - base[r["grp"]])
-                    assert r["ci_lo"] is None and r["baseline_id"] == base_ids[bench]
+                    assert r["baseline_id"] == base_ids[bench]
+                    ci = _percentile_ci(items[r["grp"]], base_items[r["grp"]], N_BOOT, 0)
+                    assert (r["ci_lo"], r["ci_hi"]) == pytest.approx(ci)
 
 
 def test_rows_are_stored_and_queryable(env):
