@@ -24,6 +24,8 @@ from negdb.sweep.render import headline
 _SELECTOR_COLORS = ["#c0392b", "#2e6fb7", "#33a02c", "#6a3d9a", "#b15928", "#e08a1e", "#1f78b4", "#555555"]
 _STYLES = {"ablation": "-", "random": "--", "ppl-matched": ":"}
 _EXTRA_STYLES = ["-", "--", ":", "-."]
+_PANEL_ORDER = {"wikitext2": 0, "grammar": 1, "suite": 2, "blimp": 3, "tse": 4}
+"""Panels: perplexity and the grammar and suite means first, then BLiMP, TSE and each suite benchmark."""
 
 
 def _stored(cat: Catalog, model_id: str, analysis_id: str | None) -> dict[str, Any] | None:
@@ -129,15 +131,19 @@ def sweep_figures(cat: Catalog, model_id: str, outdir: Path, analysis_id: str | 
 
     def keys_of(df: pl.DataFrame) -> list[tuple[str, str]]:
         ks = list(dict.fromkeys(zip(df["benchmark"].to_list(), df["metric"].to_list())))
-        return [k for k in ks if headline(*k)]
+        return sorted((k for k in ks if headline(*k)), key=lambda k: (_PANEL_ORDER.get(k[0], len(_PANEL_ORDER)), k))
+
+    def dose_color(name: tuple[str, ...]) -> str:  # one selector: a colour per condition, else per selector
+        if len(bys) == 1:
+            return COLORS.get(name[1], "#555555")
+        return color_of.get(name[0], COLORS.get(name[1], "#555555"))
 
     dose = rows.filter(pl.col("kind") == "dose")
     for mode in dict.fromkeys(dose["mode"].to_list()):
         sub = dose.filter(pl.col("mode") == mode)
         png = f"sweep-{tag}-dose-{mode}.png"
         _panels(sub, keys_of(sub), lambda r: (r["selector"], r["condition"]),
-                lambda name, i: {"color": color_of.get(name[0], COLORS.get(name[1], "#555555")),
-                                 "linestyle": _STYLES.get(name[1], "-")},
+                lambda name, i: {"color": dose_color(name), "linestyle": _STYLES.get(name[1], "-")},
                 f"dose-response under {mode} ablation: condition minus baseline", outdir / png)
         out.append({"title": f"Sweep: dose-response ({mode})", "png": png,
                     "caption": _caption(sw, f"Dose-response of the {mode} ablation (solid), its random control "
