@@ -171,15 +171,14 @@ def sweep_figures(cat: Catalog, model_id: str, outdir: Path, analysis_id: str | 
         sub = rows.filter(pl.col("kind") == kind)
         if sub.height == 0:
             continue
-        pairs = list(dict.fromkeys(sub["mode" if kind == "sign" else "selector"].to_list()))
-        others = list(dict.fromkeys(sub["selector" if kind == "sign" else "mode"].to_list()))
+        modes = list(dict.fromkeys(sub["mode"].to_list()))
         png = f"sweep-{tag}-{kind}.png"
+        # colour: the selector (sign) or the selector compared with the reference (selector); line: the mode (pair)
         _panels(sub, keys_of(sub), lambda r: (r["selector"], r["mode"]),
-                lambda name, i, pairs=pairs, others=others, kind=kind: {
-                    "color": _SELECTOR_COLORS[pairs.index(name[1] if kind == "sign" else name[0])
-                                              % len(_SELECTOR_COLORS)],
-                    "linestyle": _EXTRA_STYLES[others.index(name[0] if kind == "sign" else name[1])
-                                               % len(_EXTRA_STYLES)]},
+                lambda name, i, kind=kind, modes=modes: {
+                    "color": color_of.get(name[0] if kind == "sign" else name[0].split("-", 1)[-1],
+                                          _SELECTOR_COLORS[i % len(_SELECTOR_COLORS)]),
+                    "linestyle": _EXTRA_STYLES[modes.index(name[1]) % len(_EXTRA_STYLES)]},
                 title, outdir / png)
         out.append({"title": title, "png": png, "caption": _caption(sw, what),
                     "table_html": _table(_headline_rows(sub), ["selector", "mode", "benchmark", "metric"])})
