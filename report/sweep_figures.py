@@ -7,6 +7,7 @@ over the fraction ablated with 95% CI bands. Each figure comes with a caption an
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def _panels(df: pl.DataFrame, keys: list[tuple[str, str]], series: Callable[[dic
         ax.tick_params(labelsize=8)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, width=int(18 * cols + 40)), fontsize=10)
     fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=min(4, max(1, len(labels))),
                fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(labels) + 3) // 4), 1, 0.95))
@@ -154,10 +155,13 @@ def sweep_figures(cat: Catalog, model_id: str, outdir: Path, analysis_id: str | 
     if sel.height:
         modes = list(dict.fromkeys(sel["mode"].to_list()))
         png = f"sweep-{tag}-selectivity.png"
-        _panels(sel, [("selectivity", "si")], lambda r: (r["selector"], r["mode"]),
+        parts = [k for k in (("selectivity", "si"), ("grammar", "loss_w_minus_pm"), ("suite", "loss_w_minus_pm"))
+                 if sel.filter((pl.col("benchmark") == k[0]) & (pl.col("metric") == k[1])).height]
+        _panels(sel, parts, lambda r: (r["selector"], r["mode"]),
                 lambda name, i: {"color": color_of.get(name[0], "#555555"),
                                  "linestyle": _EXTRA_STYLES[modes.index(name[1]) % len(_EXTRA_STYLES)]},
-                "selectivity index (> 0: more grammar-selective than the ppl-matched control)", outdir / png)
+                "selectivity index SI (> 0: more grammar-selective than the ppl-matched control) and its parts: "
+                "SI = grammar part - suite part", outdir / png)
         out.append({"title": "Sweep: selectivity index at matched perplexity", "png": png,
                     "caption": _caption(sw, "Selectivity index SI = (L_grammar(W) - L_grammar(PM)) - (L_suite(W) - "
                                             "L_suite(PM)), L = accuracy loss, of each ablation W against its "
