@@ -46,15 +46,42 @@ def _cell(r: dict[str, Any]) -> str:
 
 
 def _grid(rows: list[dict[str, Any]], head: list[str], label: Callable[[dict[str, Any]], tuple[str, ...]],
-          fractions: list[float]) -> list[str]:
+          fractions: list[float], cell: Callable[[dict[str, Any]], str] = _cell) -> list[str]:
     cells: dict[tuple[str, ...], dict[float, str]] = {}
     for r in rows:
-        cells.setdefault(label(r), {})[r["fraction"]] = _cell(r)
+        cells.setdefault(label(r), {})[r["fraction"]] = cell(r)
     cols = [f"{100 * f:g}%" for f in fractions]
     lines = [[*head, *cols]] + [[*k, *(v.get(f, "") for f in fractions)] for k, v in cells.items()]
     widths = [max(len(x[i]) for x in lines) for i in range(len(lines[0]))]
     out = ["  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
+    return out
+
+
+def _per_seed(sw: Sweep, fractions: list[float]) -> list[str]:
+    """The grammar and suite deltas of every condition seed by seed (``s0 / s1 / ...``): how stable they are.
+
+    Without those means (fewer than two of their benchmarks evaluated), each accuracy benchmark's primary metric.
+    """
+    present = list(dict.fromkeys((p["benchmark"], p["metric"]) for p in sw.points))
+    keys = [k for k in present if k[0] in ("grammar", "suite")] or [
+        k for k in present if k[1] != "ppl" and headline(*k)]
+    out: list[str] = []
+    for bench, metric in keys:
+        rows = sorted((p for p in sw.points if (p["benchmark"], p["metric"]) == (bench, metric)),
+                      key=lambda p: p["seed"])
+        cells: dict[tuple[str, ...], dict[float, list[str]]] = {}
+        for p in rows:
+            key = (p["selector"], p["mode"], p["condition"])
+            cells.setdefault(key, {}).setdefault(p["fraction"], []).append(f"{p['delta']:+.4f}")
+        if not cells:
+            continue
+        grid = [{"selector": k[0], "mode": k[1], "condition": k[2], "fraction": f, "text": " / ".join(v)}
+                for k, by_f in cells.items() for f, v in by_f.items()]
+        out += ["", f"per seed: {bench} {metric} (condition minus baseline), seeds "
+                    f"{', '.join(map(str, sw.config.get('seeds', [])))} in order"]
+        out += _grid(grid, ["selector", "mode", "condition"], lambda r: (r["selector"], r["mode"], r["condition"]),
+                     fractions, cell=lambda r: r["text"])
     return out
 
 
@@ -83,6 +110,8 @@ def tables(sw: Sweep) -> str:
         if sub:
             out += ["", title]
             out += _grid(sub, head, lambda r: (r["selector"], r["mode"], r["benchmark"], r["metric"]), fractions)
+    if seeds > 1:
+        out += _per_seed(sw, fractions)
     notes = []
     if sw.summary.get("ppl_matched_skipped"):
         notes.append("no ppl-matched control (the ablation does not raise perplexity): "

@@ -358,6 +358,19 @@ def test_rerun_computes_nothing(env):
     assert f"{r['value']:+.4f} [{r['ci_lo']:+.4f}, {r['ci_hi']:+.4f}]" in text
 
 
+def test_per_seed_tables_list_each_seeds_delta(env):
+    text = env["second"].stdout  # tse and copa only: no grammar or suite means, so their primary metrics
+    pts = env["points"].filter(pl.struct("benchmark", "metric").is_in([{"benchmark": "tse", "metric": "acc_mean"},
+                                                                       {"benchmark": "copa", "metric": "acc"}]))
+    assert set(pts["benchmark"].to_list()) == {"tse", "copa"} and "per seed: wikitext2" not in text
+    for (bench, metric), sub in pts.group_by("benchmark", "metric"):
+        block = text.split(f"per seed: {bench} {metric}")[1].split("\n\n")[0]
+        for (sel, mode, cond, frac), g in sub.group_by("selector", "mode", "condition", "fraction"):
+            cell = " / ".join(f"{d:+.4f}" for d in g.sort("seed")["delta"].to_list())
+            line = next(x for x in block.splitlines() if x.split()[:3] == [sel, mode, cond])
+            assert cell in line and g.height == 2, (bench, sel, mode, cond, frac)
+
+
 def test_csv_and_json(env, short_wikitext):
     res = cli(env["store"], "sweep", "--model", env["model"], *GRID, "--format", "csv")
     assert res.exit_code == 0, res.output
@@ -463,3 +476,18 @@ def test_missing_store_and_model(env, tmp_path):
     assert_one_error(res)
     assert "not a negdb store" in res.stderr and not (tmp_path / "nowhere").exists()
     assert_one_error(cli(env["store"], "sweep", "--model", "no-such-model", "--dry-run"))
+
+
+def test_per_seed_tables_prefer_the_grammar_and_suite_means():
+    from types import SimpleNamespace
+
+    from negdb.sweep.render import _per_seed
+
+    pts = [{"selector": "w_dist", "mode": "neg", "condition": c, "fraction": 0.01, "seed": s, "benchmark": b,
+            "metric": m, "delta": d}
+           for c, s, b, m, d in [("ablation", 1, "grammar", "mean", -0.02), ("ablation", 0, "grammar", "mean", -0.04),
+                                 ("random", 0, "grammar", "mean", 0.001), ("random", 1, "grammar", "mean", 0.0),
+                                 ("ablation", 0, "blimp", "acc_sum", -0.5), ("ablation", 1, "blimp", "acc_sum", -0.5)]]
+    text = "\n".join(_per_seed(SimpleNamespace(points=pts, config={"seeds": [0, 1]}), [0.01]))
+    assert "per seed: grammar mean" in text and "blimp" not in text
+    assert "ablation   -0.0400 / -0.0200" in text and "random     +0.0010 / +0.0000" in text
