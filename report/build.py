@@ -1,10 +1,10 @@
 """``negdb report`` as a function: one HTML page with PNG figures beside it, drawn only from stored results.
 
 Per model: the w_dist distribution per layer, an example Wasserstein neuron, the ablation against controls,
-the double dissociation, the stored analyses (pos, layers, training, pairs) and every stored sweep (newest first);
-the latest stored ablation and analysis of each kind, and every sweep, unless pinned by id. Nothing is computed into the store and no model is
-loaded. The page and figures are written into a temporary folder beside ``out`` and then renamed into place, so a
-failed render leaves the previous report (or nothing) behind.
+the double dissociation, the stored analyses (pos, layers, training, pairs) and every stored sweep (newest first):
+the latest stored ablation and analysis of each kind, and every sweep, unless pinned by id. Nothing is computed
+into the store and no model is loaded. The page and figures are written into a temporary folder beside ``out`` and
+then renamed into place, so a failed render leaves the previous report (or nothing) behind.
 """
 
 from __future__ import annotations
