@@ -1,7 +1,8 @@
 """The figures of a stored sweep (``negdb sweep``): dose-response curves, selectivity, sign and selector contrasts.
 
-:func:`sweep_figures` draws one sweep of a model (the latest unless named) from ``sweep_summary`` (matplotlib Agg, object API): lines
-over the fraction ablated with 95% CI bands. Each figure comes with a caption and an HTML table of its numbers.
+:func:`sweep_figures` draws one sweep of a model (the latest unless named) from ``sweep_summary`` (matplotlib Agg,
+object API): lines over the fraction ablated with 95% CI bands. Each figure comes with a caption and an HTML table
+of its numbers.
 """
 
 from __future__ import annotations
