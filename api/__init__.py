@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from negdb.errors import NegdbError
+from negdb.errors import (BadArgument, BadQuery, ModelLoadError, NegdbError, NotEnoughDisk, NotFound,
+                          QueryTimeout, QueryTooLarge, StoreConflict, StoreDamaged, StoreError, UnknownModel)
 
 __version__ = "0.1.0"
-__all__ = ["NegdbError", "__version__", "connect"]
+__all__ = ["BadArgument", "BadQuery", "ModelLoadError", "NegdbError", "NotEnoughDisk", "NotFound", "QueryTimeout",
+           "QueryTooLarge", "StoreConflict", "StoreDamaged", "StoreError", "UnknownModel", "__version__", "connect"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from negdb.store.catalog import Catalog

@@ -35,7 +35,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from negdb.errors import NegdbError, one_line
+from negdb.errors import NegdbError, QueryTimeout, one_line
 from negdb.store.layout import StoreLayout
 from negdb.store.segments import Listing, segment_listing
 from negdb.store.tables import Table, all_tables
@@ -67,10 +67,6 @@ class QueryResult:
 
     table: pa.Table
     truncated: bool
-
-
-class QueryTimeout(NegdbError):
-    """A user query ran past its time limit and was stopped (nothing was changed)."""
 
 
 def _sql_list(paths: list[Path]) -> str:
