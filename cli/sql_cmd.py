@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import decimal
 import json
-import math
 import os
 import sys
 import uuid
@@ -17,67 +13,33 @@ import click
 import pyarrow as pa
 
 from negdb.errors import NegdbError
+from negdb.query.encode import column_values, ordinary_times, table_records, unique_names
 
 FORMATS = ("table", "csv", "json", "parquet")
 
 
 # ------------------------------------------------------------------------------------------ value conversion
 
-def _jsonable(value: Any) -> Any:
-    """A JSON value for any Arrow/Python value: NaN/inf become null, times ISO 8601, bytes base64."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        if not value.is_finite():
-            return None
-        if value == value.to_integral_value():
-            return int(value)
-        return float(value) if len(value.as_tuple().digits) <= 15 else str(value)
-    if type(value).__name__ == "MonthDayNano":  # an Arrow interval
-        return f"{value.months} months {value.days} days {value.nanoseconds} ns"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):  # maps arrive as lists of (key, value) pairs
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (uuid.UUID, dt.timedelta)):
-        return str(value)
-    return str(value)
-
-
-def _unique_names(table: pa.Table) -> pa.Table:
-    """DuckDB allows duplicate column names (SELECT 1 AS a, 2 AS a); JSON objects and polars do not."""
-    names, seen = [], {}
-    for name in table.column_names:
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}_{seen[name] - 1}")
-    return table.rename_columns(names)
-
-
 def _json_text(table: pa.Table) -> str:
-    table = _unique_names(table)
-    rows = [{k: _jsonable(v) for k, v in row.items()} for row in table.to_pylist()]
-    return json.dumps(rows, ensure_ascii=False, allow_nan=False) + "\n"
+    """An array of row objects, with the values ``POST /sql`` answers (:mod:`negdb.query.encode`)."""
+    return json.dumps(table_records(table), ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def _plain(typ: pa.DataType) -> bool:
-    """Types polars prints and writes to CSV as they are."""
+def _plain(col: pa.ChunkedArray) -> bool:
+    """Columns polars prints and writes to CSV as they are."""
     t = pa.types
+    typ = col.type
     if t.is_dictionary(typ):
-        return _plain(typ.value_type)
+        return _plain(col.cast(typ.value_type))
+    if t.is_date(typ) or t.is_timestamp(typ):
+        return ordinary_times(col)  # polars cannot hold DuckDB's infinite or far dates
     return (t.is_integer(typ) or t.is_floating(typ) or t.is_boolean(typ) or t.is_string(typ)
             or t.is_large_string(typ) or t.is_date(typ) or t.is_timestamp(typ) or t.is_decimal(typ)
             or t.is_time(typ) or t.is_null(typ) or (hasattr(t, "is_string_view") and t.is_string_view(typ)))
 
 
 def _cell(value: Any) -> str | None:
-    """One value as text: strings as they are, everything else as JSON."""
-    value = _jsonable(value)
+    """One JSON value as text: strings as they are, everything else as JSON."""
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
@@ -86,8 +48,8 @@ def _cell(value: Any) -> str | None:
 def _flat(table: pa.Table) -> pa.Table:
     """Every column that is not a plain scalar type (lists, structs, maps, intervals, bytes) as JSON text."""
     for i, field in enumerate(table.schema):
-        if not _plain(field.type):
-            texts = [_cell(v) for v in table.column(i).to_pylist()]
+        if not _plain(table.column(i)):
+            texts = [_cell(v) for v in column_values(table.column(i))]
             table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(texts, pa.string()))
     return table
 
@@ -95,7 +57,7 @@ def _flat(table: pa.Table) -> pa.Table:
 def _frame(table: pa.Table):
     import polars as pl
 
-    return pl.from_arrow(_flat(_unique_names(table)))
+    return pl.from_arrow(_flat(unique_names(table)))
 
 
 def _table_text(table: pa.Table) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from negdb.errors import NegdbError
+from negdb.query.encode import json_value
 from negdb.query.sets import Keys, resolve_keys
 from negdb.store.catalog import Catalog
 
@@ -83,7 +83,7 @@ class NeuronReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (NaN and infinities become None, timestamps ISO strings)."""
         return {**self.keys._asdict(), "layer": self.layer, "neuron": self.neuron,
-                "stats": {k: _jsonable(v) for k, v in self.stats.items()},
+                "stats": {k: json_value(v) for k, v in self.stats.items()},
                 "histogram": self.histogram.to_dict() if self.histogram is not None else None,
                 "contexts": ({k: [c.to_dict() for c in v] for k, v in self.contexts.items()}
                              if self.contexts is not None else None),
@@ -92,18 +92,6 @@ class NeuronReport:
 
 def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else x
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (datetime, date)):
-        return v.isoformat()
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return _finite(float(v))
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
 
 
 # ------------------------------------------------------------------------------------------------- reading

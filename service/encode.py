@@ -1,81 +1,54 @@
-"""JSON and Arrow encodings of query results for the HTTP service (JSON never holds NaN or Infinity)."""
+"""HTTP answers of query results: JSON (never NaN or Infinity) or an Arrow IPC stream.
+
+The values are encoded by :mod:`negdb.query.encode`, the encoding ``negdb sql --format json`` uses too, so the
+CLI and ``POST /sql`` answer a query with the same values.
+"""
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import decimal
 import json
-import math
-import uuid
 from typing import Any
 
 import pyarrow as pa
-from fastapi.responses import JSONResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
+from negdb.errors import BadArgument
+from negdb.query.encode import ARROW_STREAM, arrow_stream, json_value, table_rows
 
-
-def json_safe(value: Any) -> Any:
-    """A JSON-safe form of a value: NaN/inf -> null, times -> ISO 8601, bytes -> base64, numpy -> Python."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        return json_safe(float(value))
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if hasattr(value, "to_dict") and callable(value.to_dict):
-        return json_safe(value.to_dict())
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return json_safe(value.tolist())
-    if hasattr(value, "to_dicts"):  # polars frames
-        return json_safe(value.to_dicts())
-    return str(value)
-
-
-def _column(col: pa.ChunkedArray) -> list[Any]:
-    values = col.to_pylist()
-    typ = col.type
-    if pa.types.is_integer(typ) or pa.types.is_string(typ) or pa.types.is_large_string(typ) \
-            or pa.types.is_boolean(typ) or pa.types.is_null(typ):
-        return values
-    if pa.types.is_floating(typ):
-        return [v if v is None or math.isfinite(v) else None for v in values]
-    return [json_safe(v) for v in values]
-
-
-def table_rows(table: pa.Table) -> list[tuple]:
-    """Rows of an Arrow table as JSON-safe tuples (column order)."""
-    return list(zip(*(_column(c) for c in table.columns))) if table.num_columns else []
-
-
-def table_records(table: pa.Table) -> list[dict[str, Any]]:
-    names = table.column_names
-    return [dict(zip(names, row)) for row in table_rows(table)]
+__all__ = ["ARROW_STREAM", "SafeJSONResponse", "arrow_stream", "error", "tabular", "wants_arrow"]
 
 
 class SafeJSONResponse(JSONResponse):
     """JSON that never contains NaN or Infinity (not JSON) and accepts Arrow/numpy/time values."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(json_safe(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        return json.dumps(json_value(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+def error(status: int, message: str, **extra: Any) -> SafeJSONResponse:
+    """The service's error answer: ``{"error": "one line"}`` with ``status``."""
+    return SafeJSONResponse({"error": message, **extra}, status_code=status)
 
-def arrow_stream(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+
+def wants_arrow(request: Request, fmt: str | None) -> bool:
+    """Whether to answer with an Arrow stream: ``?format=`` if given, else the ``Accept`` header."""
+    if fmt is not None:
+        if fmt not in ("json", "arrow"):
+            raise BadArgument(f"format={fmt}: use json or arrow")
+        return fmt == "arrow"
+    return ARROW_STREAM in request.headers.get("accept", "").lower()
+
+
+def tabular(request: Request, fmt: str | None, table: pa.Table, truncated: bool, elapsed_ms: float) -> Response:
+    """A query result as JSON ``{columns, types, rows, row_count, truncated, elapsed_ms}`` or an Arrow stream
+    (headers ``X-Negdb-Truncated``, ``X-Negdb-Rows``, ``X-Negdb-Elapsed-Ms``)."""
+    if wants_arrow(request, fmt):
+        return Response(arrow_stream(table), media_type=ARROW_STREAM, headers={
+            "X-Negdb-Truncated": "true" if truncated else "false",
+            "X-Negdb-Rows": str(table.num_rows),
+            "X-Negdb-Elapsed-Ms": f"{elapsed_ms:.3f}"})
+    return SafeJSONResponse({
+        "columns": table.column_names, "types": [str(f.type) for f in table.schema],
+        "rows": table_rows(table), "row_count": table.num_rows, "truncated": truncated,
+        "elapsed_ms": round(elapsed_ms, 3)})

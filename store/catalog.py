@@ -155,6 +155,17 @@ SMALL_TABLES = frozenset({"models", "checkpoints", "slices", "stat_specs", "runs
                           "eval_results", "ablations", "analyses"})
 
 
+def _offsets_kept(rel: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """``rel`` with its ``TIME WITH TIME ZONE`` columns as text (``12:30:00+05:30``): Arrow's time types have
+    no offset, and DuckDB's Arrow export drops it."""
+    kinds = [str(t) for t in rel.types]
+    if "TIME WITH TIME ZONE" not in kinds:
+        return rel
+    exprs = [(f"#{i}::VARCHAR" if kind == "TIME WITH TIME ZONE" else f"#{i}") + ' AS "' + name.replace('"', '""')
+             + '"' for i, (name, kind) in enumerate(zip(rel.columns, kinds), start=1)]
+    return rel.project(", ".join(exprs))
+
+
 class Catalog:
     """Read access to a store's catalog through DuckDB (a consistent snapshot).
 
@@ -291,6 +302,7 @@ class Catalog:
                 rel = cur.sql(statement, params=args)
                 if rel is None:  # pragma: no cover - check_statement lets only SELECT through
                     raise NegdbError("the statement returned no rows: run one SELECT statement")
+                rel = _offsets_kept(rel)
                 reader = rel.to_arrow_reader(FETCH_BATCH_ROWS if max_rows is None
                                              else max(1, min(FETCH_BATCH_ROWS, max_rows + 1)))
                 schema = reader.schema

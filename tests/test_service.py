@@ -128,6 +128,20 @@ def test_models_and_checkpoints(server: httpx.Client, models: dict[str, Path]) -
     assert missing.status_code == 404 and "no/such-model" in missing.json()["error"]
 
 
+def test_schema_lists_the_views_like_the_cli(server: httpx.Client, store: Path) -> None:
+    views = server.get("/schema").json()["views"]
+    with negdb.connect(str(store)) as cat:
+        described = cat.describe()
+    assert [v["name"] for v in views] == list(dict.fromkeys(r[0] for r in described))
+    assert views[0]["name"] == "neurons" and views[0]["doc"]
+    cols = {(v["name"], c["name"], c["type"]) for v in views for c in v["columns"]}
+    assert cols == {(view, col, typ) for view, col, typ, _ in described}
+    one = server.get("/schema", params={"view": "models"}).json()["views"]
+    assert [v["name"] for v in one] == ["models"]
+    missing = server.get("/schema", params={"view": "nope"})
+    assert missing.status_code == 404 and "neurons" in missing.json()["error"]
+
+
 def test_sql_json_and_arrow_equal_the_catalog(server: httpx.Client, store: Path) -> None:
     query = ("SELECT model_id, revision, layer, neuron, w_dist, skew, frac_neg FROM neurons "
              "ORDER BY model_id, revision, layer, neuron")
