@@ -28,14 +28,41 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+STORE_HELP = "Store folder (Zarr arrays and catalog segments); env NEGDB_STORE."
+
+
 @click.group(cls=_Group)
-@click.option("--store", envvar="NEGDB_STORE", default="negdb-store", show_default=True,
-              help="Store folder (Zarr arrays and catalog segments); env NEGDB_STORE.")
+@click.option("--store", envvar="NEGDB_STORE", default="negdb-store", show_default=True, help=STORE_HELP)
 @click.version_option(package_name="negdb")
 @click.pass_context
 def main(ctx: click.Context, store: str) -> None:
-    """negdb: a neuron-statistics database for language-model interpretability."""
+    """negdb: a neuron-statistics database for language-model interpretability.
+
+    Every command takes --store before or after its name (after wins): `negdb --store S ingest ...` and
+    `negdb ingest ... --store S` are the same.
+    """
     ctx.obj = {"store": store}
+
+
+def _store_after(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """``--store`` given after a command's name: it replaces the one before (or the default / NEGDB_STORE)."""
+    if value is not None:
+        ctx.find_root().ensure_object(dict)["store"] = value
+
+
+def store_option() -> click.Option:
+    """The ``--store`` every subcommand (and sub-group) accepts after its name."""
+    return click.Option(["--store"], default=None, expose_value=False, is_eager=True, callback=_store_after,
+                        metavar="PATH", help=STORE_HELP + " May also come before the command.")
+
+
+def add_store_options(group: click.Group) -> None:
+    """Give every command below ``group`` (recursively) a ``--store`` of its own."""
+    for cmd in group.commands.values():
+        if not any(isinstance(p, click.Option) and "--store" in p.opts for p in cmd.params):
+            cmd.params.append(store_option())
+        if isinstance(cmd, click.Group):
+            add_store_options(cmd)
 
 
 def _register() -> None:
@@ -66,6 +93,7 @@ def _register() -> None:
     from negdb.cli import sweep_cmd
 
     main.add_command(sweep_cmd.sweep)
+    add_store_options(main)
 
 
 _register()
