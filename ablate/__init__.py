@@ -2,13 +2,19 @@
 
 from negdb.ablate.interventions import (
     ACT_MODES,
+    INTERVENTIONS,
     MODES,
     PREACT_MODES,
     Intervention,
     apply,
     cumulative,
+    get_intervention,
     layer_groups,
+    make_intervention,
+    modes,
+    register_intervention,
     restrict,
 )
 
-__all__ = ["ACT_MODES", "MODES", "PREACT_MODES", "Intervention", "apply", "cumulative", "layer_groups", "restrict"]
+__all__ = ["ACT_MODES", "INTERVENTIONS", "MODES", "PREACT_MODES", "Intervention", "apply", "cumulative",
+           "get_intervention", "layer_groups", "make_intervention", "modes", "register_intervention", "restrict"]

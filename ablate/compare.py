@@ -21,13 +21,10 @@ import polars as pl
 
 from negdb.errors import NegdbError
 from negdb.evals import registry
-from negdb.evals.metrics import bootstrap_samples, macro_delta, ppl_bootstrap, stratified_bootstrap
+from negdb.evals.metrics import (DECISION_COLUMN, SUMMARIES, bootstrap_samples, macro_delta, ppl_bootstrap,
+                                 stratified_bootstrap)
 from negdb.store.results import StoredResult
 
-DECISION_COLUMN = {"acc_sum": "correct", "acc": "correct", "acc_mean": "correct_alt", "acc_norm": "correct_alt"}
-"""Accuracy metric -> the ``eval_items`` column holding its per-item decision."""
-SUMMARIES = {"grammar": (("blimp", "acc_sum"), ("tse", "acc_mean"))}
-"""Summary rows: name -> (benchmark, metric) parts, averaged. ``suite`` is added from the suite alias."""
 
 
 @dataclass
@@ -66,16 +63,30 @@ class Comparison:
     rows: list[Row] = field(default_factory=list)
     n_boot: int = 1000
     seed: int = 0
+    notes: list[str] = field(default_factory=list)
+    """Conditions left out and why (a ppl-matched control with nothing to match)."""
 
     def to_records(self) -> list[dict[str, Any]]:
         return [asdict(r) for r in self.rows]
+
+    def frame(self) -> pl.DataFrame:
+        """One row per condition, benchmark and metric: value, baseline, delta and its 95% CI (``ci_lo``,
+        ``ci_hi``), items ``n`` and ``seeds``."""
+        schema = {"condition": pl.Utf8, "benchmark": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64,
+                  "baseline": pl.Float64, "delta": pl.Float64, "ci_lo": pl.Float64, "ci_hi": pl.Float64,
+                  "n": pl.Int64, "seeds": pl.Int64}
+        rows = [{"condition": r.condition, "benchmark": r.benchmark, "metric": r.metric, "value": r.value,
+                 "baseline": r.baseline, "delta": r.delta, "ci_lo": r.lo, "ci_hi": r.hi, "n": r.n, "seeds": r.seeds}
+                for r in self.rows]
+        return pl.DataFrame(rows, schema=schema)
 
     def render(self, fmt: str = "table") -> str:
         if fmt == "json":
             return json.dumps({"conditions": [{"name": c.name, "label": c.label, "n_neurons": c.n_neurons,
                                                "fraction": c.fraction, "note": c.note} for c in self.conditions],
                                "bootstrap": {"n_boot": self.n_boot, "seed": self.seed, "interval": "95% percentile"},
-                               "rows": self.to_records()}, indent=2)
+                               "rows": self.to_records(), **({"notes": self.notes} if self.notes else {})},
+                              indent=2)
         if fmt == "csv":
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=list(Row.__dataclass_fields__))
@@ -192,4 +203,5 @@ def _table(cmp: Comparison) -> str:
     out.append(f"value (delta vs {base.label} [95% CI, paired bootstrap over items, {cmp.n_boot} draws, "
                f"seed {cmp.seed}]); accuracy macro over groups for BLiMP/TSE; ppl = perplexity (lower is better).")
     out.extend(notes)
+    out.extend(cmp.notes)
     return "\n".join(out)

@@ -20,7 +20,7 @@ import numpy as np
 
 import polars as pl
 
-from negdb.ablate.interventions import Intervention
+from negdb.ablate.interventions import Intervention, make_intervention
 from negdb.errors import NegdbError
 from negdb.query import sets as setlib
 from negdb.query.setstore import NeuronSet
@@ -66,7 +66,7 @@ def intervention_for(cat: Catalog, neuron_set: NeuronSet, mode: str) -> Interven
             arr = np.full(int(df["neuron"].max()) + 1, np.nan)
             arr[df["neuron"].to_numpy()] = df["mean"].to_numpy()
             means[layer] = arr
-    return Intervention(mode, neurons, means)
+    return make_intervention(mode, neurons, means)
 
 
 def random_controls(cat: Catalog, main: NeuronSet, seeds: list[int]) -> list[NeuronSet]:

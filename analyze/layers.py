@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +26,18 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from negdb.ablate.compare import DECISION_COLUMN, Comparison, Condition, compare
+from negdb.ablate.compare import Comparison, Condition, compare
+from negdb.ablate.conditions import Engine, Loader, check_store, checkpoint_row, main_set, resolve_revision, stderr
 from negdb.ablate.controls import restrict_set
-from negdb.ablate.experiment import (AblateOptions, Evaluator, Loader, checkpoint_row, main_set,
-                                     resolve_revision)
 from negdb.ablate.interventions import cumulative, layer_groups
-from negdb.analyze.record import Timer, analysis_id, canonical, lookup, publish
-from negdb.errors import NegdbError
+from negdb.ablate.options import mode_name
+from negdb.analyze.record import Timer, analysis_id, lookup, publish
+from negdb.errors import BadArgument, NegdbError
 from negdb.evals import registry
-from negdb.evals.metrics import paired_bootstrap
-from negdb.evals.run import ScoringRule
+from negdb.evals.metrics import DECISION_COLUMN, paired_bootstrap
+from negdb.evals.options import Bootstrap, Sampling, Scoring, as_int, as_names, benchmarks
 from negdb.query import sets as setlib
+from negdb.query.setspec import SetSpec
 from negdb.query.setstore import NeuronSet
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
@@ -49,49 +49,44 @@ HEADLINE_LEVELS = ("macro", "overall", "summary")
 
 
 @dataclass(frozen=True)
-class LayerOptions:
-    """Arguments of ``negdb analyze layers`` (see the CLI help for each)."""
+class LayersSpec:
+    """``negdb analyze layers`` as one value.
 
-    model: str
-    checkpoint: str | None = None
-    where: str | None = None
-    set_name: str | None = None
-    top: str | None = None
-    by: str = "w_dist"
+    Attributes:
+        neurons: the set (``SetSpec``; its ``layers`` must be unset: the groups choose the layers), or a picked
+            ``Selection`` / saved ``NeuronSet``.
+        mode: the intervention.
+        groups: contiguous layer groups (1..n_layers).
+        variants: ``alone`` (a group's layers only) and/or ``cumulative`` (groups 0..g).
+        evals, sampling, scoring, bootstrap: as ``negdb ablate``.
+    """
+
+    neurons: Any
     mode: str = "neg"
     groups: int = 8
-    variants: str = "alone,cumulative"
-    evals: str = "ppl,blimp,tse"
-    limit: int | str | None = None
-    sample_seed: int = 0
-    ppl_tokens: int | None = None
-    window: int | None = None
-    bos: str = "lm-eval"
-    batch_tokens: int = 8192
-    n_boot: int = 1000
-    seed: int = 0
-    device: str = "auto"
+    variants: tuple[str, ...] = VARIANTS
+    evals: tuple[str, ...] = ("ppl", "blimp", "tse")
+    sampling: Sampling = field(default_factory=Sampling)
+    scoring: Scoring = field(default_factory=Scoring)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
-    def variant_list(self) -> list[str]:
-        names = [v.strip() for v in (self.variants or "").split(",") if v.strip()]
-        bad = [v for v in names if v not in VARIANTS]
-        if bad or not names:
-            raise NegdbError(f"unknown --variants {self.variants!r}: use {', '.join(VARIANTS)} (comma-separated)")
-        return list(dict.fromkeys(names))
+    def __post_init__(self) -> None:
+        if isinstance(self.neurons, SetSpec) and self.neurons.layers is not None:
+            raise BadArgument("analyze layers chooses the layers itself: drop --layers")
+        object.__setattr__(self, "mode", mode_name(self.mode))
+        object.__setattr__(self, "groups", as_int(self.groups, "groups", minimum=1))
+        variants = as_names(self.variants, "variants")
+        bad = [v for v in variants if v not in VARIANTS]
+        if bad or not variants:
+            raise BadArgument(f"unknown --variants {','.join(bad) or '(empty)'}: use {', '.join(VARIANTS)} "
+                              "(comma-separated)")
+        object.__setattr__(self, "variants", variants)
+        benchmarks(self.evals)
+        object.__setattr__(self, "evals", as_names(self.evals, "evals"))
 
-    def ablate_options(self) -> AblateOptions:
-        """The same selection, mode, benchmarks and scoring as ``negdb ablate`` options (no controls)."""
-        return AblateOptions(model=self.model, checkpoint=self.checkpoint, where=self.where, set_name=self.set_name,
-                             top=self.top, by=self.by, mode=self.mode, evals=self.evals, controls="none",
-                             seed=self.seed, limit=self.limit, sample_seed=self.sample_seed,
-                             ppl_tokens=self.ppl_tokens, bos=self.bos, window=self.window,
-                             batch_tokens=self.batch_tokens, device=self.device, n_boot=self.n_boot)
-
-    def validate(self) -> None:
-        self.ablate_options().validate()
-        if self.groups < 1:
-            raise NegdbError(f"--groups must be at least 1, got {self.groups}")
-        self.variant_list()
+    @property
+    def benchmarks(self) -> tuple[str, ...]:
+        return benchmarks(self.evals)
 
 
 @dataclass(frozen=True)
@@ -124,6 +119,10 @@ class LayerAnalysis:
     reused: int = 0
     from_store: bool = False
     plan: list[GroupSet] = field(default_factory=list)
+
+    def frame(self) -> pl.DataFrame:
+        """The ``layer_effects`` rows (every variant, group, benchmark, metric and grouping level)."""
+        return pl.DataFrame(self.rows, infer_schema_length=None)
 
     def headline(self) -> list[dict[str, Any]]:
         """The rows with a CI: per (variant, group) and benchmark metric at its headline level."""
@@ -252,18 +251,15 @@ def effect_rows(plan: list[GroupSet], base: Condition, conds: dict[str, Conditio
 # ------------------------------------------------------------------------------------------ run
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _config(opts: LayerOptions, main: NeuronSet, ck: dict[str, Any], benches: list[str],
-            limits: dict[str, int | None], groups: list[list[int]]) -> dict[str, Any]:
-    """Every argument that changes the numbers (the analysis key)."""
+def _config(spec: LayersSpec, main: NeuronSet, ck: dict[str, Any], benches: list[str],
+            groups: list[list[int]]) -> dict[str, Any]:
+    """Every argument that changes the numbers (the analysis key; the same keys as before issue 12)."""
     return {"model_id": ck["model_id"], "revision": ck["revision"], "commit": ck["commit"], "set_id": main.set_id,
-            "mode": opts.mode, "groups": groups, "variants": opts.variant_list(),
-            "benchmarks": {b: registry.spec_hash(b) for b in benches}, "limits": limits,
-            "ppl_tokens": opts.ppl_tokens, "sample_seed": opts.sample_seed, "bos": opts.bos, "window": opts.window,
-            "n_boot": opts.n_boot, "seed": opts.seed, "group_cis": True}
+            "mode": spec.mode, "groups": groups, "variants": list(spec.variants),
+            "benchmarks": {b: registry.spec_hash(b) for b in benches}, "limits": spec.sampling.limits(benches),
+            "ppl_tokens": spec.sampling.ppl_tokens, "sample_seed": spec.sampling.seed,
+            "bos": spec.scoring.bos_policy.value, "window": spec.scoring.window, "n_boot": spec.bootstrap.n_boot,
+            "seed": spec.bootstrap.seed, "group_cis": True}
 
 
 def _stored_rows(layout: StoreLayout, aid: str) -> list[dict[str, Any]]:
@@ -271,42 +267,36 @@ def _stored_rows(layout: StoreLayout, aid: str) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist() if path.exists() else []
 
 
-def run(opts: LayerOptions, store: str | Path, *, progress: bool = True,
-        log: Callable[[str], None] = _stderr) -> LayerAnalysis:
-    """Run (or read back) the layer-group analysis ``opts`` in ``store``; see the module docstring."""
+def run(spec: LayersSpec, store: str | Path, *, device: str = "auto", progress: bool = True,
+        log: Callable[[str], None] = stderr) -> LayerAnalysis:
+    """Run (or read back) the layer-group analysis ``spec`` in ``store``; see the module docstring."""
     timer = Timer()
-    opts.validate()
     layout = StoreLayout(Path(store))
-    if not layout.marker.exists():
-        raise NegdbError(f"{store} is not a negdb store: run `negdb ingest --model {opts.model}` first")
-    aopts = opts.ablate_options()
-    rule = ScoringRule(opts.bos, opts.window)
-    benches = registry.expand(opts.evals)
-    limits = aopts.limits(benches)
-    variants = opts.variant_list()
+    check_store(layout, getattr(spec.neurons, "model", "MODEL"))
+    benches = list(spec.benchmarks)
+    boot = spec.bootstrap
     with Catalog(layout.root) as cat:
-        n_layers = _n_layers(cat, setlib.resolve_model(cat, opts.model))
-        if opts.groups > n_layers:
-            raise NegdbError(f"--groups {opts.groups} is more than the model's {n_layers} layers: use 1..{n_layers}")
-        groups = layer_groups(n_layers, opts.groups)
-        main = main_set(cat, aopts)
+        n = spec.neurons
+        n_layers = _n_layers(cat, setlib.resolve_model(cat, n.model) if isinstance(n, SetSpec) else n.keys.model_id)
+        if spec.groups > n_layers:
+            raise BadArgument(f"--groups {spec.groups} is more than the model's {n_layers} layers: use 1..{n_layers}")
+        groups = layer_groups(n_layers, spec.groups)
+        main = main_set(cat, n)
         model_id = main.keys.model_id
-        revision = resolve_revision(cat, main, opts.checkpoint)
+        revision = resolve_revision(cat, main, getattr(spec.neurons, "checkpoint", None))
         ck = checkpoint_row(cat, model_id, revision)
-        config = _config(opts, main, ck, benches, limits, groups)
+        config = _config(spec, main, ck, benches, groups)
         aid = analysis_id("layers", config)
         stored = lookup(layout, aid)
         if stored is not None:
             return LayerAnalysis(aid, model_id, revision, groups, _stored_rows(layout, aid), config,
                                  json.loads(stored["summary_json"]), from_store=True)
-        ev = Evaluator(layout, cat, ck, opts.mode, rule, limits=limits, ppl_tokens=opts.ppl_tokens,
-                       sample_seed=opts.sample_seed, batch_tokens=opts.batch_tokens, progress=progress,
-                       get_lm=Loader(model_id, revision, opts.device, log))
-        plan = plan_groups(cat, main, groups, variants)
-        log(f"{model_id}@{revision}: {opts.mode} ablation of {main.n_members} neurons (set {main.name}) in "
-            f"{len(groups)} layer groups ({', '.join(variants)}), evals {', '.join(benches)}")
-        base_t = ev.target(None)
-        base = Condition("baseline", "baseline", {b: [ev(base_t, b, "baseline")] for b in benches})
+        engine = Engine(layout, cat, ck, spec.scoring, get_lm=Loader(model_id, revision, device, log),
+                        progress=progress, log=log)
+        plan = plan_groups(cat, main, groups, list(spec.variants))
+        log(f"{model_id}@{revision}: {spec.mode} ablation of {main.n_members} neurons (set {main.name}) in "
+            f"{len(groups)} layer groups ({', '.join(spec.variants)}), evals {', '.join(benches)}")
+        base = engine.baseline(benches, spec.sampling)
         conds: dict[str, Condition] = {}
         for gs in plan:
             if gs.key in conds:
@@ -314,22 +304,20 @@ def run(opts: LayerOptions, store: str | Path, *, progress: bool = True,
             if gs.neuron_set is None:
                 conds[gs.key] = Condition(gs.key, "no neurons", base.results, n_neurons=0)
                 continue
-            t = ev.target(gs.neuron_set)
-            label = f"{gs.variant} {gs.index}"
-            conds[gs.key] = Condition(gs.key, label, {b: [ev(t, b, label)] for b in benches},
-                                      n_neurons=gs.neuron_set.n_members, sets=[gs.neuron_set])
-        cmp = compare(base, list(conds.values()), n_boot=opts.n_boot, seed=opts.seed)
-        rows = effect_rows(plan, base, conds, cmp, n_boot=opts.n_boot, seed=opts.seed)
+            conds[gs.key] = engine.condition(gs.key, f"{gs.variant} {gs.index}", [gs.neuron_set], spec.mode, benches,
+                                             spec.sampling)
+        cmp = compare(base, list(conds.values()), n_boot=boot.n_boot, seed=boot.seed)
+        rows = effect_rows(plan, base, conds, cmp, n_boot=boot.n_boot, seed=boot.seed)
         summary = {"set_id": main.set_id, "set_name": main.name, "n_neurons": main.n_members,
                    "baseline": {b: r[0].result_id for b, r in base.results.items()},
                    "results": {k: {b: r[0].result_id for b, r in c.results.items()} for k, c in conds.items()
                                if k != "none"},
-                   "computed": ev.computed, "reused": ev.reused}
+                   "computed": engine.computed, "reused": engine.reused}
         row = publish(layout, aid, kind="layers", model_id=model_id, revision=revision, config=config,
                       summary=summary, seconds=timer.seconds, tables={LAYER_EFFECTS: rows})
         cat.refresh()
         return LayerAnalysis(aid, model_id, revision, groups, _stored_rows(layout, aid), config,
-                             json.loads(row["summary_json"]), ev.computed, ev.reused, plan=plan)
+                             json.loads(row["summary_json"]), engine.computed, engine.reused, plan=plan)
 
 
 # ------------------------------------------------------------------------------------------ table
@@ -381,5 +369,4 @@ def _table(an: LayerAnalysis) -> str:
     return "\n".join(out)
 
 
-__all__ = ["GroupSet", "LayerAnalysis", "LayerOptions", "VARIANTS", "effect_rows", "plan_groups",
-           "run"]
+__all__ = ["GroupSet", "LayerAnalysis", "LayersSpec", "VARIANTS", "effect_rows", "plan_groups", "run"]

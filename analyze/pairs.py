@@ -35,8 +35,9 @@ import pyarrow.parquet as pq
 
 from negdb.analyze.record import Timer, analysis_id, lookup, publish
 from negdb.config import store_path
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError, NotFound
 from negdb.evals.metrics import bootstrap_samples
+from negdb.evals.options import Bootstrap, as_int
 from negdb.ingest.layerstats import PairPlan
 from negdb.query import neuron as nq
 from negdb.query.sets import Keys, layer_widths, resolve_keys, select
@@ -46,7 +47,7 @@ from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 from negdb.store.tables import DIFF_PAIRS, NEG_SHARE, Table
 
-__all__ = ["PairAnalysis", "PairOptions", "PairScores", "class_summary", "neg_shares", "pair_scores", "run",
+__all__ = ["PairAnalysis", "PairsSpec", "PairScores", "class_summary", "neg_shares", "pair_scores", "run",
            "share_stats", "sign_classes", "top_pairs"]
 
 KIND = "pairs"
@@ -168,29 +169,41 @@ def neg_shares(stats: pl.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> lis
 
 
 @dataclass(frozen=True)
-class PairOptions:
-    """Arguments of ``negdb analyze pairs`` (see the CLI help)."""
+class PairsSpec:
+    """``negdb analyze pairs`` as one value.
+
+    Attributes:
+        model, checkpoint: the statistics (default: the latest ingest).
+        layer, index: one neuron (both or neither; neither: the per-layer share table only).
+        k: pairs reported.
+        context: tokens of context shown either side of each pair's tokens (``--context``, formerly ``--window``;
+            the stored key keeps the name ``window``).
+        all_signs: rank every pair, not only those with both values negative.
+        bootstrap: draws and seed of the share CIs.
+    """
 
     model: str
     checkpoint: str | None = None
     layer: int | None = None
     index: int | None = None
     k: int = 20
-    window: int = 8
+    context: int = 8
     all_signs: bool = False
-    n_boot: int = 1000
-    seed: int = 0
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if (self.layer is None) != (self.index is None):
-            raise NegdbError("--layer and --index name one neuron: give both, or neither for the per-layer "
-                             "share table only")
-        if self.k < 1:
-            raise NegdbError("--k must be at least 1")
-        if self.window < 0:
-            raise NegdbError("--window must not be negative")
-        if self.n_boot < 1:
-            raise NegdbError("--n-boot must be at least 1")
+            raise BadArgument("--layer and --index name one neuron: give both, or neither for the per-layer "
+                              "share table only")
+        if self.layer is not None:
+            object.__setattr__(self, "layer", as_int(self.layer, "layer", minimum=0))
+            object.__setattr__(self, "index", as_int(self.index, "index", minimum=0))
+        object.__setattr__(self, "k", as_int(self.k, "k", minimum=1))
+        object.__setattr__(self, "context", as_int(self.context, "context", minimum=0))
+        if not isinstance(self.all_signs, bool):
+            raise BadArgument(f"all_signs must be True or False, got {self.all_signs!r}")
+        if not isinstance(self.bootstrap, Bootstrap):
+            raise BadArgument(f"bootstrap must be a Bootstrap, got {type(self.bootstrap).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -221,6 +234,12 @@ class PairAnalysis:
     pairs: pl.DataFrame
     shares: pl.DataFrame
     config: dict[str, Any] = field(default_factory=dict)
+
+    def frame(self, table: str = "pairs") -> pl.DataFrame:
+        """The ``diff_pairs`` rows (``table="pairs"``) or the ``neg_share`` rows (``"shares"``)."""
+        if table not in ("pairs", "shares"):
+            raise BadArgument(f"unknown pairs table {table!r}: use pairs or shares")
+        return self.pairs if table == "pairs" else self.shares
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable({"analysis_id": self.analysis_id, "reused": self.reused, "config": self.config,
@@ -353,7 +372,7 @@ def _stored_md(cat: Catalog, keys: Keys, layer: int, index: int) -> float | None
     return _num(rows[0]["md"]) if rows and rows[0]["md"] is not None else None
 
 
-def _pair_part(cat: Catalog, keys: Keys, opts: PairOptions, notes: list[str], tokenizer: Any
+def _pair_part(cat: Catalog, keys: Keys, opts: PairsSpec, notes: list[str], tokenizer: Any
                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The neuron's summary and its DIFF_PAIRS rows."""
     layer, index = int(opts.layer), int(opts.index)  # type: ignore[arg-type]
@@ -373,8 +392,8 @@ def _pair_part(cat: Catalog, keys: Keys, opts: PairOptions, notes: list[str], to
             tok = nq.slice_tokenizer(cat, keys)
         except Exception as err:  # noqa: BLE001 - failing to load it only costs the decoded text
             notes.append(f"the tokenizer of {keys.model_id} could not be loaded ({err}); contexts show token ids")
-    ca = nq.contexts_at(data.group, data.a[top], x_a[top], tok, opts.window)
-    cb = nq.contexts_at(data.group, data.b[top], x_b[top], tok, opts.window)
+    ca = nq.contexts_at(data.group, data.a[top], x_a[top], tok, opts.context)
+    cb = nq.contexts_at(data.group, data.b[top], x_b[top], tok, opts.context)
     rows = []
     for rank, (k, c_a, c_b) in enumerate(zip(top, ca, cb), start=1):
         rows.append({"model_id": keys.model_id, "revision": keys.revision, "layer": layer, "neuron": index,
@@ -391,7 +410,7 @@ def _pair_part(cat: Catalog, keys: Keys, opts: PairOptions, notes: list[str], to
     return summary, rows
 
 
-def _share_part(cat: Catalog, keys: Keys, opts: PairOptions) -> list[dict[str, Any]]:
+def _share_part(cat: Catalog, keys: Keys, opts: PairsSpec) -> list[dict[str, Any]]:
     stats = cat.sql("SELECT layer, neuron, w_dist, w_dist_neg, frac_neg FROM neuron_stats WHERE model_id = ? AND "
                     "revision = ? AND slice_id = ? AND spec_id = ? ORDER BY layer, neuron", list(keys))
     top = select(cat, keys.model_id, keys.revision, top=TOP_FRACTION, slice_id=keys.slice_id, spec_id=keys.spec_id)
@@ -400,7 +419,7 @@ def _share_part(cat: Catalog, keys: Keys, opts: PairOptions) -> list[dict[str, A
     stats = (stats.with_columns(pl.col("layer").cast(pl.Int32), pl.col("neuron").cast(pl.Int32))
              .join(members, on=["layer", "neuron"], how="left").with_columns(pl.col("top1").fill_null(False)))
     return [{"model_id": keys.model_id, "revision": keys.revision, **r}
-            for r in neg_shares(stats, n_boot=opts.n_boot, seed=opts.seed)]
+            for r in neg_shares(stats, n_boot=opts.bootstrap.n_boot, seed=opts.bootstrap.seed)]
 
 
 def _read_table(layout: StoreLayout, table: Table, aid: str, columns: tuple[str, ...], sort: list[str]
@@ -422,7 +441,7 @@ def _stored(layout: StoreLayout, row: dict[str, Any], reused: bool) -> PairAnaly
     return PairAnalysis(aid, reused, json.loads(row["summary_json"]), pairs, shares, json.loads(row["config_json"]))
 
 
-def run(opts: PairOptions, store: str | Path | None = None, *, tokenizer: Any = None) -> PairAnalysis:
+def run(opts: PairsSpec, store: str | Path | None = None, *, tokenizer: Any = None) -> PairAnalysis:
     """Run (or read back) ``negdb analyze pairs`` in ``store``; see the module docstring.
 
     Args:
@@ -434,10 +453,9 @@ def run(opts: PairOptions, store: str | Path | None = None, *, tokenizer: Any = 
         NegdbError: bad options, unknown model/checkpoint, neuron out of range, or a layer whose activations or
             md inputs were not stored.
     """
-    opts.validate()
     layout = StoreLayout(store_path(store))
     if not layout.marker.exists():
-        raise NegdbError(f"{layout.root} is not a negdb store: run `negdb ingest --model {opts.model}` first")
+        raise NotFound(f"{layout.root} is not a negdb store: run `negdb ingest --model {opts.model}` first")
     with Catalog(layout.root) as cat:
         keys = resolve_keys(cat, opts.model, opts.checkpoint)
         widths = layer_widths(cat, keys)
@@ -445,8 +463,9 @@ def run(opts: PairOptions, store: str | Path | None = None, *, tokenizer: Any = 
         if opts.layer is not None and opts.index is not None:
             _check_neuron(widths, keys, int(opts.layer), int(opts.index))
             neuron = [int(opts.layer), int(opts.index)]
-        config = {**keys._asdict(), "layers": sorted(widths), "neuron": neuron, "k": opts.k, "window": opts.window,
-                  "all_signs": opts.all_signs, "n_boot": opts.n_boot, "seed": opts.seed, "top": TOP_FRACTION}
+        config = {**keys._asdict(), "layers": sorted(widths), "neuron": neuron, "k": opts.k, "window": opts.context,
+                  "all_signs": opts.all_signs, "n_boot": opts.bootstrap.n_boot, "seed": opts.bootstrap.seed,
+                  "top": TOP_FRACTION}
         aid = analysis_id(KIND, config)
         row = lookup(layout, aid)
         if row is not None:

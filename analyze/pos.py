@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,12 +24,17 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from negdb.ablate.experiment import PPL_BENCHMARK, AblateOptions, Experiment
+from negdb.ablate.conditions import stderr
+from negdb.ablate.experiment import Experiment
 from negdb.ablate.experiment import run as run_experiment
+from negdb.ablate.options import AblateSpec, Controls, mode_name
 from negdb.analyze import postag
 from negdb.analyze.record import Timer, analysis_id, lookup, publish
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError
 from negdb.evals import registry
+from negdb.evals.options import Bootstrap, Sampling, Scoring
+from negdb.evals.registry import PERPLEXITY_BENCHMARK as PPL_BENCHMARK
+from negdb.query.setspec import SetSpec
 from negdb.store.layout import StoreLayout
 from negdb.store.results import StoredResult
 from negdb.store.tables import POS_SURPRISAL
@@ -43,34 +47,32 @@ COLUMNS = [c for c, _, _ in POS_SURPRISAL.columns]
 
 
 @dataclass(frozen=True)
-class PosOptions:
-    """Arguments of ``negdb analyze pos``; the set, controls and perplexity options are those of ``negdb ablate``."""
+class PosSpec:
+    """``negdb analyze pos`` as one value: the set, mode and controls of ``negdb ablate --evals ppl`` whose stored
+    perplexity evaluations it reads, and the bootstrap of its CIs.
 
-    model: str
-    checkpoint: str | None = None
-    where: str | None = None
-    set_name: str | None = None
-    top: str | None = None
-    by: str = "w_dist"
-    layers: str | None = None
+    ``ppl_tokens``: WikiText-2 test tokens analysed (``None``: all); ``controls`` default to one random set and the
+    perplexity-matched control.
+    """
+
+    neurons: Any
     mode: str = "neg"
-    controls: str = "random,ppl-matched"
-    seeds: int = 1
-    seed: int = 0
+    controls: Controls = field(default_factory=lambda: Controls(seeds=1))
     ppl_tokens: int | None = None
-    probe_tokens: int = 16384
-    window: int | None = None
-    bos: str = "lm-eval"
-    n_boot: int = 1000
-    device: str = "auto"
+    scoring: Scoring = field(default_factory=Scoring)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
-    def ablate_options(self) -> AblateOptions:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", mode_name(self.mode))
+        Sampling(ppl_tokens=self.ppl_tokens)
+        if not isinstance(self.controls, Controls):
+            raise BadArgument(f"controls must be a Controls, got {type(self.controls).__name__}")
+
+    def ablate_spec(self) -> AblateSpec:
         """The ``negdb ablate --evals ppl`` run whose stored perplexity evaluations this analysis reads."""
-        return AblateOptions(model=self.model, checkpoint=self.checkpoint, where=self.where, set_name=self.set_name,
-                             top=self.top, by=self.by, layers=self.layers, mode=self.mode, evals="ppl",
-                             controls=self.controls, seeds=self.seeds, seed=self.seed, ppl_tokens=self.ppl_tokens,
-                             probe_tokens=self.probe_tokens, bos=self.bos, window=self.window, device=self.device,
-                             n_boot=self.n_boot)
+        return AblateSpec(self.neurons, mode=self.mode, evals=("ppl",), controls=self.controls,
+                          sampling=Sampling(ppl_tokens=self.ppl_tokens), scoring=self.scoring,
+                          bootstrap=self.bootstrap)
 
 
 @dataclass
@@ -85,6 +87,10 @@ class PosAnalysis:
     summary: dict[str, Any]
     computed: bool = False
     experiment: Experiment | None = field(default=None, repr=False)
+
+    def frame(self) -> pl.DataFrame:
+        """The ``pos_surprisal`` rows: per condition (and random seed) and tag, the excess surprisal and its CI."""
+        return self.rows
 
     def render(self, fmt: str = "table") -> str:
         if fmt == "json":
@@ -203,25 +209,21 @@ def paired(tagged_base: pl.DataFrame, cond: StoredResult) -> pl.DataFrame:
 # ------------------------------------------------------------------------------------------ the analysis
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _columns(exp: Experiment, seed: int) -> list[tuple[str, int | None, StoredResult]]:
+def _columns(exp: Experiment, seeds: list[int]) -> list[tuple[str, int | None, StoredResult]]:
     """(condition, seed, result) of every non-baseline condition and random seed, in the experiment's order."""
     out = []
     for c in exp.conditions[1:]:
         for i, res in enumerate(c.results[PPL_BENCHMARK]):
-            out.append((c.name, seed + i if c.name == "random" else None, res))
+            out.append((c.name, seeds[i] if c.name == "random" else None, res))
     return out
 
 
-def _config(opts: PosOptions, exp: Experiment, base: StoredResult, cols: list[Any]) -> dict[str, Any]:
+def _config(spec: PosSpec, exp: Experiment, base: StoredResult, cols: list[Any]) -> dict[str, Any]:
     """Everything the numbers depend on (the analysis key): the evaluations read, tagger, bootstrap."""
-    return {"model_id": base.row["model_id"], "revision": base.row["revision"], "mode": opts.mode,
+    return {"model_id": base.row["model_id"], "revision": base.row["revision"], "mode": spec.mode,
             "set_id": exp.main.set_id, "baseline_id": base.result_id,
             "conditions": [[name, s, res.result_id] for name, s, res in cols], **postag.tagger_versions(),
-            "align_rule": postag.ALIGN_RULE, "n_boot": opts.n_boot, "seed": opts.seed}
+            "align_rule": postag.ALIGN_RULE, "n_boot": spec.bootstrap.n_boot, "seed": spec.bootstrap.seed}
 
 
 def _tokenizer(model_id: str, revision: str, cat_root: Path) -> Any:
@@ -234,7 +236,7 @@ def _tokenizer(model_id: str, revision: str, cat_root: Path) -> Any:
 
 
 def compute_rows(layout: StoreLayout, base: StoredResult, cols: list[tuple[str, int | None, StoredResult]], *,
-                 n_boot: int, seed: int, tokenizer: Any, log: Callable[[str], None] = _stderr
+                 n_boot: int, seed: int, tokenizer: Any, log: Callable[[str], None] = stderr
                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The ``pos_surprisal`` rows of every column against ``base``, and facts for the summary."""
     text = "\n".join(it.text or "" for it in registry.load_items(PPL_BENCHMARK))
@@ -297,27 +299,26 @@ def read(layout: StoreLayout, aid: str) -> PosAnalysis:
                        json.loads(row["summary_json"]))
 
 
-def run(opts: PosOptions, store: str | Path, *, progress: bool = True,
-        log: Callable[[str], None] = _stderr) -> PosAnalysis:
-    """Run (or read back) the POS analysis ``opts`` in ``store``; see the module docstring."""
-    if opts.n_boot < 1:
-        raise NegdbError("--n-boot must be at least 1")
+def run(spec: PosSpec, store: str | Path, *, device: str = "auto", progress: bool = True,
+        log: Callable[[str], None] = stderr) -> PosAnalysis:
+    """Run (or read back) the POS analysis ``spec`` in ``store``; see the module docstring."""
     postag.tagger_versions()  # spaCy installed? (before any evaluation runs)
-    exp = run_experiment(opts.ablate_options(), store, progress=progress, log=log)
+    exp = run_experiment(spec.ablate_spec(), store, device=device, progress=progress, log=log)
     layout = StoreLayout(Path(store))
     base = exp.conditions[0].results[PPL_BENCHMARK][0]
-    cols = _columns(exp, opts.seed)
-    config = _config(opts, exp, base, cols)
+    cols = _columns(exp, spec.controls.seed_list())
+    config = _config(spec, exp, base, cols)
     aid = analysis_id(KIND, config)
+    boot = spec.bootstrap
     if lookup(layout, aid) is None:
         with Timer() as t:
             tok = _tokenizer(config["model_id"], config["revision"], layout.root)
-            rows, facts = compute_rows(layout, base, cols, n_boot=opts.n_boot, seed=opts.seed, tokenizer=tok,
+            rows, facts = compute_rows(layout, base, cols, n_boot=boot.n_boot, seed=boot.seed, tokenizer=tok,
                                        log=log)
             frame = pl.DataFrame(rows).select([c for c in COLUMNS if c != "analysis_id"])
             summary = {"ablation_id": exp.ablation_id, **facts, "columns": _summary(frame, _labels(config))}
         publish(layout, aid, kind=KIND, model_id=config["model_id"], revision=config["revision"],
-                config={**config, "options": asdict(opts)}, summary=summary, seconds=t.seconds,
+                config={**config, "options": _options(spec)}, summary=summary, seconds=t.seconds,
                 tables={POS_SURPRISAL: rows})
         out = read(layout, aid)
         out.computed = True
@@ -325,6 +326,17 @@ def run(opts: PosOptions, store: str | Path, *, progress: bool = True,
         out = read(layout, aid)
     out.experiment = exp
     return out
+
+
+def _options(spec: PosSpec) -> dict[str, Any]:
+    """How the analysis was asked for, flat (recorded in ``config_json`` under ``options``; not in its key)."""
+    n = spec.neurons
+    asked = asdict(n) if isinstance(n, SetSpec) else {"set_id": getattr(n, "set_id", None)}
+    c = spec.controls
+    return {**asked, "mode": spec.mode, "controls": c.describe(), "seeds": c.seeds, "control_seed": c.seed,
+            "probe_tokens": c.probe_tokens, "ppl_tokens": spec.ppl_tokens,
+            "bos_policy": spec.scoring.bos_policy.value, "window": spec.scoring.window,
+            "n_boot": spec.bootstrap.n_boot, "bootstrap_seed": spec.bootstrap.seed}
 
 
 # ------------------------------------------------------------------------------------------ the table

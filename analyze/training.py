@@ -34,10 +34,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError
 from negdb.store.layout import StoreLayout
 from negdb.store.tables import TRAINING_DYNAMICS
 
@@ -45,9 +44,6 @@ KIND = "training"
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
 STAT_QUANTITIES = ("w_dist_mean", "w_dist_p50", "w_dist_p90", "w_dist_p99", "w_dist_max", "top_w_dist_mean",
                    "cohort_w_dist_mean", "overlap_final", "overlap_prev")
-INGEST_KEYS = frozenset({"dataset", "text_field", "tokens", "seq_len", "bos", "layers", "w_reference", "seed",
-                         "md_pairs", "dtype", "store_dtype"})
-"""The ingest arguments that change the statistics (part of the analysis key)."""
 Log = Callable[[str], None]
 
 
@@ -55,90 +51,111 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class TrainingOptions:
-    """Arguments of ``negdb analyze training``: which checkpoints, how to ingest them, what set to ablate how.
+def _ablate_groups() -> tuple[type, type, type, type]:
+    from negdb.ablate.options import Controls
+    from negdb.evals.options import Bootstrap, Sampling, Scoring
 
-    The ingest fields mean what they mean for ``negdb ingest`` (``bos`` is its ``--bos`` flag, ``seed`` its md
-    pair / W1 sample seed); the ablation fields what they mean for ``negdb ablate`` (``eval_bos`` is its
-    ``--bos``, ``seed`` also the first random-control seed and the bootstrap seed). ``evals="none"`` skips the
-    ablations.
+    return Controls, Sampling, Scoring, Bootstrap
+
+
+def _default_controls() -> Any:
+    from negdb.ablate.options import Controls
+
+    return Controls(kinds=("random",), seeds=1)
+
+
+def _default(kind: str) -> Any:
+    from negdb.evals import options
+
+    return getattr(options, kind)()
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """``negdb analyze training`` as one value: which checkpoints and how to ingest them (``ingest``, whose
+    ``checkpoints`` must select at least two), which set to pick at each (``top``, ``by``) and how to ablate it
+    (``mode``, ``evals``; ``evals=()`` skips the ablations), with the controls, sampling, scoring and bootstrap of
+    ``negdb ablate``.
+
+    Its random streams have separate seeds, each recorded in the analysis: ``ingest.seed`` (md pairs, W1 sample),
+    ``controls.seed`` (random control sets), ``sampling.seed`` (the ``limit`` subsample) and ``bootstrap.seed``.
     """
 
-    model: str
-    checkpoints: str = "all"
-    dataset: str = "wikitext-2"
-    text_field: str = "text"
-    tokens: int = 16384
-    seq_len: int = 512
-    bos: bool = False
-    layers: str = "all"
-    activations: str = "none"
-    w_reference: str = "exact"
-    seed: int = 0
-    md_pairs: int = 50_000
-    dtype: str = "float32"
-    store_dtype: str = "float16"
-    mem_budget_mb: int = 1024
-    top: str = "1%"
+    ingest: Any
+    top: float | int = 0.01
     by: str = "w_dist"
     mode: str = "neg"
-    evals: str = "ppl,blimp,tse"
-    controls: str = "random"
-    seeds: int = 1
-    limit: int | str | None = None
-    sample_seed: int = 0
-    ppl_tokens: int | None = None
-    probe_tokens: int = 16384
-    eval_bos: str = "lm-eval"
-    window: int | None = None
-    batch_tokens: int = 8192
-    device: str = "auto"
-    n_boot: int = 1000
+    evals: tuple[str, ...] = ("ppl", "blimp", "tse")
+    controls: Any = field(default_factory=_default_controls)
+    sampling: Any = field(default_factory=lambda: _default("Sampling"))
+    scoring: Any = field(default_factory=lambda: _default("Scoring"))
+    bootstrap: Any = field(default_factory=lambda: _default("Bootstrap"))
+
+    def __post_init__(self) -> None:
+        from negdb.ablate.options import mode_name
+        from negdb.evals.options import as_names, benchmarks
+        from negdb.ingest.plan import IngestSpec
+        from negdb.query.sets import stat_columns
+        from negdb.query.setspec import top_k
+
+        if not isinstance(self.ingest, IngestSpec):
+            raise BadArgument(f"ingest must be an IngestSpec, got {type(self.ingest).__name__}")
+        object.__setattr__(self, "top", top_k(self.top))
+        numeric = stat_columns()
+        if self.by not in numeric:
+            raise BadArgument(f"--by {self.by}: not a statistic column; use one of {', '.join(numeric)}")
+        object.__setattr__(self, "mode", mode_name(self.mode))
+        evals = as_names(self.evals, "evals") if self.evals else ()
+        if evals:
+            benchmarks(evals)
+        object.__setattr__(self, "evals", evals)
+        for name, kind in zip(("controls", "sampling", "scoring", "bootstrap"), _ablate_groups()):
+            if not isinstance(getattr(self, name), kind):
+                raise BadArgument(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+
+    @property
+    def model(self) -> str:
+        return str(self.ingest.model)
 
     @property
     def ablates(self) -> bool:
-        return self.evals.strip().lower() != "none"
+        return bool(self.evals)
 
-    def ingest_options(self, checkpoints: str | None = None) -> Any:
-        from negdb.ingest.plan import IngestOptions
+    def ablate_spec(self, model_id: str, revision: str, set_name: str) -> Any:
+        """The ``negdb ablate`` run of one checkpoint's set."""
+        from negdb.ablate.options import AblateSpec
+        from negdb.query.setspec import SetSpec
 
-        return IngestOptions(model=self.model, checkpoints=checkpoints or self.checkpoints, dataset=self.dataset,
-                             text_field=self.text_field, tokens=self.tokens, seq_len=self.seq_len,
-                             layers=self.layers, activations=self.activations, w_reference=self.w_reference,
-                             seed=self.seed, md_pairs=self.md_pairs, device=self.device, dtype=self.dtype,
-                             store_dtype=self.store_dtype, bos=self.bos, mem_budget_mb=self.mem_budget_mb)
-
-    def ablate_options(self, model_id: str, revision: str, set_name: str) -> Any:
-        from negdb.ablate.experiment import AblateOptions
-
-        return AblateOptions(model=model_id, checkpoint=revision, set_name=set_name, mode=self.mode,
-                             evals=self.evals, controls=self.controls, seeds=self.seeds, seed=self.seed,
-                             limit=self.limit, sample_seed=self.sample_seed, ppl_tokens=self.ppl_tokens,
-                             probe_tokens=self.probe_tokens, bos=self.eval_bos, window=self.window,
-                             batch_tokens=self.batch_tokens, device=self.device, n_boot=self.n_boot)
-
-    def validate(self) -> None:
-        from negdb.query.sets import parse_k
-        from negdb.stats.schema import NEURON_STATS
-
-        self.ingest_options().validate()
-        parse_k(self.top)
-        numeric = [c.name for c in NEURON_STATS if pa.types.is_floating(c.arrow_type)]
-        if self.by not in numeric:
-            raise NegdbError(f"--by {self.by}: not a statistic column; use one of {', '.join(numeric)}")
-        if self.ablates:
-            self.ablate_options(self.model, "final", "x").validate()
-        elif self.n_boot < 1 or self.seeds < 1:
-            raise NegdbError("--n-boot and --seeds must be at least 1")
+        return AblateSpec(SetSpec(model_id, checkpoint=revision, set_name=set_name), mode=self.mode,
+                          evals=self.evals, controls=self.controls, sampling=self.sampling, scoring=self.scoring,
+                          bootstrap=self.bootstrap)
 
     def config(self, model_id: str, revisions: Sequence[str]) -> dict[str, Any]:
-        """Every argument that changes a stored number (the analysis key), with the resolved checkpoints."""
-        skip = {"model", "checkpoints", "activations", "mem_budget_mb", "batch_tokens", "device"}
-        cfg = {k: v for k, v in asdict(self).items() if k not in skip}
-        cfg["limit"] = None if self.limit is None else str(self.limit)  # 5 and "5" are the same limit
+        """Every argument that changes a stored number (the analysis key), with the resolved checkpoints.
+
+        The keys are those of analyses stored before issue 12, when one ``seed`` seeded the ingest, the random
+        controls and the bootstrap: while the three seeds agree the key holds ``seed`` alone, so such analyses
+        are found again; seeds that differ are keyed as ``seed`` (the ingest's), ``control_seed`` and
+        ``bootstrap_seed``.
+        """
+        from negdb.query.setspec import k_text
+        from negdb.sweep.grid import layers_text
+
+        ing = self.ingest
+        cfg: dict[str, Any] = {"dataset": ing.dataset, "text_field": ing.text_field, "tokens": ing.tokens,
+                               "seq_len": ing.seq_len, "bos": ing.prepend_bos,
+                               "layers": layers_text(ing.layers) or "all", "w_reference": ing.w_reference,
+                               "seed": ing.seed, "md_pairs": ing.md_pairs, "dtype": ing.dtype,
+                               "store_dtype": ing.store_dtype, "top": k_text(self.top), "by": self.by}
         if not self.ablates:
-            cfg = {k: v for k, v in cfg.items() if k in INGEST_KEYS or k in ("top", "by")} | {"evals": "none"}
+            return {"model_id": model_id, "revisions": list(revisions), **cfg, "evals": "none"}
+        if not ing.seed == self.controls.seed == self.bootstrap.seed:
+            cfg.update(control_seed=self.controls.seed, bootstrap_seed=self.bootstrap.seed)
+        cfg.update(mode=self.mode, evals=",".join(self.evals), controls=self.controls.describe(),
+                   seeds=self.controls.seeds, limit=self.sampling.limit.describe(),
+                   sample_seed=self.sampling.seed, ppl_tokens=self.sampling.ppl_tokens,
+                   probe_tokens=self.controls.probe_tokens, eval_bos=self.scoring.bos_policy.value,
+                   window=self.scoring.window, n_boot=self.bootstrap.n_boot)
         return {"model_id": model_id, "revisions": list(revisions), **cfg}
 
 
@@ -170,6 +187,13 @@ class TrainingResult:
     evaluations_computed: int = 0
     evaluations_reused: int = 0
     ingested: list[str] = field(default_factory=list)
+
+    def frame(self) -> pl.DataFrame:
+        """The ``training_dynamics`` rows (long format: checkpoint, quantity, layer, benchmark, value, CI)."""
+        return self.rows.drop("analysis_id")
+
+    def render(self, fmt: str = "table") -> str:
+        return render(self, fmt)
 
 
 # ------------------------------------------------------------------------------------------ quantities
@@ -264,35 +288,40 @@ def _w_dist(cat: Any, model_id: str, info: CheckpointInfo) -> pl.DataFrame:
         pl.col("layer").cast(pl.Int32), pl.col("neuron").cast(pl.Int32), pl.col("w_dist").cast(pl.Float64))
 
 
-def _ingest(opts: TrainingOptions, layout: StoreLayout, ckpts: list[Any], progress: bool,
+def _ingest(spec: TrainingSpec, layout: StoreLayout, ckpts: list[Any], resources: Any, progress: bool,
             log: Log) -> dict[str, Any]:
     from negdb.ingest.pipeline import ingest
 
-    spec = ",".join(c.revision for c in ckpts)
-    results = ingest(opts.ingest_options(spec), store=layout.root, progress=progress, log=log)
+    ing = replace(spec.ingest, checkpoints=tuple(c.revision for c in ckpts))
+    results = ingest(ing, store=layout.root, resources=resources, progress=progress, log=log)
     return {r.revision: r for r in results}
 
 
-def run(opts: TrainingOptions, store: str | Path | None = None, *, progress: bool = True,
-        log: Log = _stderr) -> TrainingResult:
-    """Run (or read back) the training-dynamics analysis ``opts`` in ``store``; see the module docstring."""
+def run(spec: TrainingSpec, store: str | Path | None = None, *, device: str = "auto", resources: Any = None,
+        progress: bool = True, log: Log = _stderr) -> TrainingResult:
+    """Run (or read back) the training-dynamics analysis ``spec`` in ``store``; see the module docstring.
+
+    ``resources`` (:class:`negdb.ingest.plan.Resources`) of the ingests; ``device`` also that of the evaluations.
+    """
     from negdb.ablate.controls import save_auto
     from negdb.ablate.experiment import run as ablate
     from negdb.analyze.record import Timer, analysis_id, lookup, publish
     from negdb.config import store_path
+    from negdb.ingest.plan import Resources
     from negdb.models.checkpoints import select
     from negdb.models.registry import resolve
     from negdb.query import sets as setlib
     from negdb.store.catalog import Catalog
 
-    opts.validate()
+    resources = resources or Resources(device=device)
     layout = StoreLayout(store_path(store))
-    source = resolve(opts.model)
-    ckpts = select(source, opts.checkpoints)
+    source = resolve(spec.model)
+    ckpts = select(source, spec.ingest.checkpoint_spec)
     if len(ckpts) < 2:
-        raise NegdbError(f"--checkpoints {opts.checkpoints} selects {len(ckpts)} checkpoint of {source.model_id}: "
-                         "training dynamics need at least two (e.g. all, every:K or step0,step1000)")
-    config = opts.config(source.model_id, [c.revision for c in ckpts])
+        raise BadArgument(f"--checkpoints {spec.ingest.checkpoint_spec} selects {len(ckpts)} checkpoint of "
+                          f"{source.model_id}: training dynamics need at least two (e.g. all, every:K or "
+                          "step0,step1000)")
+    config = spec.config(source.model_id, [c.revision for c in ckpts])
     aid = analysis_id(KIND, config)
     row = lookup(layout, aid) if layout.marker.exists() else None
     if row is not None:
@@ -300,14 +329,14 @@ def run(opts: TrainingOptions, store: str | Path | None = None, *, progress: boo
         return _stored(layout, aid, row)
 
     with Timer() as timer:
-        ingested = _ingest(opts, layout, ckpts, progress, log)
+        ingested = _ingest(spec, layout, ckpts, resources, progress, log)
         infos: list[CheckpointInfo] = []
         frames: dict[str, pl.DataFrame] = {}
         sets: dict[str, pl.DataFrame] = {}
         with Catalog(layout.root) as cat:
             for c in ckpts:
                 r = ingested[c.revision]
-                sel = setlib.select(cat, source.model_id, c.revision, top=opts.top, by=opts.by, slice_id=r.slice_id,
+                sel = setlib.select(cat, source.model_id, c.revision, top=spec.top, by=spec.by, slice_id=r.slice_id,
                                     spec_id=r.spec_id)
                 ns = save_auto(cat, sel)
                 info = CheckpointInfo(c.revision, c.step, c.tokens_seen, r.slice_id, r.spec_id, r.status, ns.name,
@@ -326,12 +355,12 @@ def run(opts: TrainingOptions, store: str | Path | None = None, *, progress: boo
             part += jaccard_rows(sets[info.revision], sets[final], "overlap_final")
             if i > 0:
                 part += jaccard_rows(sets[info.revision], sets[infos[i - 1].revision], "overlap_prev")
-            if opts.ablates:
-                exp = ablate(opts.ablate_options(source.model_id, info.revision, info.set_name), layout.root,
-                             progress=progress, log=log)
+            if spec.ablates:
+                exp = ablate(spec.ablate_spec(source.model_id, info.revision, info.set_name), layout.root,
+                             device=resources.device, progress=progress, log=log)
                 info.ablation_id = exp.ablation_id
                 computed, reused = computed + exp.computed, reused + exp.reused
-                part += effect_rows(exp, opts.n_boot, opts.seed)
+                part += effect_rows(exp, spec.bootstrap.n_boot, spec.bootstrap.seed)
             rows += [{"model_id": source.model_id, "revision": info.revision, "step": info.step,
                       "tokens_seen": info.tokens_seen, **r} for r in part]
     summary = {"final": final, "checkpoints": [asdict(i) for i in infos], "headline": _headline(rows, infos)}

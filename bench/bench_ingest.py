@@ -23,7 +23,7 @@ import torch
 import negdb
 from negdb.ingest.corpus import load_corpus
 from negdb.ingest import ingest
-from negdb.ingest.plan import IngestOptions, batch_windows
+from negdb.ingest.plan import IngestSpec, Resources, batch_windows
 from negdb.ingest.slices import make_slice
 from negdb.models import checkpoints, loading, registry
 
@@ -45,19 +45,19 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--compression", default="zstd", choices=["zstd", "none"])
     args = ap.parse_args()
-    opts = IngestOptions(model=args.model, tokens=args.tokens, seq_len=args.seq_len, device="cpu",
-                         compression=args.compression)
+    opts = IngestSpec(model=args.model, tokens=args.tokens, seq_len=args.seq_len)
+    res = Resources(device="cpu", compression=args.compression)
     source = registry.resolve(opts.model)
     ckpt = checkpoints.select(source, "final")[0]
     lm = loading.load(source, ckpt, device="cpu")
     sl = make_slice(load_corpus(opts.dataset), lm.tokenizer, tokenizer_name=source.model_id,
                     seq_len=opts.seq_len, n_tokens=opts.tokens)
-    wpb = batch_windows(opts, d_mlp=lm.d_mlp, n_layers=lm.n_layers, n_windows=sl.n_windows)
+    wpb = batch_windows(res, opts.seq_len, d_mlp=lm.d_mlp, n_layers=lm.n_layers, n_windows=sl.n_windows)
     bare_forward(lm, sl.tokens[:wpb], wpb)  # warm-up
     t_bare1 = bare_forward(lm, sl.tokens, wpb)
     with tempfile.TemporaryDirectory(prefix="negdb-bench-") as store:
         t0 = time.perf_counter()
-        ingest(opts, store=store, progress=False)
+        ingest(opts, store=store, resources=res, progress=False)
         t_total = time.perf_counter() - t0
         with negdb.connect(store) as cat:
             timings = json.loads(cat.sql("SELECT timings_json FROM runs")["timings_json"][0])
@@ -65,7 +65,7 @@ def main() -> None:
     t_bare = (t_bare1 + t_bare2) / 2
     n = sl.n_tokens
     out = {
-        "model": source.model_id, "tokens": n, "compression": opts.compression,
+        "model": source.model_id, "tokens": n, "compression": res.compression,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "layers": lm.n_layers, "d_mlp": lm.d_mlp,
         "batch_windows": wpb, "seq_len": opts.seq_len, "threads": torch.get_num_threads(),
         "bare_forward_tok_s": round(n / t_bare, 1), "bare_forward_s": [round(t_bare1, 2), round(t_bare2, 2)],

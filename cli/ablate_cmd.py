@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 import polars as pl
 
+from negdb.cli.groups import (bootstrap_options, controls_options, device_option, evals_option, mode_option,
+                               sampling_options, scoring_options, seed_option, set_options)
 from negdb.cli.options import emit, options
 
 
@@ -15,18 +17,24 @@ def _print(df: pl.DataFrame) -> None:
 
 
 @click.command()
-@options("model", "checkpoint", "where", "set", "top", "by", "layers")
+@set_options()
 @click.option("--save", default=None, help="Save the main set under this name (default: auto-<hash>).")
-@options("mode", "evals", "controls", "seeds", "seed", "limit", "sample-seed", "ppl-tokens", "probe-tokens",
-         "tolerance", "resolution", "max-fraction", "bos", "window", "batch-tokens", "device", "n-boot", "format",
-         "out", "quiet", helps={"out": "Also write the comparison here."})
+@mode_option()
+@evals_option()
+@controls_options()
+@sampling_options()
+@scoring_options()
+@bootstrap_options()
+@seed_option("First random-control seed and bootstrap seed (unless --control-seed / --bootstrap-seed).")
+@device_option()
+@options("format", "out", "quiet", helps={"out": "Also write the comparison here."})
 @click.pass_obj
-def ablate(obj: dict, fmt: str, out: str | None, quiet: bool, **kw: object) -> None:
+def ablate(obj: dict, fmt: str, out: str | None, quiet: bool, device: str, **kw: object) -> None:
     """Ablate a neuron set (sign-specific) against random and perplexity-matched controls; compare with CIs."""
-    from negdb.ablate.experiment import AblateOptions, run
+    from negdb.ablate.experiment import run
+    from negdb.ablate.options import AblateSpec
 
-    opts = AblateOptions(**kw)  # type: ignore[arg-type]
-    exp = run(opts, obj["store"], progress=not quiet)
+    exp = run(AblateSpec(**kw), obj["store"], device=device, progress=not quiet)  # type: ignore[arg-type]
     emit(exp.comparison.render(fmt), out,
          f"ablation {exp.ablation_id}: {exp.computed} evaluations computed, {exp.reused} read from the store "
          f"({obj['store']})" if fmt == "table" else None)

@@ -1,9 +1,8 @@
-"""Click options shared by the commands that ablate (``ablate``, ``analyze pos|layers|training``, ``sweep``).
+"""Click options of the commands' output (``--format``, ``--out``, ``--quiet``), and their common tail.
 
-Each option is declared once here, with its help text. ``@options("model", "checkpoint", ..., seeds=1)`` adds
-the named options to a command in that order; a keyword argument overrides an option's default for that command
-(a default other than None is then shown in ``--help``), and ``helps={"seed": "..."}`` its help text. Options a
-command declares itself can sit between two ``@options(...)`` lines, so ``--help`` keeps the command's order.
+The option groups that become typed values (the neurons, controls, sampling, scoring, bootstrap, ingest) are
+in :mod:`negdb.cli.groups`. ``@options("format", "out", "quiet")`` adds the named options in that order; a
+keyword argument overrides an option's default for that command, and ``helps={"out": "..."}`` its help text.
 :func:`emit` is the commands' common tail: print the rendered text, a status line on stderr, write ``--out``.
 """
 
@@ -19,57 +18,7 @@ from negdb.store.segments import atomic_write_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_LIMIT = ("Items per group (BLiMP paradigm, TSE phenomenon; per benchmark otherwise), seeded subsample: "
-          "N, or N,suite=200,tse=20 to set some benchmarks apart.")
-
 SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "model": (("--model",), {"required": True,
-                             "help": "Model key, alias, folder or hub id (as given to `negdb ingest`)."}),
-    "checkpoint": (("--checkpoint",), {"default": None,
-                                       "help": "Checkpoint (default: the one the set's statistics come from)."}),
-    "where": (("--where",), {"default": None,
-                             "help": "Ablate the neurons matching this SQL expression, e.g. 'w_dist > 0.9'."}),
-    "set": (("--set", "set_name"), {"default": None, "help": "Ablate a saved neuron set (`negdb sets`)."}),
-    "top": (("--top",), {"default": None, "help": "Ablate the top K per layer by --by: 1%, 0.01 or a count."}),
-    "by": (("--by",), {"default": "w_dist", "show_default": True, "help": "Statistic ranked by --top."}),
-    "layers": (("--layers",), {"default": None, "help": "Restrict the set to layers, e.g. 0-3,7."}),
-    "mode": (("--mode",), {"default": "neg", "show_default": True,
-                           "help": "Intervention: neg (zero negative pre-activations), pos, both, mean, posrelu, "
-                                   "signflip."}),
-    "evals": (("--evals",), {"default": "ppl,blimp,tse,suite", "show_default": True,
-                             "help": "Benchmarks and groups (ppl, grammar, suite, blimp, tse, arc_easy, ...), "
-                                     "comma-separated."}),
-    "controls": (("--controls",), {"default": "random,ppl-matched", "show_default": True,
-                                   "help": "Controls: random, ppl-matched, or none."}),
-    "seeds": (("--seeds",), {"default": 3, "show_default": True, "type": int,
-                             "help": "Random control sets (seeds --seed, +1, ...)."}),
-    "seed": (("--seed",), {"default": 0, "show_default": True, "type": int,
-                           "help": "First random-control seed; bootstrap seed."}),
-    "limit": (("--limit",), {"default": None, "help": _LIMIT}),
-    "sample_seed": (("--sample-seed",), {"default": 0, "show_default": True, "type": int,
-                                         "help": "Seed of the --limit subsample."}),
-    "ppl_tokens": (("--ppl-tokens",), {"default": None, "type": int,
-                                       "help": "WikiText-2 test tokens for perplexity (default: all)."}),
-    "probe_tokens": (("--probe-tokens",), {"default": 16384, "show_default": True, "type": int,
-                                           "help": "WikiText-2 tokens of each perplexity-matching probe."}),
-    "tolerance": (("--tolerance",), {"default": 0.05, "show_default": True, "type": float,
-                                     "help": "ppl-matched: accept within this share of the ablation's perplexity "
-                                             "increase."}),
-    "resolution": (("--resolution",), {"default": 0.005, "show_default": True, "type": float,
-                                       "help": "ppl-matched: grid of fractions searched (0.005 = 0.5% of each "
-                                               "layer)."}),
-    "max_fraction": (("--max-fraction",), {"default": 0.9, "show_default": True, "type": float,
-                                           "help": "ppl-matched: largest fraction."}),
-    "bos": (("--bos",), {"default": "lm-eval", "show_default": True, "type": click.Choice(["lm-eval", "model"]),
-                         "help": "BOS policy: lm-eval (BOS only before an empty context) or model (the family's "
-                                 "policy)."}),
-    "window": (("--window",), {"default": None, "type": int,
-                               "help": "Perplexity window in tokens (default: the model's context)."}),
-    "batch_tokens": (("--batch-tokens",), {"default": 8192, "show_default": True, "type": int,
-                                           "help": "Padded tokens per forward pass."}),
-    "device": (("--device",), {"default": "auto", "show_default": True, "help": "cpu, cuda, cuda:N or auto."}),
-    "n_boot": (("--n-boot",), {"default": 1000, "show_default": True, "type": int,
-                               "help": "Bootstrap draws of the CIs."}),
     "format": (("--format", "fmt"), {"default": "table", "show_default": True,
                                      "type": click.Choice(["table", "json", "csv"])}),
     "out": (("--out",), {"default": None, "type": click.Path(dir_okay=False),

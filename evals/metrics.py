@@ -14,6 +14,12 @@ import numpy as np
 
 from negdb.errors import NegdbError
 
+DECISION_COLUMN = {"acc_sum": "correct", "acc": "correct", "acc_mean": "correct_alt", "acc_norm": "correct_alt"}
+"""Accuracy metric -> the ``eval_items`` column holding its per-item decision."""
+SUMMARIES = {"grammar": (("blimp", "acc_sum"), ("tse", "acc_mean"))}
+"""Summary rows of a comparison: name -> (benchmark, metric) parts, averaged. ``suite`` is added from the
+suite alias (``negdb.ablate.compare``)."""
+
 
 @dataclass(frozen=True)
 class GroupAccuracy:

@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 
 from negdb.data import data_path
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError
 
 KINDS = ("minimal_pairs", "multiple_choice", "partial", "last_word", "perplexity")
 SPEC_FILE = "benchmarks.json"
+PERPLEXITY_BENCHMARK = "wikitext2"
+"""The perplexity benchmark (WikiText-2 raw test): perplexity matching, POS surprisal and ``--ppl-tokens``."""
 
 
 @dataclass(frozen=True)
@@ -133,12 +135,12 @@ def expand(names: str | list[str]) -> list[str]:
     out: list[str] = []
     for part in filter(None, parts):
         if part not in specs and part not in groups:
-            raise NegdbError(f"unknown benchmark {part!r}: use {', '.join([*groups, *specs])}")
+            raise BadArgument(f"unknown benchmark {part!r}: use {', '.join([*groups, *specs])}")
         for name in groups.get(part, [part]):
             if name not in out:
                 out.append(name)
     if not out:
-        raise NegdbError("no benchmarks given: use e.g. --evals ppl,blimp,tse,suite")
+        raise BadArgument("no benchmarks given: use e.g. --evals ppl,blimp,tse,suite")
     return out
 
 
@@ -168,7 +170,7 @@ def get(name: str) -> BenchmarkSpec:
     """The spec of benchmark ``name``; ``NegdbError`` listing the known ones if there is none."""
     specs = benchmarks()
     if name not in specs:
-        raise NegdbError(f"unknown benchmark {name!r}; known: {', '.join(specs)}")
+        raise BadArgument(f"unknown benchmark {name!r}; known: {', '.join(specs)}")
     return specs[name]
 
 
@@ -300,7 +302,7 @@ def load_items(name: str, limit: int | None = None, seed: int = 0) -> list[Item]
     if limit is None:
         return list(items)
     if limit < 0:
-        raise NegdbError(f"limit must be >= 0, got {limit}")
+        raise BadArgument(f"limit must be >= 0, got {limit}")
     by_group: dict[str | None, list[int]] = {}
     for i, item in enumerate(items):
         by_group.setdefault(item.group, []).append(i)

@@ -19,14 +19,13 @@ from typing import Any
 import numpy as np
 
 from negdb.errors import NegdbError
+from negdb.evals.metrics import DECISION_COLUMN
 from negdb.evals.registry import BenchmarkSpec, Item
 from negdb.evals.scoring import ContinuationScore, score_continuations
 from negdb.evals.windows import Window, ppl_from, window_nll
 
 BOS_POLICIES = ("lm-eval", "model")
 
-_COLUMN = {"acc_sum": "correct", "acc": "correct", "acc_mean": "correct_alt", "acc_norm": "correct_alt"}
-"""Which decision column of ``eval_items`` each accuracy metric reads."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +185,7 @@ def summarize(spec: BenchmarkSpec, items: Sequence[dict[str, Any]]) -> list[dict
             rows.append({"metric": "nll", "level": "overall", "grp": None, "value": nll / n if n else float("nan"),
                          "n": n})
             continue
-        column = _COLUMN.get(metric)
+        column = DECISION_COLUMN.get(metric)
         if column is None:
             raise NegdbError(f"{spec.name}: unknown metric {metric!r}")
         values = np.array([bool(it[column]) for it in items], dtype=np.float64)
@@ -197,7 +196,7 @@ def summarize(spec: BenchmarkSpec, items: Sequence[dict[str, Any]]) -> list[dict
 def primary(spec: BenchmarkSpec, metrics: Sequence[dict[str, Any]]) -> tuple[str, float]:
     """The primary metric (first in the spec) and its headline value: macro when grouped, else overall."""
     name = spec.metrics[0]
-    level = "macro" if spec.group is not None and name in _COLUMN else "overall"
+    level = "macro" if spec.group is not None and name in DECISION_COLUMN else "overall"
     for r in metrics:
         if r["metric"] == name and r["level"] == level:
             return name, float(r["value"])

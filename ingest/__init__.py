@@ -1,13 +1,13 @@
 """negdb.ingest: corpora to token slices, and the streaming ingest into the store.
 
-``from negdb.ingest import ingest, IngestOptions`` is the Python form of ``negdb ingest``.
+``from negdb.ingest import ingest, IngestSpec, Resources`` is the Python form of ``negdb ingest``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["IngestOptions", "ingest"]
+__all__ = ["IngestSpec", "Resources", "ingest"]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from negdb.config import store_path
 from negdb.errors import NegdbError
 from negdb.ingest.corpus import load_corpus
 from negdb.ingest.layerstats import PairPlan, layer_stats
-from negdb.ingest.plan import (IngestOptions, batch_windows, check_disk, estimate_bytes, human_bytes,
+from negdb.ingest.plan import (IngestSpec, Resources, batch_windows, check_disk, estimate_bytes, human_bytes,
                                parse_activations, parse_layers, stat_spec)
 from negdb.ingest.publish import JobKeys, publish_activations, publish_metadata, publish_stats
 from negdb.ingest.slices import TokenSlice, make_slice
@@ -59,29 +59,32 @@ def _stderr(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-def ingest(options: IngestOptions | None = None, *, store: str | Path | None = None, progress: bool = True,
-           log: Log = _stderr, **kwargs: object) -> list[CheckpointResult]:
-    """Ingest every selected checkpoint of a model; returns one result per checkpoint."""
-    opts = options or IngestOptions(**kwargs)  # type: ignore[arg-type]
-    opts.validate()
+def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, resources: Resources | None = None,
+           progress: bool = True, log: Log = _stderr, **kwargs: object) -> list[CheckpointResult]:
+    """Ingest every selected checkpoint of a model; returns one result per checkpoint.
+
+    ``spec``: what to ingest (or its fields as keyword arguments); ``resources``: device, batch, memory, codec.
+    """
+    opts = spec or IngestSpec(**kwargs)  # type: ignore[arg-type]
+    res = resources or Resources()
     layout = StoreLayout(store_path(store))
     source = registry.resolve(opts.model)
-    selected = ckpts.select(source, opts.checkpoints)
+    selected = ckpts.select(source, opts.checkpoint_spec)
     corpus = load_corpus(opts.dataset, text_field=opts.text_field)
     overall = tqdm(total=opts.tokens * len(selected), unit="tok", unit_scale=True, desc="all checkpoints",
                    disable=not progress or len(selected) == 1, position=0)
     results = []
     try:
         for ckpt in selected:
-            results.append(_checkpoint(opts, layout, source, ckpt, corpus, overall, progress, log))
+            results.append(_checkpoint(opts, res, layout, source, ckpt, corpus, overall, progress, log))
     finally:
         overall.close()
     return results
 
 
-def _slice(opts: IngestOptions, corpus, tokenizer, model_id: str, log: Log) -> TokenSlice:
-    bos = tokenizer.bos_token_id if opts.bos else None
-    if opts.bos and bos is None:
+def _slice(opts: IngestSpec, corpus, tokenizer, model_id: str, log: Log) -> TokenSlice:
+    bos = tokenizer.bos_token_id if opts.prepend_bos else None
+    if opts.prepend_bos and bos is None:
         raise NegdbError(f"--bos: the tokenizer of {model_id} has no BOS token; drop --bos")
     sl = make_slice(corpus, tokenizer, tokenizer_name=model_id, seq_len=opts.seq_len, n_tokens=opts.tokens,
                     bos_token_id=bos)
@@ -103,15 +106,15 @@ def _missing(layout: StoreLayout, model_id: str, revision: str, slice_id: str, s
     return sorted(set(layers) - have_stats), sorted(set(keep) - have_acts)
 
 
-def _checkpoint(opts: IngestOptions, layout: StoreLayout, source, ckpt, corpus, overall: tqdm, progress: bool,
-                log: Log) -> CheckpointResult:
+def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, ckpt, corpus, overall: tqdm,
+                progress: bool, log: Log) -> CheckpointResult:
     started = time.perf_counter()
     label = f"{source.model_id}@{ckpt.revision}"
-    lm = loading.load(source, ckpt, device=opts.device, dtype=getattr(torch, opts.dtype))
+    lm = loading.load(source, ckpt, device=res.device, dtype=getattr(torch, opts.dtype))
     sl = _slice(opts, corpus, lm.tokenizer, source.model_id, log)
     spec = stat_spec(opts, sl.n_tokens)
-    layers = parse_layers(opts.layers, lm.n_layers)
-    keep = parse_activations(opts.activations, layers, lm.n_layers)
+    layers = parse_layers(opts.layer_text, lm.n_layers)
+    keep = parse_activations(opts.activations_text, layers, lm.n_layers)
     job_key = short_hash("ingest-v1", source.model_id, ckpt.revision, sl.slice_id, spec.spec_id, layers, keep)
     work = layout.work_dir(job_key)
     if not work.exists():
@@ -141,7 +144,7 @@ def _checkpoint(opts: IngestOptions, layout: StoreLayout, source, ckpt, corpus, 
         keys = JobKeys(source.model_id, ckpt.revision, sl.slice_id, spec.spec_id, state.run_id, job_key)
         run = RunRecord(run_id=state.run_id, kind="ingest", model_id=source.model_id, revision=ckpt.revision,
                         slice_id=sl.slice_id, spec_id=spec.spec_id, layers=state.layers,
-                        config={**opts.as_dict(), "activations_kept": keep, "slice": sl.meta()},
+                        config={**opts.record(), **asdict(res), "activations_kept": keep, "slice": sl.meta()},
                         resumes=state.resumes, timings=state.timings)
         todo_keep = state.keep
         _announce(opts, lm, sl, state, todo_keep, label, log)
@@ -149,7 +152,7 @@ def _checkpoint(opts: IngestOptions, layout: StoreLayout, source, ckpt, corpus, 
         state.save(work)
         run.save(layout, "running")
         try:
-            _run_job(opts, layout, lm, source, ckpt, sl, spec, state, keys, todo_keep, work, overall, progress,
+            _run_job(opts, res, layout, lm, source, ckpt, sl, spec, state, keys, todo_keep, work, overall, progress,
                      label)
         except KeyboardInterrupt:
             run.save(layout, "interrupted", "interrupted; run the same command again to resume")
@@ -167,12 +170,12 @@ def _checkpoint(opts: IngestOptions, layout: StoreLayout, source, ckpt, corpus, 
                             sl.slice_id, spec.spec_id)
 
 
-def _needed_bytes(opts: IngestOptions, lm, sl: TokenSlice, layers: list[int]) -> int:
+def _needed_bytes(opts: IngestSpec, lm, sl: TokenSlice, layers: list[int]) -> int:
     return estimate_bytes(n_tokens=sl.n_tokens, d_mlp=lm.d_mlp, n_layers=len(layers), d_model=lm.d_model,
                           md_rows=min(2 * opts.md_pairs, sl.n_tokens), store_dtype=opts.store_dtype)
 
 
-def _announce(opts: IngestOptions, lm, sl: TokenSlice, state: JobState, keep: list[int], label: str,
+def _announce(opts: IngestSpec, lm, sl: TokenSlice, state: JobState, keep: list[int], label: str,
               log: Log) -> None:
     need = _needed_bytes(opts, lm, sl, state.layers)
     log(f"{label}: {sl.n_tokens:,} tokens ({sl.n_windows} x {sl.seq_len}) of {sl.dataset}, "
@@ -180,8 +183,9 @@ def _announce(opts: IngestOptions, lm, sl: TokenSlice, state: JobState, keep: li
         f"needs up to {human_bytes(need)} of disk")
 
 
-def _run_job(opts: IngestOptions, layout: StoreLayout, lm, source, ckpt, sl: TokenSlice, spec, state: JobState,
-             keys: JobKeys, keep: list[int], work: Path, overall: tqdm, progress: bool, label: str) -> None:
+def _run_job(opts: IngestSpec, res: Resources, layout: StoreLayout, lm, source, ckpt, sl: TokenSlice, spec,
+             state: JobState, keys: JobKeys, keep: list[int], work: Path, overall: tqdm, progress: bool,
+             label: str) -> None:
     spool = work / "spool.zarr"
     a, b = draw_pairs(sl.n_tokens, spec.md_pairs, spec.md_seed)
     pairs = PairPlan(a=a, b=b, md_rows=np.unique(np.concatenate([a, b])))
@@ -193,9 +197,9 @@ def _run_job(opts: IngestOptions, layout: StoreLayout, lm, source, ckpt, sl: Tok
         put_vector(group, "window", np.repeat(np.arange(sl.n_windows, dtype=np.int32), sl.seq_len))
         put_vector(group, "position", np.tile(np.arange(sl.seq_len, dtype=np.int32), sl.n_windows))
         put_vector(group.require_group("md").require_group(md_key), "pairs", np.stack([a, b], axis=1))
-    wpb = batch_windows(opts, d_mlp=lm.d_mlp, n_layers=len(state.layers), n_windows=sl.n_windows)
+    wpb = batch_windows(res, opts.seq_len, d_mlp=lm.d_mlp, n_layers=len(state.layers), n_windows=sl.n_windows)
     plan = StreamPlan(layers=state.layers, windows_per_batch=wpb, store_dtype=opts.store_dtype,
-                      compression=opts.compression, md_rows=pairs.md_rows, md_key=md_key)
+                      compression=res.compression, md_rows=pairs.md_rows, md_key=md_key)
     done_tokens = min(state.batches_done * wpb * sl.seq_len, sl.n_tokens)
     overall.update(done_tokens)
     with tqdm(total=sl.n_tokens, initial=done_tokens, unit="tok", unit_scale=True, desc=label, leave=False,
@@ -205,7 +209,7 @@ def _run_job(opts: IngestOptions, layout: StoreLayout, lm, source, ckpt, sl: Tok
             overall.update(n)
 
         stream(lm, sl.tokens, group, spool, plan, state, work, on_tokens)
-    _stats_phase(opts, group, pairs, spec, state, work, md_key, progress, label)
+    _stats_phase(res, group, pairs, spec, state, work, md_key, progress, label)
     publish_metadata(layout, model=_model_row(source, lm), checkpoint=_checkpoint_row(source, ckpt, lm),
                      slice_row=sl.meta() | {"slice_id": sl.slice_id}, spec=spec.row())
     publish_activations(layout, keys, spool, keep, md_key, n_tokens=sl.n_tokens, d_mlp=lm.d_mlp,
@@ -213,14 +217,14 @@ def _run_job(opts: IngestOptions, layout: StoreLayout, lm, source, ckpt, sl: Tok
     publish_stats(layout, keys, {l: work / "stats" / f"L{l:03d}.parquet" for l in state.stats_layers})
 
 
-def _stats_phase(opts: IngestOptions, group, pairs: PairPlan, spec, state: JobState, work: Path, md_key: str,
+def _stats_phase(res: Resources, group, pairs: PairPlan, spec, state: JobState, work: Path, md_key: str,
                  progress: bool, label: str) -> None:
     started = time.perf_counter()
     remaining = [l for l in state.stats_layers if l not in state.stats_done]
     for layer in tqdm(remaining, desc=f"{label} statistics", unit="layer", leave=False, disable=not progress):
         name = f"L{layer:03d}"
         table = layer_stats(group["preact"][name], group["md"][md_key][name], pairs, spec, layer,
-                            opts.mem_budget_mb)
+                            res.mem_budget_mb)
         out = work / "stats" / f"{name}.parquet"
         out.parent.mkdir(exist_ok=True)
         tmp = out.with_suffix(".partial")
@@ -246,4 +250,4 @@ def _checkpoint_row(source, ckpt, lm) -> dict:
             "tokens_seen": ckpt.tokens_seen, "commit": lm.commit, "location": str(ckpt.location)}
 
 
-__all__ = ["CheckpointResult", "IngestOptions", "ingest"]
+__all__ = ["CheckpointResult", "IngestSpec", "Resources", "ingest"]

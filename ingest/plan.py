@@ -6,55 +6,128 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError
 from negdb.store.layout import short_hash
 
 STORE_DTYPES = ("float16", "float32")
 _RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+))?$")
 W_REFERENCES = ("exact", "sample")
 COMPRESSIONS = ("zstd", "none")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _choice(value: Any, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise BadArgument(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
 
 
 @dataclass(frozen=True)
-class IngestOptions:
-    """Arguments of ``negdb ingest`` (see the CLI help for each)."""
+class IngestSpec:
+    """``negdb ingest`` as one value: what is ingested and how the statistics are computed (every field here can
+    change a stored number; how fast it runs is :class:`Resources`).
+
+    Attributes:
+        model: an alias, hub id, local folder, folder of ``step<N>/`` checkpoints, or ``.gguf`` file.
+        checkpoints: a list of revisions (``["step1000", "step2000"]``), or one of ``all``, ``final``,
+            ``every:K``, ``first:N``.
+        dataset, text_field: the corpus (``wikitext-2``, ``wikitext-2:test``, a ``.txt``/``.jsonl`` file,
+            ``hf:NAME[:CONFIG][:SPLIT]``) and the ``.jsonl`` field holding the text.
+        tokens, seq_len, prepend_bos: the token slice (``prepend_bos``: the tokenizer's BOS before each window;
+            ``--bos`` of ``negdb ingest``).
+        layers: layers that get statistics (``None``: all; negative indices count from the end).
+        activations: ingested layers that keep their activations: ``"all"``, ``"none"`` or a list of layers.
+        w_reference: ``exact`` (analytic N(0,1) quantiles) or ``sample`` (the authors' seeded sample).
+        seed: seed of the md token pairs and of the W1 sample (recorded as ``md_seed``/``w_seed`` in
+            ``stat_specs``).
+        md_pairs: token pairs for mapping difficulty (at most tokens/2).
+        dtype, store_dtype: the forward pass's dtype and that of the stored pre-activations.
+    """
 
     model: str
-    checkpoints: str = "final"
+    checkpoints: Any = "final"
     dataset: str = "wikitext-2"
     text_field: str = "text"
     tokens: int = 16384
     seq_len: int = 512
-    layers: str = "all"
-    activations: str = "all"
+    prepend_bos: bool = False
+    layers: tuple[int, ...] | None = None
+    activations: Any = "all"
     w_reference: str = "exact"
     seed: int = 0
     md_pairs: int = 50_000
-    device: str = "auto"
     dtype: str = "float32"
     store_dtype: str = "float16"
-    compression: str = "zstd"
+
+    def __post_init__(self) -> None:
+        from negdb.evals.options import as_int
+        from negdb.query.setspec import layer_list
+
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise BadArgument("model is required: an alias, hub id, folder or .gguf file")
+        ck = self.checkpoints
+        if not isinstance(ck, str):
+            ck = tuple(str(c) for c in ck) if isinstance(ck, (list, tuple)) else None
+            if not ck:
+                raise BadArgument(f"checkpoints must be a list of revisions or all|final|every:K|first:N, got "
+                                  f"{self.checkpoints!r}")
+            object.__setattr__(self, "checkpoints", ck)
+        object.__setattr__(self, "tokens", as_int(self.tokens, "tokens", minimum=1))
+        object.__setattr__(self, "seq_len", as_int(self.seq_len, "seq_len", minimum=2))
+        if not isinstance(self.prepend_bos, bool):
+            raise BadArgument(f"prepend_bos must be True or False, got {self.prepend_bos!r}")
+        object.__setattr__(self, "layers", layer_list(self.layers))
+        act = self.activations
+        if not (isinstance(act, str) and act in ("all", "none")):
+            kept = layer_list(act, "activations")
+            if kept is None:
+                raise BadArgument("activations must be 'all', 'none' or a list of layers")
+            object.__setattr__(self, "activations", kept)
+        _choice(self.w_reference, W_REFERENCES, "w_reference")
+        object.__setattr__(self, "seed", as_int(self.seed, "seed", minimum=0))
+        object.__setattr__(self, "md_pairs", as_int(self.md_pairs, "md_pairs", minimum=1))
+        _choice(self.dtype, DTYPES, "dtype")
+        _choice(self.store_dtype, STORE_DTYPES, "store_dtype")
+
+    @property
+    def checkpoint_spec(self) -> str:
+        """``checkpoints`` in the form :func:`negdb.models.checkpoints.select` takes."""
+        return self.checkpoints if isinstance(self.checkpoints, str) else ",".join(self.checkpoints)
+
+    @property
+    def layer_text(self) -> str:
+        """``layers`` in the form :func:`parse_layers` resolves against the model (``all``, ``0,1,-1``)."""
+        return "all" if self.layers is None else ",".join(map(str, self.layers))
+
+    @property
+    def activations_text(self) -> str:
+        a = self.activations
+        return a if isinstance(a, str) else "layers=" + ",".join(map(str, a))
+
+    def record(self) -> dict[str, Any]:
+        """JSON-able fields (the ``runs`` record)."""
+        return {**asdict(self), "checkpoints": self.checkpoint_spec, "layers": self.layer_text,
+                "activations": self.activations_text}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How an ingest runs (never part of a key): device, forward batch, memory budget, codec of stored arrays."""
+
+    device: str = "auto"
     batch_tokens: int | None = None
-    bos: bool = False
     mem_budget_mb: int = 1024
+    compression: str = "zstd"
 
-    def validate(self) -> None:
-        if self.tokens <= 0 or self.seq_len <= 1:
-            raise NegdbError("--tokens must be positive and --seq-len at least 2")
-        if self.w_reference not in W_REFERENCES:
-            raise NegdbError(f"--w-reference must be one of {', '.join(W_REFERENCES)}")
-        if self.store_dtype not in STORE_DTYPES:
-            raise NegdbError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}")
-        if self.compression not in COMPRESSIONS:
-            raise NegdbError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
-        if self.md_pairs < 1:
-            raise NegdbError("--md-pairs must be at least 1")
-        if self.mem_budget_mb < 64:
-            raise NegdbError("--mem-budget must be at least 64 (MB)")
+    def __post_init__(self) -> None:
+        from negdb.evals.options import as_int
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+        object.__setattr__(self, "batch_tokens", as_int(self.batch_tokens, "batch_tokens", minimum=1,
+                                                        optional=True))
+        object.__setattr__(self, "mem_budget_mb", as_int(self.mem_budget_mb, "mem_budget_mb", minimum=64))
+        _choice(self.compression, COMPRESSIONS, "compression")
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -111,7 +184,7 @@ class StatSpec:
         return {"spec_id": self.spec_id, **asdict(self)}
 
 
-def stat_spec(opts: IngestOptions, n_tokens: int) -> StatSpec:
+def stat_spec(opts: IngestSpec, n_tokens: int) -> StatSpec:
     return StatSpec(
         w_reference=opts.w_reference,
         w_seed=opts.seed if opts.w_reference == "sample" else None,
@@ -121,14 +194,14 @@ def stat_spec(opts: IngestOptions, n_tokens: int) -> StatSpec:
     )
 
 
-def batch_windows(opts: IngestOptions, *, d_mlp: int, n_layers: int, n_windows: int) -> int:
+def batch_windows(res: Resources, seq_len: int, *, d_mlp: int, n_layers: int, n_windows: int) -> int:
     """Windows per forward batch: what ``--batch-tokens`` asks, else what fits a quarter of the memory budget."""
-    if opts.batch_tokens:
-        wanted = max(1, opts.batch_tokens // opts.seq_len)
+    if res.batch_tokens:
+        wanted = max(1, res.batch_tokens // seq_len)
     else:
-        per_window = opts.seq_len * d_mlp * n_layers * 2  # captured float16 bytes
-        wanted = max(1, (opts.mem_budget_mb * 2**20 // 4) // per_window)
-        wanted = min(wanted, max(1, 8192 // opts.seq_len))
+        per_window = seq_len * d_mlp * n_layers * 2  # captured float16 bytes
+        wanted = max(1, (res.mem_budget_mb * 2**20 // 4) // per_window)
+        wanted = min(wanted, max(1, 8192 // seq_len))
     return min(wanted, n_windows)
 
 

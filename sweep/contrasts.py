@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from negdb.ablate.compare import DECISION_COLUMN, SUMMARIES, decisions, item_nll
+from negdb.ablate.compare import decisions, item_nll
+from negdb.evals.metrics import DECISION_COLUMN, SUMMARIES
 from negdb.errors import NegdbError
 from negdb.evals import registry
 from negdb.evals.metrics import bootstrap_samples, ppl_bootstrap_samples

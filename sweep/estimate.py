@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from negdb.ablate.controls import main_fraction, ppl_matched
-from negdb.ablate.experiment import PPL_BENCHMARK
+from negdb.evals.registry import PERPLEXITY_BENCHMARK as PPL_BENCHMARK
 from negdb.query import sets as setlib
 from negdb.query.setstore import NeuronSet
 from negdb.store.catalog import Catalog
 from negdb.store.results import lookup
-from negdb.sweep.grid import Setup, SweepOptions, selection
+from negdb.sweep.grid import Setup, SweepSpec, selection
 
 
 @dataclass
@@ -112,17 +112,17 @@ def _timings(cat: Catalog, model_id: str) -> dict[tuple[str, int | None], float]
     return {(r["benchmark"], r["item_limit"]): float(r["s"]) for r in df.iter_rows(named=True)}
 
 
-def estimate(cat: Catalog, opts: SweepOptions, st: Setup) -> Estimate:
+def estimate(cat: Catalog, opts: SweepSpec, st: Setup) -> Estimate:
     """Count the sweep's evaluations and how many are stored (see the module docstring)."""
     layout = cat.layout
-    seeds, benches = opts.seed_list(), st.benches
+    seeds, benches = list(opts.seeds), st.benches
     points = opts.points()
     est = Estimate(points=len(points), seeds=len(seeds), conditions=["ablation", *st.controls],
                    benchmarks=list(benches))
     est.nominal = len(seeds) * len(benches) * (1 + len(points) * (1 + len(st.controls)))
     planned: dict[str, tuple[str, int | None]] = {}
     todo: list[tuple[str, int | None]] = []
-    probe = opts.probe_tokens
+    probe = opts.controls.probe_tokens
 
     def plan(mode: str, set_id: str | None, seeds_: Sequence[int], bench_list: Sequence[str] = benches) -> None:
         for s in seeds_:
@@ -156,7 +156,8 @@ def estimate(cat: Catalog, opts: SweepOptions, st: Setup) -> Estimate:
         pw_id = st.result_id(p.mode, sel.content_hash, PPL_BENCHMARK, probe, 0)
         planned[p0_id] = planned[pw_id] = (PPL_BENCHMARK, probe)
         p0, pw = stored_value(p0_id), stored_value(pw_id)
-        bound = probe_bound(main_fraction(sel, st.d_mlp), opts.resolution, opts.max_fraction)  # type: ignore[arg-type]
+        bound = probe_bound(main_fraction(sel, st.d_mlp), opts.controls.resolution,  # type: ignore[arg-type]
+                            opts.controls.max_fraction)
         if main is None or p0 is None or pw is None:
             est.probes_left += bound
             todo.extend((b, st.limit(b, opts)) for b in benches for _ in seeds)
@@ -175,7 +176,8 @@ def estimate(cat: Catalog, opts: SweepOptions, st: Setup) -> Estimate:
 
         try:
             match = ppl_matched(cat, main, d_mlp=st.d_mlp, target=pw, baseline=p0, probe=replay,
-                                tolerance=opts.tolerance, resolution=opts.resolution, max_fraction=opts.max_fraction)
+                                tolerance=opts.controls.tolerance, resolution=opts.controls.resolution,
+                                max_fraction=opts.controls.max_fraction)
         except _Missing:
             est.probes_stored += len(set(seen))
             est.probes_left += max(1, bound - len(seen))

@@ -1,33 +1,57 @@
-"""The grid of ``negdb sweep``: its options, its points and each point's neuron set.
+"""The grid of ``negdb sweep``: its spec, its points and each point's neuron set.
 
-A grid point is ``(by, fraction, mode)``: ablate (``mode``) the top (or ``--direction bottom``) ``fraction`` of
+A grid point is ``(by, fraction, mode)``: ablate (``mode``) the top (or ``direction="bottom"``) ``fraction`` of
 each layer's neurons ranked by the statistic ``by`` — the set ``negdb ablate --top F% --by B`` picks
-(:func:`negdb.query.sets.select`, saved as ``auto-<hash>``). Each point runs once per seed ``s`` in
-``seed .. seed + seeds - 1``: ``s`` seeds the ``--limit`` item subsample, the random control set and the
-bootstrap, exactly as ``negdb ablate --seed s --sample-seed s --seeds 1`` would.
+(:func:`negdb.query.sets.select`, saved as ``auto-<hash>``). Each point runs once per seed ``s`` of
+:attr:`SweepSpec.seeds`, and ``s`` is, explicitly, three seeds of that run: the ``--limit`` item subsample
+(``Sampling.seed``), the random control set (``Controls.seed``, one set) and the bootstrap (``Bootstrap.seed``).
+A point and seed is therefore exactly ``negdb ablate --set <the point's set> --mode M --seeds 1
+--control-seed s --sample-seed s --bootstrap-seed s`` with the sweep's other flags
+(:meth:`negdb.sweep.runner.Sweep.ablate_command` prints it).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from negdb.ablate.conditions import checkpoint_row, d_mlp
 from negdb.ablate.evaluate import Target, make_key
-from negdb.ablate.experiment import AblateOptions, checkpoint_row
-from negdb.ablate.interventions import MODES, Intervention
-from negdb.errors import NegdbError
-from negdb.evals import registry
+from negdb.ablate.interventions import make_intervention
+from negdb.ablate.options import Controls, mode_name
+from negdb.errors import BadArgument
+from negdb.evals.options import Bootstrap, Sampling, Scoring, as_int, as_names, benchmarks
 from negdb.evals.run import ScoringRule
 from negdb.query import sets as setlib
+from negdb.query.setspec import k_text, layer_list
 from negdb.store.catalog import Catalog
 
-DIRECTIONS = ("top", "bottom")
-_PERCENT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*%?$")
+
+class Direction(str, enum.Enum):
+    """Which end of the ranking a grid point's set takes."""
+
+    TOP = "top"
+    BOTTOM = "bottom"
+
+    def __str__(self) -> str:
+        return self.value
 
 
-def _split(text: str | None) -> list[str]:
-    return list(dict.fromkeys(p.strip() for p in (text or "").split(",") if p.strip()))
+DIRECTIONS = tuple(d.value for d in Direction)
+
+
+def layers_text(layers: tuple[int, ...] | None) -> str | None:
+    """``(0, 1, 2, 5)`` -> ``0-2,5`` (the ``--layers`` form; ``None`` stays ``None``)."""
+    if layers is None:
+        return None
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and runs[-1][-1] == i - 1 and (i < 0) == (runs[-1][-1] < 0):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 @dataclass(frozen=True)
@@ -41,119 +65,125 @@ class GridPoint:
     @property
     def k(self) -> str:
         """The ``--top``/``--bottom`` argument of the point (a percentage)."""
-        return f"{self.fraction * 100:.6g}%"
+        return k_text(self.fraction)
 
     def label(self) -> str:
         return f"{self.by} {self.k} {self.mode}"
 
 
+def _fractions(value: Any) -> tuple[float, ...]:
+    items = [value] if isinstance(value, (int, float)) else value
+    out: list[float] = []
+    for f in items:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise BadArgument(f"fractions must be shares of each layer in (0, 1] (0.01 = 1%), got {f!r}")
+        f = round(float(f), 12)
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise BadArgument("fractions is empty: give shares like [0.005, 0.01, 0.02, 0.05]")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
-class SweepOptions:
-    """Arguments of ``negdb sweep`` (see the CLI help for each)."""
+class SweepSpec:
+    """``negdb sweep`` as one value (see the module docstring for what each seed seeds).
+
+    Attributes:
+        model, checkpoint: the statistics (default: the latest ingest of ``model``).
+        fractions: shares of each layer's neurons (0.01 = 1%).
+        by: selectors (``neuron_stats`` columns) ranking the neurons.
+        direction: ``top`` (highest values) or ``bottom``.
+        modes: interventions.
+        layers: restrict the sets to layers (``None``: every layer with statistics).
+        seeds: the run seeds (each point runs once per seed).
+        evals: benchmark names and aliases.
+        controls: control kinds and the perplexity match (its ``seeds``/``seed`` are replaced by each run seed).
+        sampling: ``limit`` and ``ppl_tokens`` (its ``seed`` is replaced by each run seed).
+        scoring: BOS policy, window, batch size.
+        n_boot: bootstrap draws (each run's bootstrap is seeded by its seed; the summaries by the first seed).
+    """
 
     model: str
     checkpoint: str | None = None
-    fractions: str = "0.5,1,2,5"
-    by: str = "w_dist,kurtosis,skew,std"
-    direction: str = "top"
-    modes: str = "neg,pos,both"
-    controls: str = "random,ppl-matched"
-    seeds: int = 3
-    seed: int = 0
-    evals: str = "ppl,blimp,tse,suite"
-    limit: int | str | None = None
-    layers: str | None = None
-    ppl_tokens: int | None = None
-    probe_tokens: int = 16384
-    tolerance: float = 0.05
-    resolution: float = 0.005
-    max_fraction: float = 0.9
-    bos: str = "lm-eval"
-    window: int | None = None
-    batch_tokens: int = 8192
-    device: str = "auto"
+    fractions: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05)
+    by: tuple[str, ...] = ("w_dist", "kurtosis", "skew", "std")
+    direction: Direction = Direction.TOP
+    modes: tuple[str, ...] = ("neg", "pos", "both")
+    layers: tuple[int, ...] | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    evals: tuple[str, ...] = ("ppl", "blimp", "tse", "suite")
+    controls: Controls = field(default_factory=Controls)
+    sampling: Sampling = field(default_factory=Sampling)
+    scoring: Scoring = field(default_factory=Scoring)
     n_boot: int = 1000
 
-    def fraction_list(self) -> list[float]:
-        """``--fractions`` as shares (``"0.5,1,2,5"`` percent -> 0.005, 0.01, 0.02, 0.05), order kept."""
-        out: list[float] = []
-        for part in _split(self.fractions):
-            m = _PERCENT.match(part)
-            value = float(m.group(1)) if m else -1.0
-            if not 0 < value <= 100:
-                raise NegdbError(f"bad --fractions entry {part!r}: use percentages in (0, 100], e.g. 0.5,1,2,5")
-            f = round(value / 100, 12)
-            if f not in out:
-                out.append(f)
-        if not out:
-            raise NegdbError("--fractions is empty: give percentages like 0.5,1,2,5")
-        return out
-
-    def by_list(self) -> list[str]:
-        names = _split(self.by)
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise BadArgument("model is required")
+        object.__setattr__(self, "fractions", _fractions(self.fractions))
+        by = as_names(self.by, "by")
         allowed = setlib.stat_columns()
-        bad = [b for b in names if b not in allowed]
-        if bad or not names:
-            raise NegdbError(f"--by {','.join(bad) or '(empty)'}: not a statistic column; use any of "
-                             f"{', '.join(allowed)} (comma-separated)")
-        return names
-
-    def mode_list(self) -> list[str]:
-        names = _split(self.modes)
-        bad = [m for m in names if m not in MODES]
-        if bad or not names:
-            raise NegdbError(f"unknown --modes {','.join(bad) or '(empty)'}: use any of {', '.join(MODES)} "
-                             "(comma-separated)")
-        return names
-
-    def seed_list(self) -> list[int]:
-        return [self.seed + i for i in range(self.seeds)]
+        bad = [b for b in by if b not in allowed]
+        if bad or not by:
+            raise BadArgument(f"--by {','.join(bad) or '(empty)'}: not a statistic column; use any of "
+                              f"{', '.join(allowed)} (comma-separated)")
+        object.__setattr__(self, "by", by)
+        try:
+            object.__setattr__(self, "direction", Direction(self.direction))
+        except ValueError:
+            raise BadArgument(f"unknown --direction {self.direction!r}: use top or bottom") from None
+        modes = as_names(self.modes, "modes")
+        if not modes:
+            raise BadArgument("--modes is empty: use any of neg, pos, both, ... (comma-separated)")
+        object.__setattr__(self, "modes", tuple(mode_name(m) for m in modes))
+        object.__setattr__(self, "layers", layer_list(self.layers))
+        seeds = [as_int(s, "seed", minimum=0) for s in ([self.seeds] if isinstance(self.seeds, int) else self.seeds)]
+        if not seeds:
+            raise BadArgument("seeds is empty: give at least one run seed")
+        object.__setattr__(self, "seeds", tuple(dict.fromkeys(seeds)))
+        benchmarks(self.evals)
+        object.__setattr__(self, "evals", as_names(self.evals, "evals"))
+        object.__setattr__(self, "n_boot", as_int(self.n_boot, "n_boot", minimum=1))
+        for name, kind in (("controls", Controls), ("sampling", Sampling), ("scoring", Scoring)):
+            if not isinstance(getattr(self, name), kind):
+                raise BadArgument(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
 
     def points(self) -> list[GridPoint]:
         """Every grid point, selector-major, modes innermost (a set's modes run one after another)."""
-        return [GridPoint(b, f, m) for b in self.by_list() for f in self.fraction_list() for m in self.mode_list()]
+        return [GridPoint(b, f, m) for b in self.by for f in self.fractions for m in self.modes]
 
-    def ablate_options(self, point: GridPoint | None = None, seed: int | None = None) -> AblateOptions:
-        """The ``negdb ablate`` options of one point and seed (the shared options when ``point`` is None)."""
-        p = point or GridPoint(self.by_list()[0], self.fraction_list()[0], self.mode_list()[0])
-        s = self.seed if seed is None else seed
-        return AblateOptions(model=self.model, checkpoint=self.checkpoint, top=p.k, by=p.by, layers=self.layers,
-                             mode=p.mode, evals=self.evals, controls=self.controls, seeds=1, seed=s, limit=self.limit,
-                             sample_seed=s, ppl_tokens=self.ppl_tokens, probe_tokens=self.probe_tokens,
-                             tolerance=self.tolerance, resolution=self.resolution, max_fraction=self.max_fraction,
-                             bos=self.bos, window=self.window, batch_tokens=self.batch_tokens, device=self.device,
-                             n_boot=self.n_boot)
+    @property
+    def benchmarks(self) -> tuple[str, ...]:
+        return benchmarks(self.evals)
+
+    def run_sampling(self, seed: int) -> Sampling:
+        """The sampling of run seed ``seed`` (its ``limit`` subsample seeded by ``seed``)."""
+        return replace(self.sampling, seed=seed)
+
+    def run_controls(self, seed: int) -> Controls:
+        """The controls of run seed ``seed`` (one random set, seeded by ``seed``)."""
+        return replace(self.controls, seeds=1, seed=seed)
+
+    def run_bootstrap(self, seed: int) -> Bootstrap:
+        return Bootstrap(self.n_boot, seed)
 
     def rule(self) -> ScoringRule:
-        return ScoringRule(self.bos, self.window)
-
-    def benches(self) -> list[str]:
-        return registry.expand(self.evals)
+        return self.scoring.rule()
 
     def limits(self) -> dict[str, int | None]:
-        return self.ablate_options().limits(self.benches())
-
-    def validate(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise NegdbError(f"unknown --direction {self.direction!r}: use top or bottom")
-        if self.seeds < 1:
-            raise NegdbError("--seeds must be at least 1")
-        if self.seed < 0:
-            raise NegdbError("--seed must be non-negative")
-        self.points()
-        self.ablate_options().validate()
-        if not 0 < self.resolution < self.max_fraction <= 1:
-            raise NegdbError("--resolution and --max-fraction must satisfy 0 < resolution < max fraction <= 1")
+        return self.sampling.limits(self.benchmarks)
 
 
-def selection(cat: Catalog, opts: SweepOptions, keys: setlib.Keys, by: str, fraction: float) -> setlib.Selection:
+def selection(cat: Catalog, spec: SweepSpec, keys: setlib.Keys, by: str, fraction: float) -> setlib.Selection:
     """The main set of ``(by, fraction)`` on the statistics ``keys`` (not saved)."""
-    k = GridPoint(by, fraction, "neg").k
-    pick = {"top": k} if opts.direction == "top" else {"bottom": k}
-    sel = setlib.select(cat, keys.model_id, keys.revision, by=by, layers=opts.layers, slice_id=keys.slice_id,
+    pick = {spec.direction.value: fraction}
+    layers = None if spec.layers is None else ",".join(map(str, spec.layers))
+    sel = setlib.select(cat, keys.model_id, keys.revision, by=by, layers=layers, slice_id=keys.slice_id,
                         spec_id=keys.spec_id, **pick)
     if sel.n_members == 0:
-        raise NegdbError(f"the {opts.direction} {k} by {by} is empty (every value NaN?): drop {by} from --by")
+        raise BadArgument(f"the {spec.direction.value} {k_text(fraction)} by {by} is empty (every value NaN?): drop "
+                          f"{by} from --by")
     return sel
 
 
@@ -169,25 +199,23 @@ class Setup:
     rule: ScoringRule
     controls: list[str]
 
-    def limit(self, bench: str, opts: SweepOptions) -> int | None:
-        """Items per group of ``bench`` (tokens for perplexity), as ``Evaluator.limit``."""
-        return opts.ppl_tokens if registry.get(bench).kind == "perplexity" else self.limits.get(bench)
+    def limit(self, bench: str, spec: SweepSpec) -> int | None:
+        """Items per group of ``bench`` (tokens for perplexity), as ``Sampling.limit_for``."""
+        return spec.sampling.limit_for(bench)
 
     def result_id(self, mode: str, set_id: str | None, bench: str, limit: int | None, seed: int) -> str:
         """The key of ``bench`` under ``mode`` on the set ``set_id`` (``None``: baseline), as ``evaluate`` keys it.
 
         Only the mode and the set id enter a key, so a set need not be loaded (nor saved) to know it.
         """
-        iv = None if set_id is None else Intervention(mode, {}, {} if mode == "mean" else None)
+        iv = None if set_id is None else make_intervention(mode, {}, {})
         target = Target(self.ckpt["model_id"], self.ckpt["revision"], self.ckpt["commit"], iv, set_id)
         return make_key(target, bench, self.rule, limit, seed).result_id
 
 
-def setup(cat: Catalog, opts: SweepOptions) -> Setup:
-    """Validate ``opts`` and resolve the checkpoint (``NegdbError`` with what to do when something is missing)."""
-    opts.validate()
-    keys = setlib.resolve_keys(cat, opts.model, opts.checkpoint)
+def setup(cat: Catalog, spec: SweepSpec) -> Setup:
+    """Resolve the checkpoint of ``spec`` (``NotFound`` with what to do when something is missing)."""
+    keys = setlib.resolve_keys(cat, spec.model, spec.checkpoint)
     ckpt = checkpoint_row(cat, keys.model_id, keys.revision)
-    rows = cat.arrow("SELECT max(d_mlp) AS d FROM models WHERE model_id = ?", [keys.model_id]).to_pylist()
-    d_mlp = int(rows[0]["d"]) if rows and rows[0]["d"] is not None else max(setlib.layer_widths(cat, keys).values())
-    return Setup(keys, ckpt, d_mlp, opts.benches(), opts.limits(), opts.rule(), opts.ablate_options().control_list())
+    return Setup(keys, ckpt, d_mlp(cat, keys.model_id), list(spec.benchmarks), spec.limits(), spec.rule(),
+                 spec.controls.names())

@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import negdb
-from negdb.ablate.experiment import AblateOptions
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.evals import registry
 from tests.ablate_helpers import short_wikitext_loader
 from tests.ingest_helpers import assert_one_error, cli, ingest_into
@@ -164,7 +163,15 @@ def test_sets_and_ablations_rows(env):
     assert matched["fraction"] == pytest.approx(next(c["fraction"] for c in env["doc"]["conditions"]
                                                      if c["name"] == "ppl-matched"))
     config = json.loads(base["config_json"])
-    assert config["evals"] == "blimp,copa,ppl" and config["seeds"] == 2 and config["top"] == "10%"
+    assert config["evals"] == ["blimp", "copa", "ppl"] and config["controls"]["seeds"] == [0, 1]
+    assert config["neurons"]["top"] == pytest.approx(0.1) and config["limits"]["copa"] == 2
+    # the key holds what changes the numbers only: not the device, not the batch size
+    assert "device" not in base["config_json"] and "batch_tokens" not in base["config_json"]
+    from negdb.ablate.experiment import ablation_id
+
+    key = {k: config[k] for k in ("version", "model_id", "revision", "commit", "set_id", "mode", "benchmarks",
+                                  "limits", "sample_seed", "scoring", "controls", "bootstrap")}
+    assert ablation_id(key) == env["ablation_id"]
     with negdb.connect(str(store)) as cat:
         sets = cat.sql("SELECT name, set_id, n_members FROM neuron_sets")
         members = cat.sql("SELECT set_id, count(*) AS n FROM neuron_set_members GROUP BY 1")
@@ -352,26 +359,47 @@ def test_results_show_unknown_ablation(env):
 
 
 def test_limit_per_benchmark():
+    from negdb.cli import parse
+    from negdb.evals.options import Sampling
+
     benches = ["wikitext2", "blimp", "tse", "copa", "piqa"]
-    assert AblateOptions("m", top="1").limits(benches) == dict.fromkeys(benches)
-    assert AblateOptions("m", top="1", limit="5").limits(benches) == {
-        "wikitext2": None, "blimp": 5, "tse": 5, "copa": 5, "piqa": 5}
-    assert AblateOptions("m", top="1", limit="5,suite=200,tse=20").limits(benches) == {
-        "wikitext2": None, "blimp": 5, "tse": 20, "copa": 200, "piqa": 200}
-    assert AblateOptions("m", top="1", limit="grammar=7").limits(benches) == {
-        "wikitext2": None, "blimp": 7, "tse": 7, "copa": None, "piqa": None}
-    assert AblateOptions("m", top="1", limit=4).limits(["copa"]) == {"copa": 4}
-    for bad in ("0", "-1", "x", "5,=3", "5,tse=", "5,tse=-2", ""):
-        with pytest.raises(NegdbError):
-            AblateOptions("m", top="1", limit=bad).limits(benches)
+
+    def limits(text):
+        return Sampling(limit=parse.limit(text)).limits(benches)
+
+    assert limits(None) == dict.fromkeys(benches)
+    assert limits("5") == {"wikitext2": None, "blimp": 5, "tse": 5, "copa": 5, "piqa": 5}
+    assert limits("5,suite=200,tse=20") == {"wikitext2": None, "blimp": 5, "tse": 20, "copa": 200, "piqa": 200}
+    assert limits("grammar=7") == {"wikitext2": None, "blimp": 7, "tse": 7, "copa": None, "piqa": None}
+    assert Sampling(limit=4).limits(["copa"]) == {"copa": 4}
+    assert Sampling(limit={"*": 5, "suite": 200}).limits(benches) == limits("5,suite=200")
+    for bad in ("0", "-1", "x", "5,=3", "5,tse=", "5,tse=-2", "", "5,nosuch=3"):
+        with pytest.raises(BadArgument):
+            limits(bad)
+    for bad in (0, -1, "5", 2.5, {"nosuch": 3}, {"tse": 0}):
+        with pytest.raises(BadArgument):
+            Sampling(limit=bad)
 
 
 def test_controls_and_validation():
-    assert AblateOptions("m", top="1", controls="none").control_list() == []
-    assert AblateOptions("m", top="1", controls="random, random,ppl-matched").control_list() == ["random",
-                                                                                                  "ppl-matched"]
-    AblateOptions("m", top="1").validate()
-    for kw in ({"top": None}, {"where": "x > 1"}, {"mode": "nope"}, {"seeds": 0}, {"ppl_tokens": 0},
-               {"probe_tokens": 1}, {"tolerance": -0.1}, {"n_boot": 0}, {"bos": "always"}, {"evals": ""}):
-        with pytest.raises(NegdbError):
-            AblateOptions("m", **{"top": "1", **kw}).validate()
+    from negdb.ablate.options import AblateSpec, ControlKind, Controls
+    from negdb.cli import parse
+    from negdb.evals.options import Bootstrap, Sampling, Scoring
+    from negdb.query.setspec import SetSpec
+
+    assert Controls(kinds=parse.controls("none")).kinds == ()
+    assert Controls(kinds=parse.controls("random, random,ppl-matched")).kinds == (ControlKind.RANDOM,
+                                                                                  ControlKind.PPL_MATCHED)
+    AblateSpec(SetSpec("m", top=1))
+    bad = [lambda: SetSpec("m"), lambda: SetSpec("m", top=1, where="x > 1"), lambda: SetSpec("m", top="1%"),
+           lambda: SetSpec("m", top=0), lambda: SetSpec("m", top=1.5), lambda: SetSpec("m", top=1, by="nope"),
+           lambda: AblateSpec(SetSpec("m", top=1), mode="nope"), lambda: Controls(seeds=0),
+           lambda: Sampling(ppl_tokens=0), lambda: Controls(probe_tokens=1), lambda: Controls(tolerance=-0.1),
+           lambda: Controls(resolution=0.9, max_fraction=0.9), lambda: Controls(kinds=["nope"]),
+           lambda: Controls(kinds="random,ppl-matched"), lambda: Bootstrap(n_boot=0), lambda: Scoring("always"),
+           lambda: Scoring(window=1), lambda: AblateSpec(SetSpec("m", top=1), evals=()),
+           lambda: AblateSpec(SetSpec("m", top=1), evals=["nosuch"]),
+           lambda: AblateSpec(SetSpec("m", top=1), evals="ppl,blimp"), lambda: AblateSpec("m")]
+    for make in bad:
+        with pytest.raises(BadArgument):
+            make()

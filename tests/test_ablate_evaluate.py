@@ -12,7 +12,7 @@ import torch
 
 import negdb.ablate.evaluate as evmod
 from negdb.ablate.evaluate import Target, evaluate, make_key
-from negdb.ablate.interventions import Intervention, apply
+from negdb.ablate.interventions import apply, make_intervention
 from negdb.evals import registry
 from negdb.evals.run import ScoringRule, score_items, summarize
 from negdb.models.loading import from_model
@@ -258,11 +258,11 @@ def test_resume_after_a_chunk_size_change_keeps_the_right_items(lm, tmp_path, mo
 
 
 def test_every_part_of_the_key_changes_the_result_id():
-    iv = Intervention("neg", {0: [1]})
+    iv = make_intervention("neg", {0: [1]})
     rule = ScoringRule()
     base = make_key(BASE, "copa", rule, 5, 0).result_id
     variants = {
-        "mode": make_key(_target(Intervention("pos", {0: [1]})), "copa", rule, 5, 0),
+        "mode": make_key(_target(make_intervention("pos", {0: [1]})), "copa", rule, 5, 0),
         "set": make_key(_target(iv, "set-b"), "copa", rule, 5, 0),
         "neg": make_key(_target(iv), "copa", rule, 5, 0),
         "limit": make_key(BASE, "copa", rule, 6, 0),
@@ -277,7 +277,7 @@ def test_every_part_of_the_key_changes_the_result_id():
     ids = [base] + [k.result_id for k in variants.values()]
     assert len(set(ids)) == len(ids)
     # the key holds the mode and the set, not the intervention object: same set and mode -> same id
-    assert make_key(_target(Intervention("neg", {0: [1]})), "copa", rule, 5, 0).result_id == variants["neg"].result_id
+    assert make_key(_target(make_intervention("neg", {0: [1]})), "copa", rule, 5, 0).result_id == variants["neg"].result_id
     # an intervention without a set id is the baseline
     assert make_key(Target("tiny", "final", None, iv, None), "copa", rule, 5, 0).result_id == base
     # the sample seed only matters with a limit; the window only for perplexity
@@ -309,7 +309,7 @@ def test_different_keys_are_stored_apart(lm, tmp_path):
 def test_empty_set_is_numerically_the_baseline(lm, tmp_path):
     layout = _layout(tmp_path)
     base = _eval(layout, lm, limit=4)
-    empty = _eval(layout, lm, target=_target(Intervention("neg", {}), "empty-set"), limit=4)
+    empty = _eval(layout, lm, target=_target(make_intervention("neg", {}), "empty-set"), limit=4)
     assert empty.result_id != base.result_id and empty.row["mode"] == "neg" and empty.row["n_neurons"] == 0
     assert empty.row["set_id"] == "empty-set"
     assert _items(empty).equals(_items(base))
@@ -319,7 +319,7 @@ def test_empty_set_is_numerically_the_baseline(lm, tmp_path):
 @pytest.mark.parametrize("mode", ["both", "signflip"])
 def test_intervention_is_applied_during_scoring_and_removed_after(lm, tmp_path, mode):
     layout = _layout(tmp_path)
-    iv = Intervention(mode, {0: list(range(0, 48, 2)), 2: list(range(30))})
+    iv = make_intervention(mode, {0: list(range(0, 48, 2)), 2: list(range(30))})
     base = _eval(layout, lm, limit=4)
     res = _eval(layout, lm, target=_target(iv, f"set-{mode}"), limit=4)
     items = registry.load_items("copa", limit=4)
@@ -340,7 +340,7 @@ def test_hooks_are_removed_when_scoring_fails(lm, tmp_path, monkeypatch):
     n0 = sum(len(m._forward_hooks) for m in lm.model.modules())
     monkeypatch.setattr(evmod, "score_items", _flaky(evmod.score_items, 1, []))
     with pytest.raises(Boom):
-        _eval(layout, lm, target=_target(Intervention("neg", {1: [0, 1, 2]}), "s"), limit=2)
+        _eval(layout, lm, target=_target(make_intervention("neg", {1: [0, 1, 2]}), "s"), limit=2)
     assert sum(len(m._forward_hooks) for m in lm.model.modules()) == n0
 
 
@@ -392,7 +392,7 @@ def test_smollm2_stored_perplexity_and_ablation(smollm2, tmp_path):
     assert base.row["primary_value"] == pytest.approx(math.exp(nll.mean()), rel=1e-4)
     assert 5 < base.row["primary_value"] < 200  # a trained model on English text
     # zeroing every pre-activation of layer 0 hurts; the stored result says so
-    iv = Intervention("both", {0: range(smollm2.d_mlp)})
+    iv = make_intervention("both", {0: range(smollm2.d_mlp)})
     hurt = evaluate(layout, _target(iv, "all-of-layer-0"), "wikitext2", rule, get_lm=lambda: smollm2, limit=384,
                     progress=False)
     assert hurt.row["primary_value"] > 1.2 * base.row["primary_value"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from negdb.ablate import MODES, Intervention, apply, cumulative, layer_groups, restrict
+from negdb.ablate import MODES, apply, cumulative, layer_groups, make_intervention, restrict
 from negdb.errors import NegdbError
 from negdb.models.capture import run_batch
 from negdb.models.families import act_module, preact_module
@@ -102,7 +102,7 @@ def _patch_reference(monkeypatch, lm, mode: str, neurons, means=None) -> None:
 
 def _intervention(lm, mode, neurons):
     means = _means(lm, neurons) if mode == "mean" else None
-    return Intervention(mode, neurons, means), means
+    return make_intervention(mode, neurons, means), means
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -130,7 +130,7 @@ def test_logits_match_reference_every_family_and_mode(model_type, mode, monkeypa
 def test_other_model_types(model_type, mode, monkeypatch):
     lm = _lm(model_type)
     neurons = _neuron_set(lm, layers=(1,))
-    with apply(lm, Intervention(mode, neurons)):
+    with apply(lm, make_intervention(mode, neurons)):
         got = _logits(lm)
     with monkeypatch.context() as mp:
         _patch_reference(mp, lm, mode, neurons)
@@ -194,7 +194,7 @@ def test_one_layer_gelu_mlp_by_hand(mode):
     assert lm.n_layers == 1 and lm.config.hidden_act == "gelu"
     cols = [0, 5, 17, 40, 63]
     means = {0: np.linspace(-2.0, 2.0, lm.d_mlp)}
-    iv = Intervention(mode, {0: cols}, means if mode == "mean" else None)
+    iv = make_intervention(mode, {0: cols}, means if mode == "mean" else None)
     mlp, h, y = _mlp_io(lm, iv)
     w_in, b_in = mlp.dense_h_to_4h.weight.double(), mlp.dense_h_to_4h.bias.double()
     w_out, b_out = mlp.dense_4h_to_h.weight.double(), mlp.dense_4h_to_h.bias.double()
@@ -210,7 +210,7 @@ def test_one_layer_gated_silu_mlp_by_hand(mode):
     assert lm.n_layers == 1 and lm.family.gated
     cols = [1, 2, 30, 47]
     means = {0: np.linspace(1.0, -3.0, lm.d_mlp)}
-    iv = Intervention(mode, {0: cols}, means if mode == "mean" else None)
+    iv = make_intervention(mode, {0: cols}, means if mode == "mean" else None)
     mlp, h, y = _mlp_io(lm, iv)
     gate, up, down = (mlp.gate_proj.weight.double(), mlp.up_proj.weight.double(), mlp.down_proj.weight.double())
     x = h @ gate.T
@@ -232,7 +232,7 @@ def test_neg_touches_only_negative_preacts_of_the_set(model_type):
     try:
         _logits(lm)
         base = seen.pop("x")
-        with apply(lm, Intervention("neg", {0: cols})):
+        with apply(lm, make_intervention("neg", {0: cols})):
             _logits(lm)
         got = seen.pop("x")
     finally:
@@ -253,7 +253,7 @@ def test_hook_does_not_modify_a_held_output_and_capture_sees_the_intervention():
     pre = preact_module(lm.model, lm.family, 0)
     h = pre.register_forward_hook(lambda m, args, out: held.__setitem__("x", out))  # keeps the very tensor
     try:
-        with apply(lm, Intervention("both", {0: cols})):
+        with apply(lm, make_intervention("both", {0: cols})):
             _logits(lm)
             cap = run_batch(lm, IDS, [0], out_dtype=torch.float32)
     finally:
@@ -274,7 +274,7 @@ def test_empty_set_changes_nothing_and_registers_no_hook(mode, neurons):
     lm = _lm("llama")
     base = _logits(lm)
     n0 = _n_hooks(lm.model)
-    iv = Intervention(mode, neurons, {} if mode == "mean" else None)
+    iv = make_intervention(mode, neurons, {} if mode == "mean" else None)
     assert iv.layers == () and iv.size == 0
     with apply(lm, iv):
         assert _n_hooks(lm.model) == n0
@@ -286,7 +286,7 @@ def test_hooks_only_on_set_layers_and_removed_after_exit_and_exception():
     lm = _lm("gpt2")
     n0 = _n_hooks(lm.model)
     base = _logits(lm)
-    iv = Intervention("neg", {0: [1, 2], 2: [3]})
+    iv = make_intervention("neg", {0: [1, 2], 2: [3]})
     with apply(lm, iv) as got_iv:
         assert got_iv is iv
         assert len(preact_module(lm.model, lm.family, 0)._forward_hooks) == 1
@@ -295,7 +295,7 @@ def test_hooks_only_on_set_layers_and_removed_after_exit_and_exception():
         assert _n_hooks(lm.model) == n0 + 2
     assert _n_hooks(lm.model) == n0
     with pytest.raises(RuntimeError, match="boom"):
-        with apply(lm, Intervention("signflip", {1: [0, 4]})):
+        with apply(lm, make_intervention("signflip", {1: [0, 4]})):
             assert len(act_module(lm.model, lm.family, 1)._forward_hooks) == 1
             raise RuntimeError("boom")
     assert _n_hooks(lm.model) == n0
@@ -304,7 +304,7 @@ def test_hooks_only_on_set_layers_and_removed_after_exit_and_exception():
 
 def test_index_tensors_are_cached_per_device():
     lm = _lm("gpt_neox")
-    iv = Intervention("pos", {0: [3, 1, 3], 1: [2]})
+    iv = make_intervention("pos", {0: [3, 1, 3], 1: [2]})
     assert iv.neurons[0] == (1, 3)  # sorted, de-duplicated
     with apply(lm, iv):
         _logits(lm)
@@ -325,30 +325,30 @@ def _one_line_error(fn) -> str:
 
 def test_validation_errors():
     lm = _lm("gpt_neox")  # 3 layers, d_mlp 64
-    assert "unknown intervention mode 'zero'" in _one_line_error(lambda: Intervention("zero", {0: [1]}))
-    assert "non-negative" in _one_line_error(lambda: Intervention("neg", {0: [-1]}))
-    assert "non-negative" in _one_line_error(lambda: Intervention("neg", {-1: [1]}))
-    assert "integer" in _one_line_error(lambda: Intervention("neg", {0: [1.5]}))
-    assert "integer" in _one_line_error(lambda: Intervention("neg", {0: [True]}))
-    assert "sequence" in _one_line_error(lambda: Intervention("neg", {0: 3}))
-    assert "needs means" in _one_line_error(lambda: Intervention("mean", {0: [1]}))
-    assert "no means for layer 2" in _one_line_error(lambda: Intervention("mean", {0: [1], 2: [1]},
+    assert "unknown intervention mode 'zero'" in _one_line_error(lambda: make_intervention("zero", {0: [1]}))
+    assert "non-negative" in _one_line_error(lambda: make_intervention("neg", {0: [-1]}))
+    assert "non-negative" in _one_line_error(lambda: make_intervention("neg", {-1: [1]}))
+    assert "integer" in _one_line_error(lambda: make_intervention("neg", {0: [1.5]}))
+    assert "integer" in _one_line_error(lambda: make_intervention("neg", {0: [True]}))
+    assert "sequence" in _one_line_error(lambda: make_intervention("neg", {0: 3}))
+    assert "needs means" in _one_line_error(lambda: make_intervention("mean", {0: [1]}))
+    assert "no means for layer 2" in _one_line_error(lambda: make_intervention("mean", {0: [1], 2: [1]},
                                                                             {0: np.zeros(64)}))
-    assert "not finite" in _one_line_error(lambda: Intervention("mean", {0: [1]}, {0: np.full(64, np.nan)}))
-    big = Intervention("neg", {0: [64]})
+    assert "not finite" in _one_line_error(lambda: make_intervention("mean", {0: [1]}, {0: np.full(64, np.nan)}))
+    big = make_intervention("neg", {0: [64]})
     assert "neuron 64 of layer 0 out of range" in _one_line_error(lambda: apply(lm, big).__enter__())
-    far = Intervention("neg", {3: [0]})
+    far = make_intervention("neg", {3: [0]})
     assert "layer 3 out of range" in _one_line_error(lambda: apply(lm, far).__enter__())
-    short = Intervention("mean", {0: [1]}, {0: np.zeros(10)})
+    short = make_intervention("mean", {0: [1]}, {0: np.zeros(10)})
     assert "10 entries" in _one_line_error(lambda: apply(lm, short).__enter__())
     assert _n_hooks(lm.model) == 0
     # means for layers outside the set or for other modes are fine
-    Intervention("mean", {0: [1]}, {0: np.zeros(64), 5: np.zeros(3)})
-    assert Intervention("neg", {0: [1]}, {0: np.zeros(2)}).means is None
+    make_intervention("mean", {0: [1]}, {0: np.zeros(64), 5: np.zeros(3)})
+    assert make_intervention("neg", {0: [1]}, {0: np.zeros(2)}).means is None
 
 
 def test_torch_and_numpy_indices_are_accepted():
-    iv = Intervention("neg", {np.int64(1): torch.tensor([5, 2]), 0: np.array([7])})
+    iv = make_intervention("neg", {np.int64(1): torch.tensor([5, 2]), 0: np.array([7])})
     assert dict(iv.neurons) == {0: (7,), 1: (2, 5)}
     assert iv.layers == (0, 1) and iv.size == 3
 
@@ -384,10 +384,10 @@ def test_restrict_equals_building_the_sub_intervention():
     lm = _lm("olmo2")
     neurons = _neuron_set(lm, layers=(0, 1, 2))
     means = _means(lm, neurons)
-    iv = Intervention("mean", neurons, means)
+    iv = make_intervention("mean", neurons, means)
     sub = restrict(iv, [1, 2, 7])
     assert sub.layers == (1, 2) and sub.mode == "mean" and set(sub.means) == {1, 2}
-    direct = Intervention("mean", {1: neurons[1], 2: neurons[2]}, means)
+    direct = make_intervention("mean", {1: neurons[1], 2: neurons[2]}, means)
     with apply(lm, sub):
         a = _logits(lm)
     with apply(lm, direct):

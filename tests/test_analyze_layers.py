@@ -15,9 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import negdb
-from negdb.ablate import experiment
-from negdb.ablate.interventions import Intervention, apply
-from negdb.analyze.layers import LayerOptions, run
+from negdb.ablate import conditions
+from negdb.ablate.interventions import apply, make_intervention
+from negdb.analyze.layers import LayersSpec, run
+from negdb.evals.options import Bootstrap, Sampling, Scoring
+from negdb.query.setspec import SetSpec
 from negdb.errors import NegdbError
 from negdb.evals import registry
 from negdb.evals.run import ScoringRule, score_items
@@ -48,7 +50,7 @@ def calls():
         return cache[(name, limit, seed)]
 
     seen: list[tuple[str | None, str]] = []
-    real = experiment.evaluate
+    real = conditions.evaluate
 
     def spy(layout, target, benchmark, *a, **kw):
         seen.append((target.set_id, benchmark))
@@ -56,7 +58,7 @@ def calls():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(registry, "load_items", load)
-        mp.setattr(experiment, "evaluate", spy)
+        mp.setattr(conditions, "evaluate", spy)
         yield seen
 
 
@@ -177,7 +179,7 @@ def test_each_group_equals_a_hand_built_intervention(env, calls):
         if r["level"] != "overall" or r["benchmark"] != "wikitext2" or key in checked:
             continue
         checked.add(key)
-        iv = Intervention("neg", {layer: ref[layer] for layer in r["layers"]})
+        iv = make_intervention("neg", {layer: ref[layer] for layer in r["layers"]})
         with apply(lm, iv):
             items = score_items(lm, blimp, rule)
             nll = window_nll(lm, windows, bos_id=None)
@@ -310,14 +312,13 @@ def test_rerun_reads_everything_back(env):
 
 
 def test_python_api_reads_back_and_the_same_set_by_name_too(env, calls):
-    opts = LayerOptions(env["model"], top="10%", groups=3, evals="ppl,blimp,tse", limit="1", ppl_tokens=128,
-                        window=64, n_boot=N_BOOT)
-    an = run(opts, env["store"], progress=False, log=lambda _: None)
+    kw = dict(groups=3, evals=["ppl", "blimp", "tse"], sampling=Sampling(limit=1, ppl_tokens=128),
+              scoring=Scoring(window=64), bootstrap=Bootstrap(N_BOOT))
+    an = run(LayersSpec(SetSpec(env["model"], top=0.1), **kw), env["store"], progress=False, log=lambda _: None)
     assert an.from_store and an.computed == 0 and an.rows == env["doc"]["rows"]
     assert an.analysis_id == env["doc"]["analysis_id"]
     name = env["doc"]["summary"]["set_name"]
-    by_name = run(LayerOptions(env["model"], set_name=name, groups=3, evals="ppl,blimp,tse", limit="1",
-                               ppl_tokens=128, window=64, n_boot=N_BOOT), env["store"], progress=False)
+    by_name = run(LayersSpec(SetSpec(env["model"], set_name=name), **kw), env["store"], progress=False)
     assert by_name.from_store and by_name.analysis_id == an.analysis_id
 
 
@@ -384,11 +385,13 @@ def test_missing_store_gives_one_error_line(tmp_path, env):
 
 
 def test_options_validation():
-    assert LayerOptions("m", top="1").variant_list() == ["alone", "cumulative"]
-    assert LayerOptions("m", top="1", variants=" cumulative, alone,cumulative").variant_list() == ["cumulative",
-                                                                                                    "alone"]
-    LayerOptions("m", top="1").validate()
-    for kw in ({"top": None}, {"groups": 0}, {"variants": "alone,x"}, {"variants": ""}, {"mode": "nope"},
-               {"n_boot": 0}, {"limit": "x"}, {"ppl_tokens": 0}, {"bos": "always"}, {"window": 1}):
+    from negdb.cli import parse
+
+    spec = LayersSpec(SetSpec("m", top=1))
+    assert spec.variants == ("alone", "cumulative") and spec.groups == 8
+    assert LayersSpec(SetSpec("m", top=1), variants=parse.names(" cumulative, alone,cumulative")).variants == (
+        "cumulative", "alone")
+    for kw in ({"groups": 0}, {"variants": ("alone", "x")}, {"variants": ()}, {"mode": "nope"},
+               {"neurons": SetSpec("m", top=1, layers=[0])}, {"evals": ["nope"]}, {"evals": "ppl,blimp"}):
         with pytest.raises(NegdbError):
-            LayerOptions("m", **{"top": "1", **kw}).validate()
+            LayersSpec(**{"neurons": SetSpec("m", top=1), **kw})

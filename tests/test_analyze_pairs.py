@@ -55,8 +55,11 @@ def _reference(env: dict, layer: int, index: int) -> dict[str, np.ndarray]:
             "used": used, "token_ids": np.asarray(g["token_ids"][:])}
 
 
-def _run(env: dict, **kw) -> ap.PairAnalysis:
-    return ap.run(ap.PairOptions(model=env["model"], **kw), env["store"], tokenizer=tiny_tokenizer())
+def _run(env: dict, n_boot: int = 1000, seed: int = 0, **kw) -> ap.PairAnalysis:
+    from negdb.evals.options import Bootstrap
+
+    return ap.run(ap.PairsSpec(model=env["model"], bootstrap=Bootstrap(n_boot, seed), **kw), env["store"],
+                  tokenizer=tiny_tokenizer())
 
 
 @pytest.mark.parametrize(("layer", "index"), [(0, 3), (1, 40)])
@@ -116,7 +119,7 @@ def test_both_negative_filter_and_class_summary(env) -> None:
 def test_contexts_contain_the_token(env, width) -> None:
     ref = _reference(env, 0, 3)
     tok = tiny_tokenizer()
-    df = _run(env, layer=0, index=3, k=5, window=width).pairs
+    df = _run(env, layer=0, index=3, k=5, context=width).pairs
     assert df.height == 5
     for r in df.iter_rows(named=True):
         for side in ("a", "b"):

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import negdb
-from negdb.analyze.training import TrainingOptions, distribution_rows, jaccard_rows, run, set_mean_rows
+from negdb.analyze.training import TrainingSpec, distribution_rows, jaccard_rows, run, set_mean_rows
 from negdb.evals import registry
 from tests.ablate_helpers import ci, percentile, ppl_reference, short_wikitext_loader, stratified_reference
 from tests.ingest_helpers import assert_one_error, cli
@@ -304,9 +304,14 @@ def test_analyses_row_and_python_api(env):
     config = json.loads(a["config_json"][0])
     assert config["revisions"] == ["step0", "step200", "step300"] and config["top"] == "1%"
     assert n["n"][0] == len(doc["rows"])
-    opts = TrainingOptions(model=str(env["run"]), checkpoints="every:2", tokens=512, seq_len=32, md_pairs=100,
-                           limit="1", ppl_tokens=256, window=64, n_boot=N_BOOT)
-    res = run(opts, store, progress=False, log=lambda _m: None)
+    from negdb.evals.options import Bootstrap, Sampling, Scoring
+    from negdb.ingest.plan import IngestSpec
+
+    spec = TrainingSpec(IngestSpec(str(env["run"]), checkpoints="every:2", tokens=512, seq_len=32, md_pairs=100,
+                                   activations="none"),
+                        sampling=Sampling(limit=1, ppl_tokens=256), scoring=Scoring(window=64),
+                        bootstrap=Bootstrap(N_BOOT))
+    res = run(spec, store, progress=False, log=lambda _m: None)
     assert res.reused and res.analysis_id == doc["analysis_id"]
     assert res.rows.drop("analysis_id").to_dicts() == doc["rows"]
 

@@ -19,12 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import negdb
-from negdb.ablate import experiment
+from negdb.ablate import conditions
+from negdb.ablate.options import Controls
+from negdb.evals.options import Sampling, Scoring
 from negdb.ablate.evaluate import make_key
 from negdb.evals import registry
 from negdb.store.results import lookup
 from negdb.store.tables import SWEEP_SUMMARY
-from negdb.sweep import SweepOptions, plan, run
+from negdb.sweep import SweepSpec, plan, run
 from negdb.sweep.estimate import estimate
 from negdb.sweep.grid import selection, setup
 from tests.ablate_helpers import draws, percentile, ppl_reference, short_wikitext_loader
@@ -37,11 +39,11 @@ N_BOOT = 200
 GRID = ["--fractions", "10,20", "--by", "w_dist,std", "--modes", "neg,pos", "--seeds", "2", "--seed", "1",
         "--controls", "ppl-matched", "--evals", "tse,copa,ppl", "--limit", "2,copa=4", "--ppl-tokens", "128", "--probe-tokens", "128",
         "--window", "64", "--resolution", "0.1", "--max-fraction", "0.4", "--n-boot", str(N_BOOT), "--quiet"]
-OPTS = dict(fractions="10,20", by="w_dist,std", modes="neg,pos", seeds=2, seed=1, controls="ppl-matched",
-            evals="tse,copa,ppl",
-            limit="2,copa=4", ppl_tokens=128, probe_tokens=128, window=64, resolution=0.1, max_fraction=0.4,
-            n_boot=N_BOOT)
-REAL_EVALUATE = experiment.evaluate
+OPTS = dict(fractions=(0.1, 0.2), by=("w_dist", "std"), modes=("neg", "pos"), seeds=(1, 2),
+            controls=Controls(kinds=["ppl-matched"], probe_tokens=128, resolution=0.1, max_fraction=0.4),
+            evals=("tse", "copa", "ppl"), sampling=Sampling(limit={"*": 2, "copa": 4}, ppl_tokens=128),
+            scoring=Scoring(window=64), n_boot=N_BOOT)
+REAL_EVALUATE = conditions.evaluate
 COL = {"acc_sum": "correct", "acc": "correct", "acc_mean": "correct_alt", "acc_norm": "correct_alt"}
 
 
@@ -79,14 +81,14 @@ def env(tmp_path_factory, short_wikitext):
     assert dry.exit_code == 0, dry.output
     computed: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(experiment, "evaluate", _counting(computed))
+        mp.setattr(conditions, "evaluate", _counting(computed))
         first = cli(store, "sweep", "--model", str(model), *GRID, "--format", "json")
     assert first.exit_code == 0, first.output
     files1 = {t: _files(store, t) for t in ("eval_results", "analyses", "sweep_points", "sweep_summary")}
     out = tmp_path_factory.mktemp("out") / "sweep.txt"
     again: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(experiment, "evaluate", _counting(again))
+        mp.setattr(conditions, "evaluate", _counting(again))
         second = cli(store, "sweep", "--model", str(model), *GRID, "--out", str(out))
     assert second.exit_code == 0, second.output
     doc = json.loads(first.stdout)
@@ -211,8 +213,8 @@ def test_sets_are_an_independent_ranking_of_neuron_stats(env):
 
 def test_bottom_direction_and_other_selectors(env):
     with negdb.connect(str(env["store"])) as cat:
-        st = setup(cat, SweepOptions(env["model"], **{**OPTS, "by": "kurtosis"}))
-        sel = selection(cat, SweepOptions(env["model"], direction="bottom"), st.keys, "kurtosis", 0.05)
+        st = setup(cat, SweepSpec(env["model"], **{**OPTS, "by": ["kurtosis"]}))
+        sel = selection(cat, SweepSpec(env["model"], direction="bottom"), st.keys, "kurtosis", 0.05)
         stats = cat.sql("SELECT layer, neuron, kurtosis FROM neuron_stats")
     want = set()
     for layer in range(3):
@@ -250,7 +252,7 @@ def test_a_point_is_what_negdb_ablate_computes(env, short_wikitext):
     r = pm.row(-1, named=True)  # a point that has a matched control (ablate needs one)
     computed: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(experiment, "evaluate", _counting(computed))
+        mp.setattr(conditions, "evaluate", _counting(computed))
         res = cli(env["store"], "ablate", "--model", env["model"], "--top", f"{100 * r['fraction']:g}%", "--by",
                   r["selector"], "--mode", r["mode"], "--seeds", "1", "--seed", str(r["seed"]), "--sample-seed",
                   str(r["seed"]), "--controls", "ppl-matched", "--evals", "tse,copa,ppl", "--limit", "2,copa=4", "--ppl-tokens", "128",
@@ -267,6 +269,36 @@ def test_a_point_is_what_negdb_ablate_computes(env, short_wikitext):
         y = by[(x["benchmark"], x["metric"], x["condition"])]
         assert (x["value"], x["baseline"], x["delta"], x["lo"], x["hi"]) == pytest.approx(
             (y["value"], y["baseline"], y["delta"], y["ci_lo"], y["ci_hi"]), abs=1e-12)
+
+
+def test_the_documented_ablate_command_of_a_point(env, short_wikitext):
+    """``Sweep.ablate_command`` is a `negdb ablate` run that reads back exactly one point's rows (any point,
+    with or without a matched control)."""
+    from negdb.sweep import GridPoint
+
+    sw = run(SweepSpec(env["model"], **OPTS), env["store"], progress=False, log=lambda m: None)
+    assert sw.from_store
+    pts = env["points"]
+    for r in pts.select("selector", "fraction", "mode", "seed").unique().sort("selector", "fraction", "mode",
+                                                                               "seed").rows()[::5]:
+        point, seed = GridPoint(r[0], r[1], r[2]), r[3]
+        args = sw.ablate_command(point, seed)
+        assert "--set" in args and args[args.index("--control-seed") + 1] == str(seed)
+        computed: list[str] = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(conditions, "evaluate", _counting(computed))
+            res = cli(env["store"], *args, "--format", "json", "--quiet")
+        assert res.exit_code == 0, res.output
+        assert computed == []
+        mine = pts.filter((pl.col("selector") == r[0]) & (pl.col("fraction") == r[1]) & (pl.col("mode") == r[2])
+                          & (pl.col("seed") == seed))
+        got = {(x["benchmark"], x["metric"], x["condition"]): (x["value"], x["delta"], x["lo"], x["hi"])
+               for x in json.loads(res.stdout)["rows"]}
+        want = {(x["benchmark"], x["metric"], x["condition"]): (x["value"], x["delta"], x["ci_lo"], x["ci_hi"])
+                for x in mine.iter_rows(named=True)}
+        assert got.keys() == want.keys()
+        for k in got:
+            assert got[k] == pytest.approx(want[k], abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ summaries
@@ -390,7 +422,7 @@ def test_estimate_counts_stored_work(env):
     before = env["doc"]["estimate"]
     assert before["stored"] == 0 and before["to_compute"] >= len(env["computed"])
     with negdb.connect(str(env["store"])) as cat:
-        opts = SweepOptions(env["model"], **OPTS)
+        opts = SweepSpec(env["model"], **OPTS)
         after = estimate(cat, opts, setup(cat, opts))  # the counts, bypassing "the sweep is stored"
         stored = set(cat.sql("SELECT result_id FROM eval_results")["result_id"].to_list())
     assert after.stored == after.planned > 0 and after.pending == after.probes_left == after.to_compute == 0
@@ -401,12 +433,13 @@ def test_estimate_counts_stored_work(env):
 
 
 def test_interrupted_sweep_resumes(env, short_wikitext, monkeypatch):
-    opts = SweepOptions(env["model"], fractions="30,40", by="w_dist", modes="neg", seeds=1, seed=5,
-                        controls="random", evals="copa,ppl", limit=3, ppl_tokens=128, window=64, n_boot=50)
+    opts = SweepSpec(env["model"], fractions=[0.3, 0.4], by=["w_dist"], modes=["neg"], seeds=[5],
+                     controls=Controls(kinds=["random"]), evals=["copa", "ppl"],
+                     sampling=Sampling(limit=3, ppl_tokens=128), scoring=Scoring(window=64), n_boot=50)
     with negdb.connect(str(env["store"])) as cat:
         est1 = estimate(cat, opts, setup(cat, opts))
     first: list[str] = []
-    monkeypatch.setattr(experiment, "evaluate", _counting(first, stop_after=3))
+    monkeypatch.setattr(conditions, "evaluate", _counting(first, stop_after=3))
     with pytest.raises(KeyboardInterrupt):
         run(opts, env["store"], progress=False, log=lambda m: None)
     assert len(first) == 3 and plan(opts, env["store"]).complete is None  # nothing published
@@ -414,7 +447,7 @@ def test_interrupted_sweep_resumes(env, short_wikitext, monkeypatch):
         est2 = estimate(cat, opts, setup(cat, opts))
     assert est2.stored == est1.stored + 3 and est2.to_compute == est1.to_compute - 3
     second: list[str] = []
-    monkeypatch.setattr(experiment, "evaluate", _counting(second))
+    monkeypatch.setattr(conditions, "evaluate", _counting(second))
     sw = run(opts, env["store"], progress=False, log=lambda m: None)
     assert not set(first) & set(second) and sw.computed == len(second) == est2.to_compute
     used = set(pl.DataFrame(sw.points)["result_id"].drop_nulls()) | set(

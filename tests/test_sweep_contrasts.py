@@ -10,7 +10,7 @@ import pytest
 
 from negdb.errors import NegdbError
 from negdb.evals import registry
-from negdb.sweep import SweepOptions, contrasts
+from negdb.sweep import SweepSpec, contrasts
 from negdb.sweep.estimate import probe_bound
 from tests.ablate_helpers import draws, percentile, ppl_reference, stratified_reference
 
@@ -158,9 +158,18 @@ def test_pairs_must_share_items():
 def test_probe_bound_and_options():
     assert probe_bound(0.01, 0.005, 0.9) >= 1 + math.ceil(math.log2(0.9 / 0.02))
     assert probe_bound(0.6, 0.005, 0.9) == 1 + math.ceil(math.log2(0.45 / 0.005))
-    o = SweepOptions("m", fractions="0.5, 1,2%,1", by="w_dist,skew", modes="neg,both", seeds=2, seed=4)
-    assert o.fraction_list() == [0.005, 0.01, 0.02] and o.seed_list() == [4, 5]
+    from negdb.cli import parse
+
+    o = SweepSpec("m", fractions=parse.percentages("0.5, 1,2%,1"), by=("w_dist", "skew"), modes=("neg", "both"),
+                  seeds=(4, 5))
+    assert o.fractions == (0.005, 0.01, 0.02) and o.seeds == (4, 5)
     assert [p.k for p in o.points()][:3] == ["0.5%", "0.5%", "1%"] and len(o.points()) == 2 * 3 * 2
-    for bad in ({"fractions": ""}, {"by": "w_dist,nope"}, {"modes": ""}, {"direction": "up"}, {"seeds": 0}):
+    assert o.run_sampling(5).seed == o.run_controls(5).seed == o.run_bootstrap(5).seed == 5
+    assert o.run_controls(5).seeds == 1
+    for bad in ({"fractions": ()}, {"fractions": (0.01, 1.5)}, {"by": ("w_dist", "nope")}, {"modes": ()},
+                {"direction": "up"}, {"seeds": ()}, {"seeds": (-1,)}, {"evals": "ppl,blimp"}):
         with pytest.raises(NegdbError):
-            SweepOptions("m", **bad).validate()
+            SweepSpec("m", **bad)
+    for bad in ("", "abc", "150", "0"):
+        with pytest.raises(NegdbError):
+            parse.percentages(bad)
