@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -273,3 +274,41 @@ def test_typed_values_reach_the_same_key_as_the_cli_strings():
     assert np.isclose(parse.percentages("0.5,1")[0], 0.005)
     with pytest.raises(negdb.BadArgument):
         parse.layers("0--1")  # a range with ends of both signs needs the model's depth: refused
+
+
+# ------------------------------------------------------------------------------------------ the conditions engine
+
+
+@pytest.fixture
+def identity():
+    """A mode that changes nothing, so its ablation cannot raise perplexity."""
+
+    @register_intervention("identity-test")
+    class Identity(Intervention):
+        def values(self, layer, out, inp):
+            return out.clone()
+
+    yield Identity
+    INTERVENTIONS.pop("identity-test", None)
+
+
+def test_no_perplexity_increase_leaves_the_matched_control_out_in_ablate_and_sweep(quick, identity):
+    """One documented behaviour (negdb.ablate.conditions): ablate and sweep both go on without the ppl-matched
+    condition and say why."""
+    db = negdb.open(quick["store"])
+    w = quick["first"]["selection"]
+    kw = dict(evals=["ppl"], ppl_tokens=128, probe_tokens=128, scoring=negdb.Scoring(window=64))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "load_items", short_wikitext_loader(registry.load_items))
+        exp = db.ablate(w, mode="identity-test", controls=["random", "ppl-matched"], seeds=1, **kw)
+        sw = db.sweep(quick["model"], fractions=[0.05], by=["w_dist"], modes=["identity-test", "both"], seeds=[0],
+                      controls=["ppl-matched"], evals=["ppl"], ppl_tokens=128, probe_tokens=128, resolution=0.1,
+                      max_fraction=0.4, scoring=negdb.Scoring(window=64), n_boot=50)
+    assert [c.name for c in exp.conditions] == ["baseline", "ablation", "random"]
+    assert exp.match is None and "does not raise perplexity" in exp.skipped
+    assert exp.skipped in exp.render("table") and exp.skipped in json.loads(exp.render("json"))["notes"]
+    abl = exp.frame().filter(pl.col("condition") == "ablation")
+    assert abl["delta"].to_list() == [0.0]  # the identity really is one
+    assert sw.summary["ppl_matched_skipped"] == ["w_dist 5% identity-test"]
+    conds = {(r["mode"], r["condition"]) for r in sw.points}
+    assert ("identity-test", "ppl-matched") not in conds and ("both", "ppl-matched") in conds
