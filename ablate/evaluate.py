@@ -26,6 +26,7 @@ from negdb.ablate.interventions import Intervention, apply
 from negdb.evals import registry
 from negdb.evals.run import ScoringRule, primary, score_items, score_windows, summarize
 from negdb.evals.windows import plan_windows
+from negdb.models.loading import LoadedModel
 from negdb.store.layout import StoreLayout
 from negdb.store.locks import exclusive_lock
 from negdb.store.results import EvalKey, StoredResult, lookup, publish
@@ -82,8 +83,8 @@ def _write_chunk(path: Path, rows: list[dict[str, Any]], seconds: float) -> None
 
 
 def evaluate(layout: StoreLayout, target: Target, benchmark: str, rule: ScoringRule, *,
-             get_lm: Callable[[], Any], limit: int | None = None, seed: int = 0, batch_tokens: int = 8192,
-             progress: bool = True, label: str = "") -> StoredResult:
+             get_lm: Callable[[], LoadedModel], limit: int | None = None, seed: int = 0,
+             batch_tokens: int = 8192, progress: bool = True, label: str = "") -> StoredResult:
     """The stored result of ``benchmark`` on ``target``, computing (and storing) it if needed.
 
     Args:
@@ -103,8 +104,8 @@ def evaluate(layout: StoreLayout, target: Target, benchmark: str, rule: ScoringR
         return _compute(layout, target, key, rule, get_lm(), limit, seed, batch_tokens, progress, label)
 
 
-def _compute(layout: StoreLayout, target: Target, key: EvalKey, rule: ScoringRule, lm: Any, limit: int | None,
-             seed: int, batch_tokens: int, progress: bool, label: str) -> StoredResult:
+def _compute(layout: StoreLayout, target: Target, key: EvalKey, rule: ScoringRule, lm: LoadedModel,
+             limit: int | None, seed: int, batch_tokens: int, progress: bool, label: str) -> StoredResult:
     spec = registry.get(key.benchmark)
     work = layout.work_dir(f"eval-{key.result_id}")
     work.mkdir(parents=True, exist_ok=True)

@@ -84,13 +84,17 @@ def ablation_id(key: dict[str, Any]) -> str:
 
 
 def config(spec: AblateSpec, key: dict[str, Any]) -> dict[str, Any]:
-    """The ``config_json`` of an experiment's rows: its key and how it was asked for."""
-    from dataclasses import asdict, is_dataclass
+    """The ``config_json`` of an experiment's rows: its key and how it was asked for (the set's picker flat, in
+    its CLI form, as the report shows it)."""
+    from negdb.query.setspec import SetSpec
+    from negdb.values import k_text, layers_text
 
-    neurons = spec.neurons
-    asked = asdict(neurons) if is_dataclass(neurons) and not hasattr(neurons, "members") else {
-        "set_id": getattr(neurons, "set_id", None) or getattr(neurons, "content_hash", None)}
-    return {**key, "key_version": KEY_VERSION, "neurons": asked, "evals": list(spec.evals),
+    n = spec.neurons
+    asked: dict[str, Any] = {"set_id": key["set_id"]}
+    if isinstance(n, SetSpec):
+        asked = {"model": n.model, "checkpoint": n.checkpoint, "where": n.where, "set_name": n.set_name,
+                 "top": None if n.top is None else k_text(n.top), "by": n.by, "layers": layers_text(n.layers)}
+    return {**key, "key_version": KEY_VERSION, **asked, "evals": list(spec.evals),
             "limit": spec.sampling.limit.describe(), "ppl_tokens": spec.sampling.ppl_tokens,
             "n_boot": spec.bootstrap.n_boot, "seed": spec.bootstrap.seed}
 

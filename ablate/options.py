@@ -12,8 +12,9 @@ from typing import Any
 
 from negdb.ablate.interventions import get_intervention
 from negdb.errors import BadArgument
-from negdb.evals.options import Bootstrap, Sampling, Scoring, as_float, as_int, as_names, benchmarks
+from negdb.evals.options import Bootstrap, Sampling, Scoring, benchmarks
 from negdb.query.setspec import SetSpec
+from negdb.values import as_float, as_int, as_names
 
 
 class ControlKind(str, enum.Enum):

@@ -35,7 +35,7 @@ from negdb.analyze.record import Timer, analysis_id, lookup, publish
 from negdb.errors import BadArgument, NegdbError
 from negdb.evals import registry
 from negdb.evals.metrics import DECISION_COLUMN, paired_bootstrap
-from negdb.evals.options import Bootstrap, Sampling, Scoring, as_int, as_names, benchmarks
+from negdb.evals.options import Bootstrap, Sampling, Scoring, benchmarks
 from negdb.query import sets as setlib
 from negdb.query.setspec import SetSpec
 from negdb.query.setstore import NeuronSet
@@ -43,6 +43,7 @@ from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 from negdb.store.results import StoredResult
 from negdb.store.tables import LAYER_EFFECTS
+from negdb.values import as_int, as_names
 
 VARIANTS = ("alone", "cumulative")
 HEADLINE_LEVELS = ("macro", "overall", "summary")

@@ -37,7 +37,7 @@ from negdb.analyze.record import Timer, analysis_id, lookup, publish
 from negdb.config import store_path
 from negdb.errors import BadArgument, NegdbError, NotFound
 from negdb.evals.metrics import bootstrap_samples
-from negdb.evals.options import Bootstrap, as_int
+from negdb.evals.options import Bootstrap
 from negdb.ingest.layerstats import PairPlan
 from negdb.query import neuron as nq
 from negdb.query.sets import Keys, layer_widths, resolve_keys, select
@@ -46,6 +46,7 @@ from negdb.store.arrays import layer_name, md_group_name
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 from negdb.store.tables import DIFF_PAIRS, NEG_SHARE, Table
+from negdb.values import as_int
 
 __all__ = ["PairAnalysis", "PairsSpec", "PairScores", "class_summary", "neg_shares", "pair_scores", "run",
            "share_stats", "sign_classes", "top_pairs"]

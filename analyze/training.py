@@ -93,10 +93,11 @@ class TrainingSpec:
 
     def __post_init__(self) -> None:
         from negdb.ablate.options import mode_name
-        from negdb.evals.options import as_names, benchmarks
+        from negdb.evals.options import benchmarks
+        from negdb.values import as_names
         from negdb.ingest.plan import IngestSpec
         from negdb.query.sets import stat_columns
-        from negdb.query.setspec import top_k
+        from negdb.values import top_k
 
         if not isinstance(self.ingest, IngestSpec):
             raise BadArgument(f"ingest must be an IngestSpec, got {type(self.ingest).__name__}")
@@ -138,8 +139,7 @@ class TrainingSpec:
         are found again; seeds that differ are keyed as ``seed`` (the ingest's), ``control_seed`` and
         ``bootstrap_seed``.
         """
-        from negdb.query.setspec import k_text
-        from negdb.sweep.grid import layers_text
+        from negdb.values import k_text, layers_text
 
         ing = self.ingest
         cfg: dict[str, Any] = {"dataset": ing.dataset, "text_field": ing.text_field, "tokens": ing.tokens,

@@ -12,9 +12,9 @@ The typed Python API (every ``negdb`` command is a thin parser over one of these
         ...
 
 Everything below is imported on first use (``import negdb`` loads no torch): ``open``/``Database``,
-``intervene``, ``load`` (a model as negdb loads it), ``connect`` (the catalog), the option groups (``SetSpec``, ``Controls``, ``Sampling``,
-``Limits``, ``Scoring``, ``Bootstrap``, ``IngestSpec``, ``Resources``) and specs (``AblateSpec``, ``SweepSpec``,
-``LayersSpec``, ``PosSpec``, ``TrainingSpec``, ``PairsSpec``), the intervention registry
+``intervene``, ``load`` (a model as negdb loads it), ``connect`` (the catalog), the option groups (``SetSpec``,
+``Controls``, ``Sampling``, ``Limits``, ``Scoring``, ``Bootstrap``, ``IngestSpec``, ``Resources``) and specs
+(``AblateSpec``, ``SweepSpec``, ``LayersSpec``, ``PosSpec``, ``TrainingSpec``, ``PairsSpec``), the intervention registry
 (``register_intervention``, ``Intervention``, ``make_intervention``, ``modes``) and the errors.
 """
 

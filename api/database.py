@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 RUNNERS = {"AblateSpec": "negdb.ablate.experiment", "SweepSpec": "negdb.sweep.runner",
-           "LayersSpec": "negdb.analyze.layers", "PosSpec": "negdb.analyze.pos", "TrainingSpec": "negdb.analyze.training",
-           "PairsSpec": "negdb.analyze.pairs"}
+           "LayersSpec": "negdb.analyze.layers", "PosSpec": "negdb.analyze.pos",
+           "TrainingSpec": "negdb.analyze.training", "PairsSpec": "negdb.analyze.pairs"}
 """Spec class name -> the module whose ``run(spec, store, ...)`` runs it."""
 
 
@@ -247,7 +247,7 @@ class Database:
         """``negdb select``: neurons of ``model``'s statistics (``top``/``bottom``: a fraction of each layer such
         as 0.01, or a count), not saved; see :func:`negdb.query.sets.select`."""
         from negdb.query import sets as setlib
-        from negdb.query.setspec import layer_list, top_k
+        from negdb.values import layer_list, top_k
 
         for name, k in (("top", top), ("bottom", bottom)):
             if k is not None:

@@ -16,7 +16,6 @@ of a comparison, computed again from the stored items.
 from __future__ import annotations
 
 import enum
-import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from negdb.errors import BadArgument
 from negdb.evals import registry
 from negdb.evals.run import ScoringRule
+from negdb.values import as_int, as_names
 
 
 class BosPolicy(str, enum.Enum):
@@ -38,46 +38,6 @@ class BosPolicy(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-def as_int(value: Any, what: str, *, minimum: int | None = None, optional: bool = False) -> int | None:
-    """``value`` as an int (bools and floats refused), at least ``minimum``; ``None`` allowed if ``optional``."""
-    if value is None:
-        if optional:
-            return None
-        raise BadArgument(f"{what} is required")
-    if isinstance(value, bool):
-        raise BadArgument(f"{what} must be an integer, got {value!r}")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        raise BadArgument(f"{what} must be an integer, got {value!r}") from None
-    if minimum is not None and out < minimum:
-        raise BadArgument(f"{what} must be at least {minimum}, got {out}")
-    return int(out)
-
-
-def as_float(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadArgument(f"{what} must be a number, got {value!r}")
-    return float(value)
-
-
-def as_names(value: Any, what: str) -> tuple[str, ...]:
-    """A list of names (a single name is one): stripped, order kept, no repeats; strings with commas refused."""
-    items = [value] if isinstance(value, (str, enum.Enum)) else value
-    if not isinstance(items, Iterable):
-        raise BadArgument(f"{what} must be a list of names, got {value!r}")
-    out: list[str] = []
-    for v in items:
-        name = v.value if isinstance(v, enum.Enum) else v
-        if not isinstance(name, str) or not name.strip():
-            raise BadArgument(f"{what} must be a list of names, got {value!r}")
-        if "," in name:
-            raise BadArgument(f"{what}: give a list ({name.split(',')!r}), not a comma-separated string")
-        if name.strip() not in out:
-            out.append(name.strip())
-    return tuple(out)
 
 
 def benchmarks(evals: Any) -> tuple[str, ...]:

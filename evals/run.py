@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from negdb.evals.metrics import DECISION_COLUMN
 from negdb.evals.registry import BenchmarkSpec, Item
 from negdb.evals.scoring import ContinuationScore, score_continuations
 from negdb.evals.windows import Window, ppl_from, window_nll
+
+if TYPE_CHECKING:  # pragma: no cover
+    from negdb.models.loading import LoadedModel
 
 BOS_POLICIES = ("lm-eval", "model")
 
@@ -48,13 +51,13 @@ class ScoringRule:
         if self.window is not None and self.window < 2:
             raise NegdbError(f"--window must be at least 2 tokens, got {self.window}")
 
-    def bos_id(self, lm: Any) -> int | None:
+    def bos_id(self, lm: LoadedModel) -> int | None:
         """The token prepended to every request under this rule, for ``lm`` (``None`` for lm-eval's)."""
         if self.bos == "model" and getattr(lm, "bos", "none") == "bos":
             return lm.bos_token_id
         return None
 
-    def window_for(self, lm: Any) -> int:
+    def window_for(self, lm: LoadedModel) -> int:
         from negdb.evals.scoring import max_context
 
         context = max_context(lm)
@@ -63,7 +66,7 @@ class ScoringRule:
                              f"use at most {context}")
         return self.window or context
 
-    def describe(self, lm: Any, spec: BenchmarkSpec) -> dict[str, Any]:
+    def describe(self, lm: LoadedModel, spec: BenchmarkSpec) -> dict[str, Any]:
         """The conventions in force for ``spec`` on ``lm`` (stored as ``scoring_json``)."""
         bos_id = self.bos_id(lm)
         out: dict[str, Any] = {"bos_policy": self.bos, "bos_token_id": bos_id,
@@ -112,7 +115,8 @@ def _item_row(item: Item, scores: Sequence[ContinuationScore]) -> dict[str, Any]
             "prefix_id": scores[0].prefix_id if scores else None}
 
 
-def score_items(lm: Any, items: Sequence[Item], rule: ScoringRule, *, batch_tokens: int = 8192) -> list[dict[str, Any]]:
+def score_items(lm: LoadedModel, items: Sequence[Item], rule: ScoringRule, *,
+                batch_tokens: int = 8192) -> list[dict[str, Any]]:
     """One ``eval_items`` row (without ``result_id``) per item, in the order given."""
     requests = [r for it in items for r in it.requests]
     scores = score_continuations(lm, requests, bos=rule.bos_id(lm), batch_tokens=batch_tokens)
@@ -124,7 +128,7 @@ def score_items(lm: Any, items: Sequence[Item], rule: ScoringRule, *, batch_toke
     return rows
 
 
-def score_windows(lm: Any, benchmark: str, windows: Sequence[Window], rule: ScoringRule, *,
+def score_windows(lm: LoadedModel, benchmark: str, windows: Sequence[Window], rule: ScoringRule, *,
                   batch_tokens: int = 8192) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(item rows, token rows)`` of perplexity windows: one item row per window, one token row per loss."""
     bos_id = rule.bos_id(lm)

@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from negdb.errors import NegdbError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from negdb.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def plan_windows(token_ids: Sequence[int], *, window: int, bos_id: int | None,
     return out
 
 
-def window_nll(lm: Any, windows: Sequence[Window], *, bos_id: int | None,
+def window_nll(lm: LoadedModel, windows: Sequence[Window], *, bos_id: int | None,
                batch_tokens: int = 8192) -> list[np.ndarray]:
     """Per window, the NLL (natural log, float64) of each predicted token, in text order.
 

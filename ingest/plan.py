@@ -10,6 +10,7 @@ from typing import Any
 
 from negdb.errors import BadArgument, NegdbError
 from negdb.store.layout import short_hash
+from negdb.values import as_int, layer_list
 
 STORE_DTYPES = ("float16", "float32")
 _RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+))?$")
@@ -62,9 +63,6 @@ class IngestSpec:
     store_dtype: str = "float16"
 
     def __post_init__(self) -> None:
-        from negdb.evals.options import as_int
-        from negdb.query.setspec import layer_list
-
         if not isinstance(self.model, str) or not self.model.strip():
             raise BadArgument("model is required: an alias, hub id, folder or .gguf file")
         ck = self.checkpoints
@@ -122,8 +120,6 @@ class Resources:
     compression: str = "zstd"
 
     def __post_init__(self) -> None:
-        from negdb.evals.options import as_int
-
         object.__setattr__(self, "batch_tokens", as_int(self.batch_tokens, "batch_tokens", minimum=1,
                                                         optional=True))
         object.__setattr__(self, "mem_budget_mb", as_int(self.mem_budget_mb, "mem_budget_mb", minimum=64))

@@ -11,56 +11,12 @@ neurons needs the catalog (:func:`negdb.ablate.conditions.main_set`).
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from negdb.errors import BadArgument
+from negdb.values import k_text, layer_list, layers_text, top_k
 
-
-def top_k(value: Any, what: str = "top") -> float | int:
-    """A neuron count per layer: a fraction in (0, 1] (float) or a count >= 1 (int)."""
-    if isinstance(value, bool) or value is None:
-        raise BadArgument(f"{what} must be a fraction in (0, 1] like 0.01 or a count like 5, got {value!r}")
-    if isinstance(value, str):
-        raise BadArgument(f"{what}={value!r}: give a number (0.01 for 1%, or a count like 5), not a string")
-    if isinstance(value, float):
-        if not 0.0 < value <= 1.0:
-            raise BadArgument(f"{what} must be a fraction in (0, 1] (0.01 = 1%) or a count >= 1, got {value}")
-        return float(value)
-    try:
-        count = operator.index(value)
-    except TypeError:
-        raise BadArgument(f"{what} must be a fraction in (0, 1] or a count >= 1, got {value!r}") from None
-    if count < 1:
-        raise BadArgument(f"{what} must be a count >= 1 or a fraction in (0, 1], got {count}")
-    return int(count)
-
-
-def k_text(k: float | int) -> str:
-    """The ``--top`` form of a count or fraction (``0.01`` -> ``1%``, ``5`` -> ``5``)."""
-    return str(k) if isinstance(k, int) else f"{k * 100:.6g}%"
-
-
-def layer_list(value: Any, what: str = "layers") -> tuple[int, ...] | None:
-    """``None`` (every layer) or a non-empty list of layer indices (negative ones count from the end), sorted."""
-    if value is None:
-        return None
-    items = [value] if isinstance(value, int) else value
-    if isinstance(items, str) or not isinstance(items, Iterable):
-        raise BadArgument(f"{what} must be a list of layer indices like [0, 1, 2, 7], got {value!r}")
-    out = set()
-    for v in items:
-        if isinstance(v, bool):
-            raise BadArgument(f"{what} must hold integers, got {v!r}")
-        try:
-            out.add(operator.index(v))
-        except TypeError:
-            raise BadArgument(f"{what} must hold integers, got {v!r}") from None
-    if not out:
-        raise BadArgument(f"{what} is empty: give at least one layer index")
-    return tuple(sorted(out))
+__all__ = ["SetSpec", "k_text", "layer_list", "layers_text", "top_k"]
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from negdb.ablate.evaluate import Target, make_key
 from negdb.ablate.interventions import make_intervention
 from negdb.ablate.options import Controls, mode_name
 from negdb.errors import BadArgument
-from negdb.evals.options import Bootstrap, Sampling, Scoring, as_int, as_names, benchmarks
+from negdb.evals.options import Bootstrap, Sampling, Scoring, benchmarks
 from negdb.evals.run import ScoringRule
 from negdb.query import sets as setlib
-from negdb.query.setspec import k_text, layer_list
 from negdb.store.catalog import Catalog
+from negdb.values import as_int, as_names, k_text, layer_list
 
 
 class Direction(str, enum.Enum):
@@ -39,19 +39,6 @@ class Direction(str, enum.Enum):
 
 
 DIRECTIONS = tuple(d.value for d in Direction)
-
-
-def layers_text(layers: tuple[int, ...] | None) -> str | None:
-    """``(0, 1, 2, 5)`` -> ``0-2,5`` (the ``--layers`` form; ``None`` stays ``None``)."""
-    if layers is None:
-        return None
-    runs: list[list[int]] = []
-    for i in layers:
-        if runs and runs[-1][-1] == i - 1 and (i < 0) == (runs[-1][-1] < 0):
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from negdb.store.layout import StoreLayout
 from negdb.store.tables import SWEEP_POINTS, SWEEP_SUMMARY
 from negdb.sweep import contrasts
 from negdb.sweep.estimate import Estimate, estimate
-from negdb.sweep.grid import GridPoint, Setup, SweepSpec, layers_text, selection, setup
+from negdb.sweep.grid import GridPoint, Setup, SweepSpec, selection, setup
+from negdb.values import layers_text
 
 KIND = "sweep"
 

@@ -164,7 +164,7 @@ def test_sets_and_ablations_rows(env):
                                                      if c["name"] == "ppl-matched"))
     config = json.loads(base["config_json"])
     assert config["evals"] == ["blimp", "copa", "ppl"] and config["controls"]["seeds"] == [0, 1]
-    assert config["neurons"]["top"] == pytest.approx(0.1) and config["limits"]["copa"] == 2
+    assert config["top"] == "10%" and config["limits"]["copa"] == 2
     # the key holds what changes the numbers only: not the device, not the batch size
     assert "device" not in base["config_json"] and "batch_tokens" not in base["config_json"]
     from negdb.ablate.experiment import ablation_id

@@ -143,3 +143,39 @@ def test_every_command_finds_everything_stored(fixture_store, no_model):
         if "analysis_id" in cmd:
             assert json.loads(res.stdout)["analysis_id"] == cmd["analysis_id"], args
     assert _files(store) == before
+
+
+def test_the_python_api_finds_everything_stored(fixture_store, no_model):
+    """The same work asked for with typed values (no CLI string) finds the same stored ids."""
+    import negdb
+    from negdb import Bootstrap, Scoring, SetSpec
+
+    store, manifest = fixture_store
+    ids = {c["args"][0] if c["args"][0] != "analyze" else c["args"][1]: c for c in manifest["commands"]}
+    abl = [c["new_ablations"][0] for c in manifest["commands"] if c["args"][0] == "ablate"]
+    model, run = str(Path(manifest["models"]) / "tiny-neox"), str(Path(manifest["models"]) / "run")
+    before = _files(store)
+    db = negdb.open(store)
+    w64, b200 = Scoring(window=64), Bootstrap(200)
+    first = db.ablate(SetSpec(model, top=0.1), evals=["blimp", "copa", "ppl"], limit=2, seeds=2, ppl_tokens=256,
+                      probe_tokens=256, scoring=w64, bootstrap=b200)
+    second = db.ablate(SetSpec(model, set_name="wass10", layers=[0, 1]), mode="both", evals=["tse", "ppl"],
+                       limit={"*": 2, "tse": 1}, controls=["random"], seeds=1, control_seed=3, sample_seed=2,
+                       ppl_tokens=256, probe_tokens=256, scoring=w64, bootstrap=Bootstrap(200, 3))
+    assert [first.ablation_id, second.ablation_id] == abl and first.computed == second.computed == 0
+    sw = db.sweep(model, fractions=[0.1, 0.2], by=["w_dist", "std"], modes=["neg", "pos"], seeds=[1, 2],
+                  evals=["copa", "ppl"], limit=2, resolution=0.1, max_fraction=0.4, ppl_tokens=256, probe_tokens=256,
+                  scoring=w64, n_boot=200)
+    layers = db.analyze.layers(SetSpec(model, top=0.1), groups=3, evals=["ppl", "blimp"], limit=1, ppl_tokens=128,
+                               scoring=w64, bootstrap=b200)
+    pos = db.analyze.pos(SetSpec(model, top=0.1), seeds=2, ppl_tokens=256, probe_tokens=256, scoring=w64,
+                         bootstrap=b200)
+    pairs = db.analyze.pairs(model, layer=1, index=5, k=5, context=4, bootstrap=b200)
+    training = db.analyze.training(run, checkpoints="all", evals=["ppl", "copa"], limit=1, ppl_tokens=256,
+                                   scoring=w64, bootstrap=b200,
+                                   ingest={"tokens": 512, "seq_len": 32, "md_pairs": 100})
+    assert sw.from_store and layers.from_store and not pos.computed and pairs.reused and training.reused
+    got = {"sweep": sw.analysis_id, "layers": layers.analysis_id, "pos": pos.analysis_id,
+           "pairs": pairs.analysis_id, "training": training.analysis_id}
+    assert got == {k: ids[k]["analysis_id"] for k in got}
+    assert _files(store) == before
