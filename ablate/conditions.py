@@ -37,6 +37,7 @@ from negdb.query.setstore import NeuronSet
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 from negdb.store.results import StoredResult, lookup
+from negdb.values import k_text
 
 Log = Callable[[str], None]
 
@@ -75,7 +76,8 @@ def main_set(cat: Catalog, neurons: SetSpec | setlib.Selection | NeuronSet, save
         if restricted is None:
             raise BadArgument(f"set {spec.set_name} has no neurons in layers {_layer_arg(spec.layers)}")
         return restricted
-    sel = setlib.select(cat, spec.model, spec.checkpoint, where=spec.where, top=spec.top, by=spec.by,
+    sel = setlib.select(cat, spec.model, spec.checkpoint, where=spec.where,
+                        top=None if spec.top is None else k_text(spec.top), by=spec.by,
                         layers=None if spec.layers is None else _layer_arg(spec.layers))
     if sel.n_members == 0:
         raise BadArgument("the selection is empty: loosen --where / --top (preview it with `negdb select`)")

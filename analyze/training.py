@@ -312,6 +312,7 @@ def run(spec: TrainingSpec, store: str | Path | None = None, *, device: str = "a
     from negdb.models.registry import resolve
     from negdb.query import sets as setlib
     from negdb.store.catalog import Catalog
+    from negdb.values import k_text
 
     resources = resources or Resources(device=device)
     layout = StoreLayout(store_path(store))
@@ -336,8 +337,8 @@ def run(spec: TrainingSpec, store: str | Path | None = None, *, device: str = "a
         with Catalog(layout.root) as cat:
             for c in ckpts:
                 r = ingested[c.revision]
-                sel = setlib.select(cat, source.model_id, c.revision, top=spec.top, by=spec.by, slice_id=r.slice_id,
-                                    spec_id=r.spec_id)
+                sel = setlib.select(cat, source.model_id, c.revision, top=k_text(spec.top), by=spec.by,
+                                    slice_id=r.slice_id, spec_id=r.spec_id)
                 ns = save_auto(cat, sel)
                 info = CheckpointInfo(c.revision, c.step, c.tokens_seen, r.slice_id, r.spec_id, r.status, ns.name,
                                       ns.set_id, ns.n_members)

@@ -247,14 +247,16 @@ class Database:
         """``negdb select``: neurons of ``model``'s statistics (``top``/``bottom``: a fraction of each layer such
         as 0.01, or a count), not saved; see :func:`negdb.query.sets.select`."""
         from negdb.query import sets as setlib
-        from negdb.values import layer_list, top_k
+        from negdb.values import k_text, layer_list, top_k
 
         for name, k in (("top", top), ("bottom", bottom)):
             if k is not None:
                 top_k(k, name)
         picked = layer_list(layers)
         with self.catalog() as cat:
-            return setlib.select(cat, model, checkpoint, where=where, top=top, bottom=bottom, by=by,
+            return setlib.select(cat, model, checkpoint, where=where,
+                                 top=None if top is None else k_text(top),
+                                 bottom=None if bottom is None else k_text(bottom), by=by,
                                  random_like=random_like, seed=seed,
                                  layers=None if picked is None else ",".join(map(str, picked)))
 

@@ -84,7 +84,7 @@ def top_k(value: Any, what: str = "top") -> float | int:
 
 def k_text(k: float | int) -> str:
     """The ``--top`` form of a count or fraction (``0.01`` -> ``1%``, ``5`` -> ``5``)."""
-    return str(k) if isinstance(k, int) else f"{k * 100:.6g}%"
+    return str(k) if isinstance(k, int) else f"{k * 100:.12g}%"
 
 
 def layers_text(layers: tuple[int, ...] | None) -> str | None:

@@ -164,7 +164,7 @@ class SweepSpec:
 
 def selection(cat: Catalog, spec: SweepSpec, keys: setlib.Keys, by: str, fraction: float) -> setlib.Selection:
     """The main set of ``(by, fraction)`` on the statistics ``keys`` (not saved)."""
-    pick = {spec.direction.value: fraction}
+    pick = {spec.direction.value: k_text(fraction)}
     layers = None if spec.layers is None else ",".join(map(str, spec.layers))
     sel = setlib.select(cat, keys.model_id, keys.revision, by=by, layers=layers, slice_id=keys.slice_id,
                         spec_id=keys.spec_id, **pick)
