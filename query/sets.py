@@ -4,7 +4,7 @@ A :class:`Selection` refers to the statistics of one ``(model_id, revision, slic
 not given default to the latest ingest of the model. Pickers:
 
 - ``where``: a boolean SQL expression over the columns of the ``neurons`` view (checked by
-  :func:`negdb.query.safety.check_where`, run through ``Catalog.query``, the path for user SQL);
+  :func:`negdb.store.safety.check_where`, run through ``Catalog.query``, the path for user SQL);
 - ``top`` / ``bottom``: per layer, the ``k`` neurons with the highest / lowest ``by`` column, where ``k`` is a
   count (``"5"``) or a fraction of the layer width (``"1%"``, ``"0.01"``: ``k = max(1, round(frac * d_mlp))``,
   the paper's definition); ties go to the lower neuron index, NaN/NULL values are never picked;
@@ -248,7 +248,7 @@ def stat_columns() -> list[str]:
 
 def _check_where(cat: Catalog, expr: str) -> str:
     """The safety check of user ``where`` text (one boolean expression over the neurons view)."""
-    from negdb.query.safety import check_where
+    from negdb.store.safety import check_where
 
     return check_where(expr, cat=cat)
 

@@ -60,7 +60,7 @@ def neurons(request: Request, state: State,
     # the keys filter an inner query, so no expression text can widen them
     sql_text = "SELECT * FROM neurons" + (" WHERE " + " AND ".join(conds) if conds else "")
     if where is not None:
-        from negdb.query.safety import check_where
+        from negdb.store.safety import check_where
 
         if not where.strip():
             raise BadQuery("where is empty: give a boolean expression like w_dist > 0.9, or leave it out")

@@ -17,7 +17,7 @@ A ``Catalog`` holds two in-memory DuckDB databases with the same views:
   (``interrupt()`` from a timer) and a streamed row limit.
 
 DuckDB's ``allowed_directories`` allows *writing* inside the tables folder too (a ``COPY ... TO``
-there would work), so the statement check of :mod:`negdb.query.safety` (one SELECT, DuckDB's own
+there would work), so the statement check of :mod:`negdb.store.safety` (one SELECT, DuckDB's own
 parser) is what keeps user SQL from writing there; the hardened connection is the second wall
 for everything outside it.
 """
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +35,11 @@ import polars as pl
 import pyarrow as pa
 
 from negdb.errors import NegdbError, QueryTimeout, one_line
+from negdb.store.hardened import default_memory_limit, empty_select, hardened_connection
 from negdb.store.layout import StoreLayout
+from negdb.store.safety import check_statement, expression_type
 from negdb.store.segments import Listing, segment_listing
-from negdb.store.tables import Table, all_tables
-
-NEURONS_VIEW = """
-CREATE OR REPLACE VIEW neurons AS
-SELECT s.model_id, s.revision, c.step, c.tokens_seen, l.dataset, s.slice_id, s.spec_id,
-       p.w_reference, s.* EXCLUDE (model_id, revision, slice_id, spec_id)
-FROM neuron_stats s
-LEFT JOIN checkpoints c USING (model_id, revision)
-LEFT JOIN slices l USING (slice_id)
-LEFT JOIN stat_specs p USING (spec_id)
-"""
-NEURONS_DOC = ("per-neuron statistics (neuron_stats) with the checkpoint's step and tokens seen, the slice's "
-               "dataset and the spec's W1 reference: the view to query")
-# where the neurons view's columns come from, for their meanings (first table that has the column)
-_NEURONS_SOURCES = ("neuron_stats", "checkpoints", "slices", "stat_specs")
-
-QUERY_MEMORY_FRACTION = 0.25
-"""Memory limit of the user-SQL database as a share of physical memory (no spilling to disk)."""
+from negdb.store.tables import NEURONS_DOC, NEURONS_SOURCES, NEURONS_VIEW, Table, all_tables
 
 FETCH_BATCH_ROWS = 8192
 """Rows per streamed batch of a user query."""
@@ -71,82 +55,6 @@ class QueryResult:
 
 def _sql_list(paths: list[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def default_memory_limit() -> str:
-    """``QUERY_MEMORY_FRACTION`` of physical memory, at least 256 MiB, as a DuckDB size."""
-    import psutil
-
-    return f"{max(256, int(psutil.virtual_memory().total * QUERY_MEMORY_FRACTION / 2**20))}MiB"
-
-
-@lru_cache(maxsize=None)
-def _duckdb_columns(table: Table) -> tuple[tuple[str, str], ...]:
-    """(column, DuckDB type) of a catalog table, as DuckDB reads its Arrow schema."""
-    con = duckdb.connect(":memory:")
-    try:
-        con.register("_t", table.schema.empty_table())
-        return tuple((str(r[0]), str(r[1])) for r in con.execute("DESCRIBE _t").fetchall())
-    finally:
-        con.close()
-
-
-def _empty_select(table: Table) -> str:
-    """A SELECT with no rows and the table's columns and types (pure SQL: no registered objects)."""
-    cols = ", ".join(f"CAST(NULL AS {typ}) AS {_ident(name)}" for name, typ in _duckdb_columns(table))
-    return f"SELECT {cols} WHERE false"
-
-
-def _hardened_connection(tables_dir: Path | None, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that can read files only under ``tables_dir`` (none if None), locked.
-
-    Settings (each checked by tests/test_sql_safety.py): no extension auto-install/auto-load, no
-    community or unsigned extensions, no Python replacement scans (local variables as tables), no
-    temporary files (``temp_directory = ''``), a memory limit; then ``allowed_directories`` and
-    ``enable_external_access = false`` (DuckDB refuses every other path: read_csv, COPY, ATTACH,
-    INSTALL, LOAD, EXPORT, glob, ...), then ``lock_configuration = true`` (SET/RESET/PRAGMA of any
-    setting fails from then on).
-    """
-    con = duckdb.connect(":memory:", config={
-        "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False,
-        "allow_community_extensions": False,
-        "allow_unsigned_extensions": False,
-        "python_enable_replacements": False,
-        "temp_directory": "",
-        "memory_limit": memory_limit or default_memory_limit(),
-    })
-    con.execute("SET GLOBAL parquet_metadata_cache = true")  # Parquet footers parsed once, for every cursor
-    if tables_dir is not None:
-        # allowed_directories can only be set once the database runs; a trailing '/' keeps siblings out
-        con.execute("SET allowed_directories = ?", [[str(tables_dir).rstrip("/") + "/"]])
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-    return con
-
-
-_SCHEMA_LOCK = threading.Lock()
-_SCHEMA_CON: duckdb.DuckDBPyConnection | None = None
-
-
-def schema_cursor() -> duckdb.DuckDBPyConnection:
-    """A new cursor of a shared hardened DuckDB that has every catalog view, empty (it can read no file).
-
-    For type checks without a store (``negdb.query.safety.check_where``); close it after use.
-    """
-    global _SCHEMA_CON
-    with _SCHEMA_LOCK:
-        if _SCHEMA_CON is None:
-            con = _hardened_connection(None, "256MiB")
-            for table in all_tables():
-                con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {_empty_select(table)}")
-            con.execute(NEURONS_VIEW)
-            _SCHEMA_CON = con
-        return _SCHEMA_CON.cursor()
 
 
 # neuron_stats segments sit in model_id=/revision= folders (see ingest/publish.py): DuckDB prunes by path
@@ -181,7 +89,7 @@ class Catalog:
         tables_dir = Path(root).expanduser().resolve() / "tables"
         self._tables_dir = tables_dir
         self._memory_limit = query_memory_limit or default_memory_limit()
-        self._safe = _hardened_connection(tables_dir, self._memory_limit)
+        self._safe = hardened_connection(tables_dir, self._memory_limit)
         self._safe_lock = threading.Lock()
         self._views: frozenset[str] = frozenset()
         self._listings: dict[str, Listing] = {}
@@ -208,7 +116,7 @@ class Catalog:
                 self._view(table, listing, old)
                 self._listings[table.name] = listing
                 changed.add(table.name)
-            if changed & set(_NEURONS_SOURCES):
+            if changed & set(NEURONS_SOURCES):
                 self.con.execute(NEURONS_VIEW)
                 self._safe.execute(NEURONS_VIEW)
             self._views = frozenset(self._listings) | {"neurons"}
@@ -220,7 +128,7 @@ class Catalog:
             self.con.execute(f"DROP VIEW IF EXISTS {table.name}")
             self.con.register(f"_empty_{table.name}", table.schema.empty_table())
             self.con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _empty_{table.name}")
-            self._safe.execute(f"CREATE OR REPLACE VIEW {table.name} AS {_empty_select(table)}")
+            self._safe.execute(f"CREATE OR REPLACE VIEW {table.name} AS {empty_select(table)}")
             return
         folder = self.layout.table_dir(table.name)
         hive = _HIVE if all("/model_id=" in str(p) for p in segments) else ""
@@ -272,14 +180,12 @@ class Catalog:
               timeout_s: float | None = None) -> QueryResult:
         """Run user SQL: one read-only SELECT on the hardened database, within the limits.
 
-        The statement is checked first (:func:`negdb.query.safety.check_statement`); at most
+        The statement is checked first (:func:`negdb.store.safety.check_statement`); at most
         ``max_rows`` rows are fetched (streamed: a larger result is never materialised) and
         ``truncated`` says whether there were more; after ``timeout_s`` seconds the query is
         interrupted and :class:`QueryTimeout` (a ``NegdbError``) raised. Safe to call from several
         threads at once. Nothing in the store changes, whatever the statement.
         """
-        from negdb.query.safety import check_statement
-
         if max_rows is not None and max_rows < 0:
             raise NegdbError(f"max_rows must be 0 or more (got {max_rows})")
         if timeout_s is not None and not timeout_s > 0:
@@ -347,10 +253,8 @@ class Catalog:
     def expression_type(self, expr: str, *, view: str = "neurons") -> str:
         """DuckDB's type of ``expr`` over ``view`` (binds it on the hardened database; runs nothing).
 
-        For :func:`negdb.query.safety.check_where`, which checks ``expr`` before calling this.
+        For :func:`negdb.store.safety.check_where`, which checks ``expr`` before calling this.
         """
-        from negdb.query.safety import expression_type
-
         return expression_type(self._cursor(), expr, view)
 
     # ------------------------------------------------------------------------------------ schema
@@ -366,7 +270,7 @@ class Catalog:
                 rows = cur.execute(f"DESCRIBE {view}").fetchall()
             finally:
                 cur.close()
-            sources = _NEURONS_SOURCES if view == "neurons" else (view,)
+            sources = NEURONS_SOURCES if view == "neurons" else (view,)
             for row in rows:
                 column = str(row[0])
                 meaning = next((meanings[s][column] for s in sources if column in meanings.get(s, {})), "")

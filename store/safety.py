@@ -3,7 +3,8 @@
 Everything here uses DuckDB's own parser (``duckdb.extract_statements`` for statement types,
 ``duckdb.tokenize`` for tokens, ``json_serialize_sql`` for the syntax tree), never regular
 expressions over SQL text. The second wall is the hardened connection that runs the statement
-(``Catalog.query``: no file access outside the store's tables, no extensions, settings locked),
+(:mod:`negdb.store.hardened`, used by ``Catalog.query``: no file access outside the store's tables, no
+extensions, settings locked),
 and the third is its time and row limits.
 
 - :func:`check_statement` accepts one SELECT (or WITH ... SELECT, VALUES, FROM-first, DESCRIBE or
@@ -340,7 +341,7 @@ def check_where(expr: str, *, view: str = "neurons", cat: "Catalog | None" = Non
     if cat is not None:
         typ = cat.expression_type(text, view=view)
     else:
-        from negdb.store.catalog import schema_cursor
+        from negdb.store.hardened import schema_cursor
 
         typ = expression_type(schema_cursor(), text, view)
     if typ != "BOOLEAN":

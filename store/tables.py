@@ -359,6 +359,23 @@ SWEEP_SUMMARY = Table("sweep_summary", "per grid point, across seeds: dose-respo
 ANALYSIS_TABLES = (POS_SURPRISAL, LAYER_EFFECTS, TRAINING_DYNAMICS, DIFF_PAIRS, NEG_SHARE, SWEEP_POINTS, SWEEP_SUMMARY)
 
 
+# ------------------------------------------------------------------------------------ the neurons view
+
+NEURONS_VIEW = """
+CREATE OR REPLACE VIEW neurons AS
+SELECT s.model_id, s.revision, c.step, c.tokens_seen, l.dataset, s.slice_id, s.spec_id,
+       p.w_reference, s.* EXCLUDE (model_id, revision, slice_id, spec_id)
+FROM neuron_stats s
+LEFT JOIN checkpoints c USING (model_id, revision)
+LEFT JOIN slices l USING (slice_id)
+LEFT JOIN stat_specs p USING (spec_id)
+"""
+NEURONS_DOC = ("per-neuron statistics (neuron_stats) with the checkpoint's step and tokens seen, the slice's "
+               "dataset and the spec's W1 reference: the view to query")
+# where the neurons view's columns come from, for their meanings (first table that has the column)
+NEURONS_SOURCES = ("neuron_stats", "checkpoints", "slices", "stat_specs")
+
+
 def all_tables() -> tuple[Table, ...]:
     return (MODELS, CHECKPOINTS, SLICES, STAT_SPECS, ACTIVATIONS, RUNS, neuron_stats_table(), NEURON_SETS,
             NEURON_SET_MEMBERS, EVAL_RESULTS, EVAL_METRICS, EVAL_ITEMS, EVAL_TOKENS, ABLATIONS, ANALYSES,

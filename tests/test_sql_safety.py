@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from negdb.errors import NegdbError
-from negdb.query.safety import MAX_STATEMENT_CHARS, check_statement, check_where
+from negdb.store.safety import MAX_STATEMENT_CHARS, check_statement, check_where
 from negdb.store.catalog import Catalog, QueryTimeout
 
 HOSTILE = Path(__file__).with_name("hostile_sql.txt")
