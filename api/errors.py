@@ -79,3 +79,11 @@ def one_line(err: BaseException) -> str:
         if line:
             keep.append(line)
     return "; ".join(keep) or type(err).__name__
+
+
+def preview(items, n: int = 8) -> str:  # type: ignore[no-untyped-def]
+    """The first ``n`` of ``items`` for an error message: ``a, b, c`` or ``a, b, ... (12 in all)``; ``none``."""
+    items = [str(i) for i in items]
+    if not items:
+        return "none"
+    return ", ".join(items) if len(items) <= n else f"{', '.join(items[:n])}, ... ({len(items)} in all)"

@@ -21,60 +21,27 @@ other members it is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from negdb.errors import NegdbError
+from negdb.errors import NegdbError, preview
+from negdb.query.selection import Keys, Selection, content_hash
+# storage is negdb.query.setstore's; re-exported so that `sets.save/get/list_sets` stay one namespace
+from negdb.query.setstore import NeuronSet, check_name, get, list_sets, save
 from negdb.store.catalog import Catalog
 
 __all__ = ["Keys", "NeuronSet", "Selection", "check_name", "get", "list_sets", "member_stats", "parse_k", "layer_widths",
            "resolve_keys", "save", "select", "stat_columns"]
 
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _FRACTION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*%$")
 _COUNT = re.compile(r"^\d+$")
 _DECIMAL = re.compile(r"^(\d*\.\d+|\d+\.\d*)$")
-
-
-class Keys(NamedTuple):
-    """The statistics a selection refers to."""
-
-    model_id: str
-    revision: str
-    slice_id: str
-    spec_id: str
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Neurons picked from one set of statistics (not stored until :func:`save`).
-
-    Attributes:
-        keys: the statistics (model_id, revision, slice_id, spec_id).
-        expression: canonical JSON of the picker (sorted keys; the seed is part of it for random pickers).
-        members: polars frame ``(layer, neuron)`` (int32), sorted.
-        counts: members per layer, for every layer the picker considered (zeros included).
-        content_hash: SHA-256 over the keys and the sorted members: the same members of the same statistics
-            give the same hash, whatever picked them.
-    """
-
-    keys: Keys
-    expression: str
-    members: pl.DataFrame
-    counts: dict[int, int]
-    content_hash: str
-
-    @property
-    def n_members(self) -> int:
-        return self.members.height
 
 
 # ---------------------------------------------------------------------------------------------------- keys
@@ -82,14 +49,6 @@ class Selection:
 
 def _stored_models(cat: Catalog) -> list[str]:
     return cat.arrow("SELECT DISTINCT model_id FROM neuron_stats ORDER BY 1").column("model_id").to_pylist()
-
-
-def preview(items: Iterable[object], n: int = 8) -> str:
-    """The first ``n`` of ``items`` for an error message (``"none"`` when empty)."""
-    items = [str(i) for i in items]
-    if not items:
-        return "none"
-    return ", ".join(items) if len(items) <= n else f"{', '.join(items[:n])}, ... ({len(items)} in all)"
 
 
 def resolve_model(cat: Catalog, model: str) -> str:
@@ -316,13 +275,6 @@ def _random_like(pool: pl.DataFrame, source: pl.DataFrame, layers: list[int], se
     return pl.concat(parts)
 
 
-def content_hash(keys: Keys, members: pl.DataFrame) -> str:
-    """SHA-256 over the statistics keys and the sorted (layer, neuron) members."""
-    rows = sorted((int(layer), int(neuron)) for layer, neuron in members.select("layer", "neuron").iter_rows())
-    blob = json.dumps({"keys": list(keys), "members": rows}, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def _canonical(obj: dict[str, Any]) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
@@ -401,7 +353,3 @@ def member_stats(cat: Catalog, selection: Selection | NeuronSet, columns: Iterab
         return members.with_columns([pl.lit(None, dtype=pl.Float64).alias(c) for c in cols])
     stats = _universe(cat, selection.keys, sorted(set(members["layer"].to_list())), cols)
     return members.join(stats, on=["layer", "neuron"], how="left").sort("layer", "neuron")
-
-
-# Storage lives in negdb.query.setstore; re-exported here so `sets.save/get/list_sets` stay one namespace.
-from negdb.query.setstore import NeuronSet, check_name, get, list_sets, save  # noqa: E402

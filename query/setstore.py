@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,8 +18,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negdb.errors import NegdbError
-from negdb.query.sets import NAME, Keys, Selection, content_hash, preview
+from negdb.errors import NegdbError, preview
+from negdb.query.selection import Keys, Selection, content_hash
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 from negdb.store.segments import write_segment
@@ -54,6 +55,9 @@ class NeuronSet:
 
 
 
+
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def check_name(name: str) -> str:
