@@ -12,7 +12,7 @@ import numpy as np
 
 from .rows import row_dot
 
-__all__ = ["QUANTILES", "central_moments_rows", "column_moments", "degenerate", "quantiles_sorted", "shape_stats"]
+__all__ = ["QUANTILES", "central_moments_rows", "degenerate", "quantiles_sorted", "shape_stats"]
 
 QUANTILES: tuple[tuple[str, float], ...] = (
     ("q01", 0.01), ("q05", 0.05), ("q25", 0.25), ("q50", 0.50), ("q75", 0.75), ("q95", 0.95), ("q99", 0.99),
@@ -63,11 +63,3 @@ def shape_stats(mean: np.ndarray, m2: np.ndarray, m3: np.ndarray,
     skew[ok] = m3[ok] * inv_std[ok] ** 3
     kurt[ok] = m4[ok] * inv_std[ok] ** 4 - 3.0
     return std, inv_std, skew, kurt
-
-
-def column_moments(x: np.ndarray) -> dict[str, np.ndarray]:
-    """n, mean, std, skew, kurtosis, min, max, quantiles and sign statistics of every column of ``x``."""
-    from .compute import MOMENT_COLUMNS, block_stats
-
-    cols = block_stats(x)
-    return {name: cols[name] for name in MOMENT_COLUMNS}

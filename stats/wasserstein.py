@@ -32,7 +32,7 @@ from scipy.special import ndtr, ndtri
 from .rows import RowSplit
 
 __all__ = ["NormalSampler", "NormalTables", "Reference", "normal_tables", "w1_crossing_fix", "w1_exact_rows",
-           "w1_exact_sums", "w1_sample_rows", "wasserstein_to_normal"]
+           "w1_exact_sums", "w1_sample_rows"]
 
 Reference = Literal["exact", "sample"]
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
@@ -165,12 +165,3 @@ def w1_sample_rows(buf: np.ndarray, inv_std: np.ndarray, y_sorted: np.ndarray, n
     np.abs(buf, out=buf)
     neg_part, pos_part = (split or RowSplit(n_neg, n)).sums(buf)
     return neg_part / n, pos_part / n
-
-
-def wasserstein_to_normal(x: np.ndarray, *, reference: Reference = "exact",
-                          sampler: NormalSampler | None = None) -> dict[str, np.ndarray]:
-    """``w_dist``, ``w_dist_neg`` and ``w_dist_pos`` of every column of an ``(n_tokens, k)`` block."""
-    from .compute import block_stats
-
-    cols = block_stats(x, reference=reference, sampler=sampler)
-    return {name: cols[name] for name in ("w_dist", "w_dist_neg", "w_dist_pos")}
