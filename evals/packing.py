@@ -1,9 +1,9 @@
 """How scoring lays model inputs out: batches, packed rows with shared prefixes, and what a model honours.
 
-:func:`negdb.evals.scoring.score_continuations` uses these pieces. :func:`_pack` puts sorted inputs side by side
+:func:`negdb.evals.scoring.score_continuations` uses these pieces. :func:`pack_rows` puts sorted inputs side by side
 in rows, each sharing the columns of its common prefix with the input before it (a tree-shaped causal mask with
-each token's own ``position_ids``). :func:`_capabilities` checks once per model, on a tiny example against plain
-forward passes, whether its ``forward`` honours ``logits_to_keep`` and such masks. :func:`_batches` groups rows
+each token's own ``position_ids``). :func:`capabilities` checks once per model, on a tiny example against plain
+forward passes, whether its ``forward`` honours ``logits_to_keep`` and such masks. :func:`padded_batches` groups rows
 by padded size.
 """
 
@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+__all__ = ["LOGSOFTMAX_ROWS", "MAX_SHARED_ROW", "ROW_TOKENS", "Caps", "Row", "additive_mask", "capabilities",
+           "logits_at", "model_dtype", "pack_rows", "padded_batches", "sliding_window"]
 
 
 def _forward_logits(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -34,8 +37,8 @@ LOGSOFTMAX_ROWS = 1024
 
 
 @dataclass(frozen=True)
-class _Caps:
-    """What a model's ``forward`` honours, found once per model by :func:`_capabilities`.
+class Caps:
+    """What a model's ``forward`` honours, found once per model by :func:`capabilities`.
 
     keep: ``logits_to_keep=<(rows, width) bool mask>`` returns the logits of exactly those positions, flattened
         row-major, so the LM head runs only where a log-probability is read.
@@ -49,10 +52,10 @@ class _Caps:
     no_cache: bool = False
 
 
-_CAPS: weakref.WeakKeyDictionary[Any, tuple[str, _Caps]] = weakref.WeakKeyDictionary()
+_CAPS: weakref.WeakKeyDictionary[Any, tuple[str, Caps]] = weakref.WeakKeyDictionary()
 
 
-def _call(lm: Any, caps: _Caps, ids: torch.Tensor, attn: torch.Tensor | None, pos: torch.Tensor | None,
+def logits_at(lm: Any, caps: Caps, ids: torch.Tensor, attn: torch.Tensor | None, pos: torch.Tensor | None,
           keep: torch.Tensor) -> torch.Tensor:
     """Logits ``(keep.sum(), vocab)`` at the ``True`` positions of ``keep`` (row-major), from one forward pass."""
     kw: dict[str, Any] = {"input_ids": ids, "attention_mask": attn}
@@ -68,19 +71,19 @@ def _call(lm: Any, caps: _Caps, ids: torch.Tensor, attn: torch.Tensor | None, po
     return logits if caps.keep else logits[keep]
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``(rows, width, width)`` bool (query attends key) -> ``(rows, 1, width, width)`` additive mask."""
     mask = torch.zeros(allowed.shape, dtype=dtype)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
 
 
-def _model_dtype(model: Any) -> torch.dtype:
+def model_dtype(model: Any) -> torch.dtype:
     dtype = getattr(model, "dtype", None)
     return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
-def _probe(lm: Any, caps: _Caps) -> bool:
+def _probe(lm: Any, caps: Caps) -> bool:
     """Whether ``caps`` reproduces plain one-sequence forward passes on a small packed example."""
     model = lm.model
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -102,7 +105,7 @@ def _probe(lm: Any, caps: _Caps) -> bool:
         allowed[0, 7:, 7:] = torch.ones(3, 3, dtype=torch.bool).tril()
         allowed[1, :5, :5] = torch.ones(5, 5, dtype=torch.bool).tril()
         allowed[1, 5:, 5:] = torch.eye(5, dtype=torch.bool)
-        attn = _additive(allowed, _model_dtype(model)).to(device)
+        attn = additive_mask(allowed, model_dtype(model)).to(device)
         keep = torch.zeros(2, 10, dtype=torch.bool)
         keep[0, [1, 3, 6, 7, 9]] = True
         keep[1, [0, 4]] = True
@@ -115,15 +118,15 @@ def _probe(lm: Any, caps: _Caps) -> bool:
         keep[0, [2, 6]] = True
         keep[1, [1, 4]] = True
         want = torch.stack([ref[0][2], ref[0][6], ref[2][1], ref[2][4]])
-    got = _call(lm, caps, ids, attn, pos, keep.to(device)).float()
+    got = logits_at(lm, caps, ids, attn, pos, keep.to(device)).float()
     if tuple(got.shape) != tuple(want.shape) or not bool(torch.isfinite(got).all()):
         return False
-    tol = max(1e-4, 64 * torch.finfo(_model_dtype(model)).eps) * max(1.0, float(want.abs().max()))
+    tol = max(1e-4, 64 * torch.finfo(model_dtype(model)).eps) * max(1.0, float(want.abs().max()))
     return float((got - want).abs().max()) <= tol
 
 
-def _capabilities(lm: Any) -> _Caps:
-    """The :class:`_Caps` of ``lm.model`` (signature check plus a probe on a tiny input; cached per model)."""
+def capabilities(lm: Any) -> Caps:
+    """The :class:`Caps` of ``lm.model`` (signature check plus a probe on a tiny input; cached per model)."""
     model = lm.model
     impl = str(getattr(getattr(model, "config", None), "_attn_implementation", None))
     hit = _CAPS.get(model)
@@ -137,16 +140,16 @@ def _capabilities(lm: Any) -> _Caps:
     keep = False
     if "logits_to_keep" in params:
         try:
-            keep = _probe(lm, _Caps(keep=True, tree=False, no_cache=no_cache))
+            keep = _probe(lm, Caps(keep=True, tree=False, no_cache=no_cache))
         except Exception:  # noqa: BLE001 - any failure means: do not use it
             keep = False
     tree = False
     if "position_ids" in params:
         try:
-            tree = _probe(lm, _Caps(keep=keep, tree=True, no_cache=no_cache))
+            tree = _probe(lm, Caps(keep=keep, tree=True, no_cache=no_cache))
         except Exception:  # noqa: BLE001
             tree = False
-    caps = _Caps(keep=keep, tree=tree, no_cache=no_cache)
+    caps = Caps(keep=keep, tree=tree, no_cache=no_cache)
     try:
         _CAPS[model] = (impl, caps)
     except TypeError:  # not weak-referenceable: probe again next time
@@ -169,7 +172,7 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 
 @dataclass
-class _Row:
+class Row:
     """One model input row: hosts (indices into the sorted unique inputs) and the row's layout."""
 
     hosts: list[int]
@@ -178,9 +181,9 @@ class _Row:
     segments: list[tuple[int, int, np.ndarray]]  # (first new column, width, columns of the shared prefix)
 
 
-def _pack(
+def pack_rows(
     hosts: list[tuple[int, ...]], width: int, cap: int, alone_over: int | None
-) -> tuple[list[_Row], list[np.ndarray]]:
+) -> tuple[list[Row], list[np.ndarray]]:
     """Lay the hosts (sorted, none a prefix of another) out in rows; return the rows and each host's columns.
 
     A host goes into the current row after its predecessor if the row stays within ``width`` tokens, or (sharing
@@ -188,9 +191,9 @@ def _pack(
     predecessor is not repeated: it attends to the predecessor's columns. Hosts longer than ``alone_over`` get a
     row of their own.
     """
-    rows: list[_Row] = []
+    rows: list[Row] = []
     cols: list[np.ndarray] = []
-    cur: _Row | None = None
+    cur: Row | None = None
     for j, h in enumerate(hosts):
         n = len(h)
         share = _common_prefix(hosts[j - 1], h) if cur is not None else 0
@@ -199,7 +202,7 @@ def _pack(
         fits = cur is not None and not alone and (
             used + n - share <= width or (share >= n - share and used + n - share <= cap))
         if not fits:
-            cur = _Row([], [], [], [])
+            cur = Row([], [], [], [])
             rows.append(cur)
             share, used = 0, 0
         prev = cols[j - 1][:share] if share else np.empty(0, dtype=np.int64)
@@ -214,12 +217,12 @@ def _pack(
     return rows, cols
 
 
-def _sliding_window(lm: Any) -> int | None:
+def sliding_window(lm: Any) -> int | None:
     value = getattr(lm.config, "sliding_window", None)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _batches(lengths: list[int], order: list[int], batch_tokens: int) -> list[list[int]]:
+def padded_batches(lengths: list[int], order: list[int], batch_tokens: int) -> list[list[int]]:
     """Consecutive runs of ``order`` (longest first) whose padded size ``rows * longest`` fits the budget."""
     batches: list[list[int]] = []
     cur: list[int] = []

@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from negdb.errors import NegdbError
-from negdb.evals.packing import (LOGSOFTMAX_ROWS, MAX_SHARED_ROW, ROW_TOKENS, _additive, _batches, _call,
-                                 _capabilities, _model_dtype, _pack, _sliding_window)
+from negdb.errors import BadArgument
+from negdb.evals.packing import (LOGSOFTMAX_ROWS, MAX_SHARED_ROW, ROW_TOKENS, additive_mask, capabilities, logits_at,
+                                 model_dtype, pack_rows, padded_batches, sliding_window)
+
 DEFAULT_BATCH_TOKENS = 8192
 
 
@@ -94,14 +95,14 @@ def resolve_bos(tokenizer: Any, bos: str | int | None) -> int | None:
     if bos is None:
         return None
     if isinstance(bos, bool):
-        raise NegdbError("bos must be None, a token string or a token id")
+        raise BadArgument("bos must be None, a token string or a token id")
     if isinstance(bos, int):
         if bos < 0 or bos >= len(tokenizer):
-            raise NegdbError(f"bos token id {bos} is outside the tokenizer's vocabulary ({len(tokenizer)} tokens)")
+            raise BadArgument(f"bos token id {bos} is outside the tokenizer's vocabulary ({len(tokenizer)} tokens)")
         return bos
     vocab = tokenizer.get_vocab()
     if bos not in vocab:
-        raise NegdbError(f"bos token {bos!r} is not in the tokenizer's vocabulary")
+        raise BadArgument(f"bos token {bos!r} is not in the tokenizer's vocabulary")
     return int(vocab[bos])
 
 
@@ -110,7 +111,7 @@ def empty_context_prefix(tokenizer: Any) -> int:
     for tid in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
         if tid is not None:
             return int(tid)
-    raise NegdbError("an empty context needs a BOS or EOS token and the tokenizer has neither: pass bos=")
+    raise BadArgument("an empty context needs a BOS or EOS token and the tokenizer has neither: pass bos=")
 
 
 def max_context(lm: Any) -> int:
@@ -123,7 +124,7 @@ def max_context(lm: Any) -> int:
     value = getattr(lm.tokenizer, "model_max_length", None)
     if isinstance(value, int) and 0 < value < 10**7:
         return value
-    raise NegdbError("cannot tell the model's context length: pass max_length=")
+    raise BadArgument("cannot tell the model's context length: pass max_length=")
 
 
 def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -158,7 +159,7 @@ def encode_requests(
         out[i] = ([], c, prefix)
     for i, (_, cont, _) in enumerate(out):
         if not cont:
-            raise NegdbError(f"request {i} has an empty continuation: {requests[i]!r}")
+            raise BadArgument(f"request {i} has an empty continuation: {requests[i]!r}")
     return out
 
 
@@ -198,7 +199,7 @@ def score_continuations(
         pack: pack inputs into shared rows when the model supports it (``False``: one right-padded row each).
     """
     if batch_tokens < 1:
-        raise NegdbError(f"batch_tokens must be >= 1, got {batch_tokens}")
+        raise BadArgument(f"batch_tokens must be >= 1, got {batch_tokens}")
     tokenizer = lm.tokenizer
     bos_id = resolve_bos(tokenizer, bos)
     max_len = max_length or max_context(lm)
@@ -210,7 +211,7 @@ def score_continuations(
     n_cont: list[int] = []
     for i, (ctx, cont, prefix) in enumerate(encoded):
         if len(cont) > max_len:
-            raise NegdbError(f"request {i}: its continuation has {len(cont)} tokens, more than the context {max_len}")
+            raise BadArgument(f"request {i}: its continuation has {len(cont)} tokens, more than the context {max_len}")
         full = ([prefix] if prefix is not None else []) + ctx + cont
         full = full[-(max_len + 1):]  # inputs are full[:-1], at most max_len tokens
         seqs.append(full)
@@ -230,13 +231,13 @@ def score_continuations(
     hosts = [uniq[k] for k in host_ids]
     rank_of_input = {u: host_rank[host_of[k]] for k, u in enumerate(uniq)}
 
-    caps = _capabilities(lm)
+    caps = capabilities(lm)
     packed = pack and caps.tree and batch_tokens > 1
     if packed:
         width = min(ROW_TOKENS, batch_tokens)
-        rows, cols = _pack(hosts, width, min(batch_tokens, MAX_SHARED_ROW), _sliding_window(lm))
+        rows, cols = pack_rows(hosts, width, min(batch_tokens, MAX_SHARED_ROW), sliding_window(lm))
     else:
-        rows, cols = _pack(hosts, 0, 0, 0)  # every host alone
+        rows, cols = pack_rows(hosts, 0, 0, 0)  # every host alone
     row_of_host = np.empty(len(hosts), dtype=np.int64)
     for r, row in enumerate(rows):
         row_of_host[row.hosts] = r
@@ -259,11 +260,11 @@ def score_continuations(
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = int(pad_id) if pad_id is not None else 0
     device = lm.device
-    dtype = _model_dtype(lm.model)
+    dtype = model_dtype(lm.model)
     multi = [r for r, row in enumerate(rows) if len(row.hosts) > 1]
     single = [r for r, row in enumerate(rows) if len(row.hosts) == 1]
-    batches = [(b, True) for b in _batches(widths, sorted(multi, key=lambda r: -widths[r]), batch_tokens)]
-    batches += [(b, False) for b in _batches(widths, sorted(single, key=lambda r: -widths[r]), batch_tokens)]
+    batches = [(b, True) for b in padded_batches(widths, sorted(multi, key=lambda r: -widths[r]), batch_tokens)]
+    batches += [(b, False) for b in padded_batches(widths, sorted(single, key=lambda r: -widths[r]), batch_tokens)]
 
     batch_of_row = np.empty(len(rows), dtype=np.int64)
     local_of_row = np.empty(len(rows), dtype=np.int64)
@@ -298,7 +299,7 @@ def score_continuations(
                         allowed[r, seg, torch.from_numpy(shared)] = True
                 pad = torch.arange(n, width)
                 allowed[r, pad, pad] = True  # padding attends to itself only
-            attn = _additive(allowed, dtype).to(device)
+            attn = additive_mask(allowed, dtype).to(device)
             pos = pos.to(device)
         else:
             attn = torch.zeros((len(batch), width), dtype=torch.long)
@@ -308,7 +309,7 @@ def score_continuations(
                 attn[r, :n] = 1
             attn = attn.to(device)
             pos = None
-        logits = _call(lm, caps, ids.to(device), attn, pos, keep.to(device))
+        logits = logits_at(lm, caps, ids.to(device), attn, pos, keep.to(device))
         # index of each entry's (row, column) among the kept positions (row-major)
         flat = (torch.cumsum(keep.flatten(), 0) - 1).numpy()
         idx = flat[loc * width + e_col[sel]]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from negdb.errors import NegdbError
-from negdb.evals.packing import _Caps, _capabilities
+from negdb.evals.packing import Caps, capabilities
 from negdb.evals.scoring import perplexity, score_continuations
 from negdb.models.loading import from_model
 from tiny_models import SENTENCES, TINY_CONFIGS, tiny_model, tiny_tokenizer
@@ -229,7 +229,7 @@ def test_reuse_and_packing_match_one_request_at_a_time(lm, bos):
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
 def test_packed_rows_on_every_family(model_type):
     lm = from_model(tiny_model(model_type, seed=5), tiny_tokenizer())
-    assert _capabilities(lm) == _Caps(keep=True, tree=True, no_cache=True)
+    assert capabilities(lm) == Caps(keep=True, tree=True, no_cache=True)
     rng = random.Random(1)
     reqs = REUSE + [("", " " + SENTENCES[rng.randrange(4)][: rng.randint(4, 60)].strip()) for _ in range(20)]
     ref = _one_by_one(lm, reqs, None)
@@ -324,7 +324,7 @@ def test_models_without_the_needed_forward_arguments_fall_back(wrapper):
 
     base = from_model(tiny_model("gpt_neox", seed=4), tiny_tokenizer())
     lm = dataclasses.replace(base, model=wrapper(base.model))
-    assert _capabilities(lm) == _Caps(keep=False, tree=False, no_cache=False)
+    assert capabilities(lm) == Caps(keep=False, tree=False, no_cache=False)
     ref = _one_by_one(base, REUSE, None)
     _assert_same(score_continuations(lm, REUSE, bos=None), ref)
     _assert_same(score_continuations(lm, REUSE, bos=None, batch_tokens=40), ref)
