@@ -16,9 +16,9 @@ import click
 @click.pass_obj
 def serve(obj: dict, host: str, port: int, max_rows: int, timeout_s: float) -> None:
     """Serve the store's catalog read-only over HTTP (SQL, models, checkpoints, neurons, sets; docs at /docs)."""
-    from negdb.errors import NegdbError
+    from negdb.errors import BadArgument
     from negdb.service.server import serve as run
 
     if not 0 < port < 65536:
-        raise NegdbError(f"--port must be between 1 and 65535 (got {port})")
+        raise BadArgument(f"--port must be between 1 and 65535 (got {port})")
     run(obj["store"], host=host, port=port, max_rows=max_rows, timeout_s=timeout_s, echo=click.echo)

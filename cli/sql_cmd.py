@@ -12,7 +12,7 @@ from typing import Any
 import click
 import pyarrow as pa
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NotFound, StoreError
 from negdb.query.encode import column_values, ordinary_times, table_records, unique_names
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -86,7 +86,7 @@ def _inside(path: Path, folder: Path) -> bool:
 def _write_out(out: Path, fmt: str, table: pa.Table, text: str | None) -> None:
     """Write to ``out`` atomically (a temporary file in the same folder, then renamed)."""
     if not out.parent.is_dir():
-        raise NegdbError(f"--out {out}: the folder {out.parent} does not exist: create it or pick another path")
+        raise BadArgument(f"--out {out}: the folder {out.parent} does not exist: create it or pick another path")
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
     try:
         if fmt == "parquet":
@@ -97,7 +97,7 @@ def _write_out(out: Path, fmt: str, table: pa.Table, text: str | None) -> None:
             tmp.write_text(text or "", encoding="utf-8")
         os.replace(tmp, out)
     except OSError as err:
-        raise NegdbError(f"cannot write --out {out}: {err.strerror or err}: pick another path") from err
+        raise BadArgument(f"cannot write --out {out}: {err.strerror or err}: pick another path") from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -110,7 +110,7 @@ def render(table: pa.Table, fmt: str) -> str:
         return _csv_text(table)
     if fmt == "json":
         return _json_text(table)
-    raise NegdbError(f"--format {fmt} has no text form: use --out FILE")  # pragma: no cover
+    raise BadArgument(f"--format {fmt} has no text form: use --out FILE")  # pragma: no cover
 
 
 @click.command("sql")
@@ -137,12 +137,12 @@ def sql(obj: dict, query: str, fmt: str, out: Path | None, max_rows: int, timeou
     if query == "-":
         query = sys.stdin.read()
     if fmt == "parquet" and out is None:
-        raise NegdbError("--format parquet writes a binary file: add --out FILE.parquet")
+        raise BadArgument("--format parquet writes a binary file: add --out FILE.parquet")
     store = Path(obj["store"])
     if out is not None and _inside(out, store):
-        raise NegdbError(f"--out {out} is inside the store {store}: write results outside the store folder")
+        raise BadArgument(f"--out {out} is inside the store {store}: write results outside the store folder")
     if not store.is_dir():
-        raise NegdbError(f"no store at {store}: run `negdb ingest` first or pass --store")
+        raise StoreError(f"no store at {store}: run `negdb ingest` first or pass --store")
     with negdb.connect(str(store)) as cat:
         res = cat.query(query, max_rows=max_rows, timeout_s=timeout_s)
     text = None if fmt == "parquet" else render(res.table, fmt)
@@ -168,7 +168,7 @@ def schema(obj: dict, views: tuple[str, ...]) -> None:
     known = list(dict.fromkeys(r[0] for r in rows))
     unknown = [v for v in views if v not in known]
     if unknown:
-        raise NegdbError(f"unknown view {unknown[0]!r}: the views are {', '.join(known)}")
+        raise NotFound(f"unknown view {unknown[0]!r}: the views are {', '.join(known)}")
     wanted = [v for v in known if not views or v in views]
     for k, view in enumerate(wanted):
         cols = [r for r in rows if r[0] == view]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 
 if TYPE_CHECKING:  # pragma: no cover
     from negdb.models.loading import LoadedModel
@@ -35,7 +35,7 @@ def plan_windows(token_ids: Sequence[int], *, window: int, bos_id: int | None,
                  max_tokens: int | None = None) -> list[Window]:
     """The windows of ``token_ids`` (first ``max_tokens`` only, when given)."""
     if window < 2:
-        raise NegdbError(f"window must be >= 2 tokens, got {window}")
+        raise BadArgument(f"window must be >= 2 tokens, got {window}")
     ids = list(token_ids[:max_tokens] if max_tokens is not None else token_ids)
     step = window - 1 if bos_id is not None else window
     out = []

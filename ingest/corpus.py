@@ -39,7 +39,7 @@ from typing import Any
 from unittest import mock
 
 from negdb.data import data_path
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 
 __all__ = [
     "Corpus",
@@ -91,7 +91,7 @@ class Corpus:
 def _make_corpus(name: str, source: str, documents: Iterable[str]) -> Corpus:
     docs = tuple(d for d in documents if d.strip())
     if not docs:
-        raise NegdbError(f"corpus {name!r} has no text (no non-empty document); pass a corpus with text")
+        raise BadArgument(f"corpus {name!r} has no text (no non-empty document); pass a corpus with text")
     digest = hashlib.sha256("\n\n".join(docs).encode("utf-8")).hexdigest()
     return Corpus(name=name, source=source, documents=docs, text_sha256=digest)
 
@@ -192,15 +192,15 @@ def _read_text(path: Path) -> str:
                 return f.read()
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise NegdbError(f"corpus file not found: {path}; check the path") from None
+        raise BadArgument(f"corpus file not found: {path}; check the path") from None
     except IsADirectoryError:
-        raise NegdbError(f"corpus path is a directory, not a file: {path}; pass a file") from None
+        raise BadArgument(f"corpus path is a directory, not a file: {path}; pass a file") from None
     except UnicodeDecodeError as e:
-        raise NegdbError(f"cannot read corpus file {path}: not UTF-8 text ({e.reason} at byte {e.start}); "
+        raise BadArgument(f"cannot read corpus file {path}: not UTF-8 text ({e.reason} at byte {e.start}); "
                          "convert it to UTF-8") from None
     except (OSError, EOFError) as e:  # permissions, bad gzip data, truncated gzip
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise NegdbError(f"cannot read corpus file {path}: {reason}; check that it is readable") from None
+        raise BadArgument(f"cannot read corpus file {path}: {reason}; check that it is readable") from None
 
 
 def _load_txt(path: Path) -> Corpus:
@@ -217,18 +217,18 @@ def _load_jsonl(path: Path, text_field: str) -> Corpus:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise NegdbError(f"{path} line {lineno}: not valid JSON ({e.msg}); "
+            raise BadArgument(f"{path} line {lineno}: not valid JSON ({e.msg}); "
                              "each line must be one JSON object") from None
         if not isinstance(row, dict):
-            raise NegdbError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}; "
+            raise BadArgument(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}; "
                              "each line must be one JSON object") from None
         if text_field not in row:
             keys = ", ".join(map(str, row)) or "none"
-            raise NegdbError(f"{path} line {lineno}: no field {text_field!r} (fields: {keys}); "
+            raise BadArgument(f"{path} line {lineno}: no field {text_field!r} (fields: {keys}); "
                              "pass text_field=<one of these>")
         value = row[text_field]
         if not isinstance(value, str):
-            raise NegdbError(f"{path} line {lineno}: field {text_field!r} is {type(value).__name__}, "
+            raise BadArgument(f"{path} line {lineno}: field {text_field!r} is {type(value).__name__}, "
                              "not a string; pass the text_field that holds the text")
         docs.append(value)
     return _make_corpus(str(path), str(path), docs)
@@ -256,7 +256,7 @@ def _offline_unless_reachable(datasets: Any) -> Iterator[None]:
 def _load_hf(spec: str, text_field: str) -> Corpus:
     parts = spec[len("hf:"):].split(":")
     if not parts[0] or len(parts) > 3:
-        raise NegdbError(f"bad corpus spec {spec!r}: expected hf:<name>[:<config>][:<split>]")
+        raise BadArgument(f"bad corpus spec {spec!r}: expected hf:<name>[:<config>][:<split>]")
     name = parts[0]
     config = parts[1] if len(parts) > 1 and parts[1] else None
     split = parts[2] if len(parts) > 2 and parts[2] else "train"
@@ -265,7 +265,7 @@ def _load_hf(spec: str, text_field: str) -> Corpus:
     try:
         import datasets
     except ImportError:
-        raise NegdbError(f"cannot load {spec!r}: the 'datasets' package is not installed; {hint}") from None
+        raise BadArgument(f"cannot load {spec!r}: the 'datasets' package is not installed; {hint}") from None
     try:
         with _offline_unless_reachable(datasets):
             ds = datasets.load_dataset(name, config, split=split)
@@ -274,15 +274,15 @@ def _load_hf(spec: str, text_field: str) -> Corpus:
         reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
         if len(reason) > 200:
             reason = reason[:197] + "..."
-        raise NegdbError(f"cannot load Hugging Face dataset {name!r} (config {config or 'default'}, split {split}): "
+        raise BadArgument(f"cannot load Hugging Face dataset {name!r} (config {config or 'default'}, split {split}): "
                          f"{reason}; the hub or a local datasets cache is needed, {hint}") from None
     columns = list(getattr(ds, "column_names", None) or [])
     if text_field not in columns:
-        raise NegdbError(f"{canonical}: no field {text_field!r} (fields: {', '.join(columns) or 'none'}); "
+        raise BadArgument(f"{canonical}: no field {text_field!r} (fields: {', '.join(columns) or 'none'}); "
                          "pass text_field=<one of these>")
     texts = list(ds[text_field])
     if texts and not all(isinstance(t, str) for t in texts if t is not None):
-        raise NegdbError(f"{canonical}: field {text_field!r} does not hold strings; "
+        raise BadArgument(f"{canonical}: field {text_field!r} does not hold strings; "
                          "pass the text_field that holds the text")
     return _make_corpus(canonical, name, (t for t in texts if t))
 
@@ -291,11 +291,11 @@ def _load_hf(spec: str, text_field: str) -> Corpus:
 
 
 def load_corpus(spec: str, *, text_field: str = "text") -> Corpus:
-    """Load a corpus from a spec (see the module docstring); raises ``NegdbError`` on bad input."""
+    """Load a corpus from a spec (see the module docstring); raises ``BadArgument`` on bad input."""
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec.strip():
-        raise NegdbError(f"empty corpus spec; {_SPEC_HELP}")
+        raise BadArgument(f"empty corpus spec; {_SPEC_HELP}")
     spec = spec.strip()
     key = spec.lower()
     if key in _WIKITEXT_ALIASES:
@@ -307,15 +307,15 @@ def load_corpus(spec: str, *, text_field: str = "text") -> Corpus:
     lname = path.name.lower()
     if lname.endswith(_JSONL_SUFFIXES) or lname.endswith(_TEXT_SUFFIXES):
         if not path.exists():
-            raise NegdbError(f"corpus file not found: {path}; check the path")
+            raise BadArgument(f"corpus file not found: {path}; check the path")
         path = path.resolve()
         if lname.endswith(_JSONL_SUFFIXES):
             return _load_jsonl(path, text_field)
         return _load_txt(path)
     if path.exists():
-        raise NegdbError(f"unsupported corpus file {path}: expected .txt, .txt.gz, .jsonl or .jsonl.gz; "
+        raise BadArgument(f"unsupported corpus file {path}: expected .txt, .txt.gz, .jsonl or .jsonl.gz; "
                          "convert it to one of these")
     if key.startswith("wikitext"):
-        raise NegdbError(f"unknown corpus spec {spec!r}: the bundled WikiText-2 splits are "
+        raise BadArgument(f"unknown corpus spec {spec!r}: the bundled WikiText-2 splits are "
                          "wikitext-2:valid (default) and wikitext-2:test")
-    raise NegdbError(f"unknown corpus spec {spec!r}: {_SPEC_HELP}")
+    raise BadArgument(f"unknown corpus spec {spec!r}: {_SPEC_HELP}")

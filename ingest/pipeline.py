@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from negdb.config import store_path
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.ingest.corpus import load_corpus
 from negdb.ingest.layerstats import PairPlan, layer_stats
 from negdb.ingest.plan import (IngestSpec, Resources, batch_windows, check_disk, estimate_bytes, human_bytes,
@@ -85,7 +85,7 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
 def _slice(opts: IngestSpec, corpus, tokenizer, model_id: str, log: Log) -> TokenSlice:
     bos = tokenizer.bos_token_id if opts.prepend_bos else None
     if opts.prepend_bos and bos is None:
-        raise NegdbError(f"--bos: the tokenizer of {model_id} has no BOS token; drop --bos")
+        raise BadArgument(f"--bos: the tokenizer of {model_id} has no BOS token; drop --bos")
     sl = make_slice(corpus, tokenizer, tokenizer_name=model_id, seq_len=opts.seq_len, n_tokens=opts.tokens,
                     bos_token_id=bos)
     if sl.clamped:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from negdb.errors import BadArgument, NegdbError
+from negdb.errors import BadArgument, NotEnoughDisk
 from negdb.store.layout import short_hash
 from negdb.values import as_int, layer_list
 
@@ -134,15 +134,15 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
     for part in spec.split(","):
         match = _RANGE.match(part.strip())
         if not match:
-            raise NegdbError(f"bad layer list '{spec}': use 'all' or e.g. '0-3,7'")
+            raise BadArgument(f"bad layer list '{spec}': use 'all' or e.g. '0-3,7'")
         lo, hi = int(match[1]), int(match[2] or match[1])
         lo, hi = (lo + n_layers if lo < 0 else lo), (hi + n_layers if hi < 0 else hi)
         if lo > hi:
-            raise NegdbError(f"bad layer range '{part.strip()}': write the lower layer first")
+            raise BadArgument(f"bad layer range '{part.strip()}': write the lower layer first")
         out.update(range(lo, hi + 1))
     bad = sorted(i for i in out if not 0 <= i < n_layers)
     if bad or not out:
-        raise NegdbError(f"layers {bad or spec} out of range: the model has layers 0-{n_layers - 1}")
+        raise BadArgument(f"layers {bad or spec} out of range: the model has layers 0-{n_layers - 1}")
     return sorted(out)
 
 
@@ -157,9 +157,9 @@ def parse_activations(spec: str, layers: list[int], n_layers: int) -> list[int]:
         keep = parse_layers(spec.removeprefix("layers="), n_layers)
         missing = sorted(set(keep) - set(layers))
         if missing:
-            raise NegdbError(f"--activations names layers {missing} that --layers does not ingest")
+            raise BadArgument(f"--activations names layers {missing} that --layers does not ingest")
         return keep
-    raise NegdbError(f"bad --activations '{spec}': use all, none or layers=0,5")
+    raise BadArgument(f"bad --activations '{spec}': use all, none or layers=0,5")
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ def check_disk(path: Path, needed: int) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < needed:
-        raise NegdbError(
+        raise NotEnoughDisk(
             f"not enough disk space: this ingest needs up to {human_bytes(needed)} but {probe} has "
             f"{human_bytes(free)} free; use fewer --tokens or --layers, --activations none, or another --store"
         )

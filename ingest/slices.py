@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, ModelLoadError
 
 from .corpus import Corpus
 
@@ -86,7 +86,7 @@ def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise NegdbError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise BadArgument(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -105,7 +105,7 @@ def make_slice(
     if bos_token_id is not None:
         bos_token_id = _check_int("bos_token_id", bos_token_id, 0)
     if n_tokens < seq_len:
-        raise NegdbError(f"n_tokens ({n_tokens}) is smaller than seq_len ({seq_len}): "
+        raise BadArgument(f"n_tokens ({n_tokens}) is smaller than seq_len ({seq_len}): "
                          f"ask for at least {seq_len} tokens or use a shorter seq_len")
     n_windows = n_tokens // seq_len
     per_window = seq_len - (1 if bos_token_id is not None else 0)
@@ -134,13 +134,13 @@ def make_slice(
 
     available = stream.size // per_window
     if available == 0:
-        raise NegdbError(f"corpus {corpus.name!r} has only {stream.size} tokens with this tokenizer, "
+        raise BadArgument(f"corpus {corpus.name!r} has only {stream.size} tokens with this tokenizer, "
                          f"fewer than one window of {seq_len}; use a longer corpus or a shorter seq_len")
     clamped = available < n_windows
     if clamped:
         n_windows = available
     if stream.size and (stream.min() < 0 or stream.max() > np.iinfo(np.int32).max):
-        raise NegdbError("token ids do not fit in int32; this tokenizer is not supported")
+        raise ModelLoadError("token ids do not fit in int32; this tokenizer is not supported")
 
     body = stream[: n_windows * per_window].astype(np.int32).reshape(n_windows, per_window)
     if bos_token_id is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, ModelLoadError
 from negdb.models.families import preact_module
 from negdb.models.loading import LoadedModel
 
@@ -42,10 +42,10 @@ class _StopForward(Exception):
 def _check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
     wanted = sorted({int(i) for i in layers})
     if not wanted:
-        raise NegdbError("no layers requested")
+        raise BadArgument("no layers requested")
     bad = [i for i in wanted if not 0 <= i < n_layers]
     if bad:
-        raise NegdbError(f"layer {bad[0]} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+        raise BadArgument(f"layer {bad[0]} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
     return wanted
 
 
@@ -69,7 +69,7 @@ def run_batch(
         A :class:`Captured` with CPU tensors that are ordinary (not inference-mode) tensors.
     """
     if input_ids.dim() != 2:
-        raise NegdbError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        raise BadArgument(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
     wanted = _check_layers(layers, lm.n_layers)
     last = wanted[-1]
     device = lm.device
@@ -79,7 +79,7 @@ def run_batch(
     if input_rows is not None:
         rows = torch.as_tensor(input_rows, dtype=torch.long).reshape(-1)
         if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n_rows):
-            raise NegdbError(f"input_rows must lie in 0..{n_rows - 1}")
+            raise BadArgument(f"input_rows must lie in 0..{n_rows - 1}")
         rows_dev = rows.to(device)
     on_cpu = device.type == "cpu"
     out = Captured(input_rows=None if input_rows is None else rows_dev.cpu())  # type: ignore[union-attr]
@@ -121,5 +121,5 @@ def run_batch(
         torch.cuda.synchronize(device)  # the non-blocking copies to the CPU must have landed
     missing = [i for i in wanted if i not in out.preacts]
     if missing:
-        raise NegdbError(f"layer {missing[0]}'s pre-activation module never ran: the family table does not match")
+        raise ModelLoadError(f"layer {missing[0]}'s pre-activation module never ran: the family table does not match")
     return out

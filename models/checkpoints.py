@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, UnknownModel
 from negdb.models.registry import ModelSource
 
 FINAL = "final"
@@ -86,7 +86,7 @@ def _positive(spec: str, text: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise NegdbError(f"bad checkpoint spec '{spec}': the number after ':' must be a positive integer")
+        raise BadArgument(f"bad checkpoint spec '{spec}': the number after ':' must be a positive integer")
     return value
 
 
@@ -98,7 +98,7 @@ def select(source: ModelSource, spec: str = FINAL) -> list[Checkpoint]:
     """The checkpoints of ``source`` named by ``spec`` (see the module docstring), in training order."""
     text = (spec or "").strip()
     if not text:
-        raise NegdbError(f"empty checkpoint spec: use {_SPEC_HELP}")
+        raise BadArgument(f"empty checkpoint spec: use {_SPEC_HELP}")
     revs = available(source)
     lowered = text.lower()
 
@@ -107,7 +107,7 @@ def select(source: ModelSource, spec: str = FINAL) -> list[Checkpoint]:
 
     if lowered == "all" or lowered.startswith(("every:", "first:")):
         if revs is None:
-            raise NegdbError(
+            raise BadArgument(
                 f"the checkpoints of {source.model_id} are unknown: use final or explicit revisions like step1000,main"
             )
         if lowered == "all":
@@ -122,14 +122,14 @@ def select(source: ModelSource, spec: str = FINAL) -> list[Checkpoint]:
         return [_make(source, r) for r in chosen]
 
     if ":" in text:
-        raise NegdbError(f"bad checkpoint spec '{text}': use {_SPEC_HELP}")
+        raise BadArgument(f"bad checkpoint spec '{text}': use {_SPEC_HELP}")
     names = [p.strip() for p in text.split(",")]
     if any(not n for n in names):
-        raise NegdbError(f"bad checkpoint spec '{text}': empty entry in the list; use {_SPEC_HELP}")
+        raise BadArgument(f"bad checkpoint spec '{text}': empty entry in the list; use {_SPEC_HELP}")
     if revs is None:
         bad = [n for n in names if not _REVISION.match(n)]
         if bad:
-            raise NegdbError(f"bad revision '{bad[0]}' in checkpoint spec '{text}'")
+            raise BadArgument(f"bad revision '{bad[0]}' in checkpoint spec '{text}'")
         return [_make(source, n) for n in dict.fromkeys(names)]
 
     final = final_revision(source)
@@ -137,7 +137,7 @@ def select(source: ModelSource, spec: str = FINAL) -> list[Checkpoint]:
     for n in names:
         rev = final if n.lower() in (FINAL, "main") else n
         if rev not in revs:
-            raise NegdbError(f"{source.model_id} has no checkpoint '{n}': it has {_show(revs)} ({len(revs)} in all)")
+            raise UnknownModel(f"{source.model_id} has no checkpoint '{n}': it has {_show(revs)} ({len(revs)} in all)")
         wanted.append(rev)
     order = {r: i for i, r in enumerate(revs)}
     return [_make(source, r) for r in sorted(set(wanted), key=order.__getitem__)]

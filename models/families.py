@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, ModelLoadError
 
 BosPolicy = Literal["none", "bos"]
 """``"none"``: feed the text's tokens as they are; ``"bos"``: prepend the tokenizer's BOS token."""
@@ -134,11 +134,11 @@ def supported_model_types() -> list[str]:
 
 
 def family_by_name(name: str) -> Family:
-    """The family called ``name``; ``NegdbError`` listing the names otherwise."""
+    """The family called ``name``; ``BadArgument`` listing the names otherwise."""
     for fam in FAMILIES:
         if fam.name == name:
             return fam
-    raise NegdbError(f"unknown model family '{name}': use one of {', '.join(f.name for f in FAMILIES)}")
+    raise BadArgument(f"unknown model family '{name}': use one of {', '.join(f.name for f in FAMILIES)}")
 
 
 def family_for(config: Any) -> Family:
@@ -148,17 +148,17 @@ def family_for(config: Any) -> Family:
         if model_type in fam.model_types:
             return fam
     listed = "; ".join(f"{f.name} ({', '.join(f.model_types)})" for f in FAMILIES)
-    raise NegdbError(f"unsupported model type '{model_type}': negdb supports the families {listed}")
+    raise ModelLoadError(f"unsupported model type '{model_type}': negdb supports the families {listed}")
 
 
 def get_path(root: nn.Module, path: str) -> Any:
-    """Follow a dotted attribute path (``"mlp.gate_proj"``) from ``root``; ``NegdbError`` if a part is missing."""
+    """Follow a dotted attribute path (``"mlp.gate_proj"``) from ``root``; ``ModelLoadError`` if a part is missing."""
     obj: Any = root
     for part in path.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise NegdbError(
+            raise ModelLoadError(
                 f"{type(root).__name__} has no '{path}' (missing '{part}'): this transformers version "
                 "lays the model out differently from negdb's family table"
             ) from None
@@ -169,14 +169,14 @@ def get_layers(model: nn.Module, family: Family) -> nn.ModuleList:
     """The decoder-layer ``ModuleList`` of a causal LM."""
     layers = get_path(model, family.layers)
     if not isinstance(layers, nn.ModuleList):
-        raise NegdbError(f"{family.layers} of {type(model).__name__} is not a ModuleList")
+        raise ModelLoadError(f"{family.layers} of {type(model).__name__} is not a ModuleList")
     return layers
 
 
 def _layer(model: nn.Module, family: Family, i: int) -> nn.Module:
     layers = get_layers(model, family)
     if not -len(layers) <= i < len(layers):
-        raise NegdbError(f"layer {i} out of range: the model has {len(layers)} layers (0..{len(layers) - 1})")
+        raise BadArgument(f"layer {i} out of range: the model has {len(layers)} layers (0..{len(layers) - 1})")
     return layers[i]
 
 
@@ -233,4 +233,4 @@ def out_features(module: nn.Module) -> int:
     weight = getattr(module, "weight", None)
     if isinstance(weight, torch.Tensor):
         return int(weight.shape[0])
-    raise NegdbError(f"cannot tell the output width of {type(module).__name__}")
+    raise ModelLoadError(f"cannot tell the output width of {type(module).__name__}")

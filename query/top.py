@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NotFound
 from negdb.store.catalog import Catalog
 
 TOP_SQL = """
@@ -28,11 +28,11 @@ def top_neurons(cat: Catalog, *, k: int = 3, model: str | None = None, revision:
                 slice_id: str | None = None, spec_id: str | None = None) -> pl.DataFrame:
     """Top ``k`` neurons per layer by ``w_dist``; unspecified keys default to the latest ingest's."""
     if k < 1:
-        raise NegdbError("--k must be at least 1")
+        raise BadArgument("--k must be at least 1")
     latest = cat.arrow(LATEST_SQL, [model, model, revision, revision]).to_pylist()
     if not latest:
         what = f" for {model}" + (f"@{revision}" if revision else "") if model else ""
-        raise NegdbError(f"no statistics{what} in {cat.layout.root}: run `negdb ingest` first")
+        raise NotFound(f"no statistics{what} in {cat.layout.root}: run `negdb ingest` first")
     row = latest[0]
     keys = [model or row["model_id"], revision or row["revision"], slice_id or row["slice_id"],
             spec_id or row["spec_id"], k]

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NotFound, StoreError
 from negdb.report import data, sections
 from negdb.report.page import Section, render
 from negdb.store.catalog import Catalog
@@ -45,7 +45,7 @@ def parse_neuron(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
         return spec
     m = _NEURON.match(str(spec))
     if not m:
-        raise NegdbError(f"bad --neuron {spec!r}: use LAYER:INDEX, e.g. 7:824")
+        raise BadArgument(f"bad --neuron {spec!r}: use LAYER:INDEX, e.g. 7:824")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -56,14 +56,14 @@ def _pins(cat: Catalog, ablations: Iterable[str], analyses: Iterable[str]
     for aid in ablations:
         model = data.ablation_model(cat, aid)
         if abl.setdefault(model, aid) != aid:
-            raise NegdbError(f"--ablation {abl[model]} and {aid} are both of model {model}: give one per model")
+            raise BadArgument(f"--ablation {abl[model]} and {aid} are both of model {model}: give one per model")
     ana: dict[tuple[str, str], list[str]] = {}
     for aid in dict.fromkeys(analyses):
         head = data.analysis_head(cat, aid)
         key = (head["model_id"], head["kind"])
         ids = ana.setdefault(key, [])
         if ids and key[1] != data.SWEEP_KIND:
-            raise NegdbError(f"--analysis {ids[0]} and {aid} are both {key[1]} analyses of {key[0]}: "
+            raise BadArgument(f"--analysis {ids[0]} and {aid} are both {key[1]} analyses of {key[0]}: "
                              "give one per model and kind (several only for sweeps)")
         ids.append(aid)
     return abl, ana
@@ -72,14 +72,14 @@ def _pins(cat: Catalog, ablations: Iterable[str], analyses: Iterable[str]
 def _models(cat: Catalog, models: Sequence[str] | None, pinned: list[str]) -> list[str]:
     known = data.known_models(cat)
     if not known:
-        raise NegdbError(f"nothing to report: {cat.layout.root} holds no statistics, ablations or analyses; "
+        raise NotFound(f"nothing to report: {cat.layout.root} holds no statistics, ablations or analyses; "
                          "run `negdb ingest --model MODEL` first")
     if not models:
         return list(dict.fromkeys(pinned)) or known
     chosen = list(dict.fromkeys(data.resolve_model(cat, m, known) for m in models))
     for m in pinned:
         if m not in chosen:
-            raise NegdbError(f"--ablation/--analysis refer to model {m}, which is not among --model: add it")
+            raise BadArgument(f"--ablation/--analysis refer to model {m}, which is not among --model: add it")
     return chosen
 
 
@@ -94,7 +94,7 @@ def _section(cat: Catalog, store: Path, folder: Path, i: int, model_id: str, *, 
                                 [ablation_id])["r"][0])
     revision = data.stats_revision(cat, model_id, preferred)
     if checkpoint is not None and revision != checkpoint:
-        raise NegdbError(f"{model_id} has no statistics for checkpoint '{checkpoint}': "
+        raise NotFound(f"{model_id} has no statistics for checkpoint '{checkpoint}': "
                          f"`negdb sql \"SELECT DISTINCT revision FROM neurons\"` lists the stored ones")
     blocks = [*sections.statistics(ctx, revision, neuron, bins), *sections.ablation(ctx, ablation_id),
               *sections.pos(ctx, analyses["pos"]), *sections.layers(ctx, analyses["layers"]),
@@ -116,9 +116,9 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished ``tmp`` folder to ``out``, replacing an earlier report there."""
     if out.exists():
         if not out.is_dir():
-            raise NegdbError(f"--out {out} is a file: give a folder for the report")
+            raise BadArgument(f"--out {out} is a file: give a folder for the report")
         if any(out.iterdir()) and not (out / PAGE).exists():
-            raise NegdbError(f"--out {out} holds other files and no earlier report: give a new or empty folder")
+            raise BadArgument(f"--out {out} holds other files and no earlier report: give a new or empty folder")
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.rename(out, old / "r")
         os.rename(tmp, out)
@@ -138,17 +138,17 @@ def build(store: str | Path, out: str | Path, models: Sequence[str] | None = Non
         neuron: ``"LAYER:INDEX"`` of the example neuron (default: the highest w_dist).
         bins: histogram bins of the example neuron.
     Raises:
-        NegdbError: not a store, nothing stored, an unknown model or id, or a bad ``out``/``neuron``/``bins``.
+        NegdbError (StoreError, NotFound, BadArgument): not a store, nothing stored, an unknown model or id, or a bad ``out``/``neuron``/``bins``.
     """
     if bins < 1:
-        raise NegdbError("--bins must be at least 1")
+        raise BadArgument("--bins must be at least 1")
     pick = parse_neuron(neuron)
     layout = StoreLayout(Path(store))
     if not layout.marker.exists():
-        raise NegdbError(f"{store} is not a negdb store: run `negdb ingest --model MODEL` first")
+        raise StoreError(f"{store} is not a negdb store: run `negdb ingest --model MODEL` first")
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
-        raise NegdbError(f"--out {out} is a file: give a folder for the report")
+        raise BadArgument(f"--out {out} is a file: give a folder for the report")
     with Catalog(layout.root) as cat:
         abl_pins, ana_pins = _pins(cat, ablations, analyses)
         chosen = _models(cat, models, [*abl_pins, *(m for m, _ in ana_pins)])

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from negdb.ablate.compare import Comparison
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError, NotFound
 from negdb.query.neuron import NeuronReport
 from negdb.query.sets import Keys
 from negdb.store.catalog import Catalog
@@ -148,7 +148,7 @@ def resolve_model(cat: Catalog, name: str, known: list[str]) -> str:
     if model_id in known:
         return str(model_id)
     shown = ", ".join(known[:8]) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
-    raise NegdbError(f"nothing stored for model '{name}' in {cat.layout.root}: stored models are {shown}")
+    raise NotFound(f"nothing stored for model '{name}' in {cat.layout.root}: stored models are {shown}")
 
 
 def model_facts(cat: Catalog, model_id: str) -> ModelFacts:
@@ -225,7 +225,7 @@ def top_neuron(values: pl.DataFrame) -> tuple[int, int]:
     """(layer, neuron) of the largest w_dist (ties: lowest layer, then lowest neuron)."""
     valid = values.filter(pl.col("w_dist").is_not_null() & pl.col("w_dist").is_not_nan())
     if valid.height == 0:
-        raise NegdbError("no neuron has a finite w_dist")
+        raise NotFound("no neuron has a finite w_dist")
     row = valid.sort(["w_dist", "layer", "neuron"], descending=[True, False, False]).row(0, named=True)
     return int(row["layer"]), int(row["neuron"])
 
@@ -253,7 +253,7 @@ def latest_ablation(cat: Catalog, model_id: str) -> str | None:
 def ablation_model(cat: Catalog, ablation_id: str) -> str:
     rows = cat.sql("SELECT any_value(model_id) AS m FROM ablations WHERE ablation_id = ?", [ablation_id])
     if rows.height == 0 or rows["m"][0] is None:
-        raise NegdbError(f"no stored ablation {ablation_id!r}: `negdb results --ablations` lists them")
+        raise NotFound(f"no stored ablation {ablation_id!r}: `negdb results --ablations` lists them")
     return str(rows["m"][0])
 
 
@@ -336,10 +336,10 @@ def latest_analysis(cat: Catalog, model_id: str, kind: str) -> str | None:
 def analysis_head(cat: Catalog, analysis_id: str) -> dict[str, Any]:
     rows = cat.sql("SELECT * FROM analyses WHERE analysis_id = ? LIMIT 1", [analysis_id]).to_dicts()
     if not rows:
-        raise NegdbError(f"no stored analysis {analysis_id!r}: "
+        raise NotFound(f"no stored analysis {analysis_id!r}: "
                          "`negdb sql \"SELECT analysis_id, kind, model_id FROM analyses\"` lists them")
     if rows[0]["kind"] not in REPORTED_KINDS:
-        raise NegdbError(f"analysis {analysis_id} is of kind {rows[0]['kind']!r}, which the report does not show "
+        raise BadArgument(f"analysis {analysis_id} is of kind {rows[0]['kind']!r}, which the report does not show "
                          f"(it shows {', '.join(REPORTED_KINDS)})")
     return rows[0]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 
 from .mapping import PairPlan, mapping_difficulty, md_rows, pair_plan
 from .moments import QUANTILES, central_moments_rows, degenerate, quantiles_sorted, shape_stats
@@ -47,9 +47,9 @@ def block_stats(x: np.ndarray, *, reference: Reference = "exact", sampler: Norma
     x = as_block(x)
     n, k = x.shape
     if reference not in ("exact", "sample"):
-        raise NegdbError(f"reference must be 'exact' or 'sample', got {reference!r}")
+        raise BadArgument(f"reference must be 'exact' or 'sample', got {reference!r}")
     if reference == "sample" and sampler is None:
-        raise NegdbError("reference='sample' needs a NormalSampler (seed, layer) for reproducible draws")
+        raise BadArgument("reference='sample' needs a NormalSampler (seed, layer) for reproducible draws")
     threads = available_threads() if threads is None else max(1, int(threads))
     plan = None if pairs is None else pair_plan(pairs, d_in, n)
 
@@ -98,7 +98,7 @@ def _part(xs: np.ndarray, y: np.ndarray | None, tables: NormalTables | None, pla
             md[c] = md_rows(np.abs(d, out=d), plan.w)
     xs.sort(axis=1)
     if not (np.isfinite(xs[:, 0]).all() and np.isfinite(xs[:, -1]).all()):
-        raise NegdbError("pre-activations contain NaN or infinite values; statistics need finite values")
+        raise BadArgument("pre-activations contain NaN or infinite values; statistics need finite values")
     n_neg, n_le = sign_counts(xs)
 
     sum_neg, sum_rest, mean, m2, m3, m4, inv_std, w_neg, w_pos = np.empty((9, r))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 
 from .rows import available_threads, row_dot, run_parallel
 
@@ -30,9 +30,9 @@ def draw_pairs(n_tokens: int, n_pairs: int, seed: int) -> tuple[np.ndarray, np.n
     """``n_pairs`` disjoint token pairs ``(a, b)`` (int64), all 2P tokens distinct, from ``default_rng(seed)``."""
     n_tokens, n_pairs = int(n_tokens), int(n_pairs)
     if n_pairs < 1:
-        raise NegdbError(f"mapping difficulty needs at least one token pair, got n_pairs={n_pairs}")
+        raise BadArgument(f"mapping difficulty needs at least one token pair, got n_pairs={n_pairs}")
     if 2 * n_pairs > n_tokens:
-        raise NegdbError(f"{n_pairs} disjoint token pairs need {2 * n_pairs} tokens but the slice has {n_tokens}; "
+        raise BadArgument(f"{n_pairs} disjoint token pairs need {2 * n_pairs} tokens but the slice has {n_tokens}; "
                          f"use at most {n_tokens // 2} pairs or more tokens")
     tokens = np.random.default_rng(seed).choice(n_tokens, size=2 * n_pairs, replace=False).astype(np.int64)
     return tokens[:n_pairs], tokens[n_pairs:]
@@ -42,7 +42,7 @@ def input_distances(h_a: np.ndarray, h_b: np.ndarray) -> np.ndarray:
     """d_in: the L2 distance of each pair's MLP inputs ``(P, d_model)``, divided by the largest one (float64)."""
     h_a, h_b = np.asarray(h_a), np.asarray(h_b)
     if h_a.shape != h_b.shape or h_a.ndim != 2:
-        raise NegdbError(f"h_a and h_b must be (P, d_model) arrays of one shape, got {h_a.shape} and {h_b.shape}")
+        raise BadArgument(f"h_a and h_b must be (P, d_model) arrays of one shape, got {h_a.shape} and {h_b.shape}")
     return normalise_distances(np.linalg.norm(h_a.astype(np.float64) - h_b.astype(np.float64), axis=1))
 
 
@@ -57,7 +57,7 @@ def mapping_difficulty(x_a: np.ndarray, x_b: np.ndarray, d_in: np.ndarray, *,
     """md of every column: ``x_a`` / ``x_b`` are the ``(P, k)`` pre-activations at the pair tokens (float64 out)."""
     x_a, x_b, d_in = np.asarray(x_a), np.asarray(x_b), np.asarray(d_in, dtype=np.float64)
     if x_a.shape != x_b.shape or x_a.ndim != 2 or d_in.shape != (x_a.shape[0],):
-        raise NegdbError(f"mapping_difficulty needs x_a, x_b of one (P, k) shape and d_in of shape (P,); got "
+        raise BadArgument(f"mapping_difficulty needs x_a, x_b of one (P, k) shape and d_in of shape (P,); got "
                          f"{x_a.shape}, {x_b.shape}, {d_in.shape}")
     keep = d_in > 0
     if not keep.all():
@@ -97,13 +97,13 @@ class PairPlan:
 def pair_plan(pairs: tuple[np.ndarray, np.ndarray], d_in: np.ndarray | None, n_tokens: int) -> PairPlan:
     """Check the pairs against ``n_tokens`` and ``d_in``; drop pairs with d_in == 0."""
     if d_in is None:
-        raise NegdbError("mapping difficulty needs d_in (input_distances) along with the pairs")
+        raise BadArgument("mapping difficulty needs d_in (input_distances) along with the pairs")
     a, b = (np.asarray(v, dtype=np.int64).reshape(-1) for v in pairs)
     d_in = np.asarray(d_in, dtype=np.float64).reshape(-1)
     if not (a.shape == b.shape == d_in.shape):
-        raise NegdbError(f"pairs and d_in must have one length, got {a.shape}, {b.shape}, {d_in.shape}")
+        raise BadArgument(f"pairs and d_in must have one length, got {a.shape}, {b.shape}, {d_in.shape}")
     if a.size and (min(a.min(), b.min()) < 0 or max(a.max(), b.max()) >= n_tokens):
-        raise NegdbError(f"pair token indices must lie in [0, {n_tokens})")
+        raise BadArgument(f"pair token indices must lie in [0, {n_tokens})")
     keep = d_in > 0
     a, b, d_in = a[keep], b[keep], d_in[keep]
     free = np.ones(n_tokens, dtype=bool)

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 
 __all__ = ["RowSplit", "as_block", "available_threads", "row_chunks", "row_dot", "run_parallel",
            "sign_counts", "split_row_sums", "to_rows"]
@@ -32,11 +32,11 @@ def as_block(x: np.ndarray, name: str = "x") -> np.ndarray:
     """Check that ``x`` is a 2-D floating array with at least one token; return it as an ndarray."""
     x = np.asarray(x)
     if x.ndim != 2:
-        raise NegdbError(f"{name} must be a 2-D (n_tokens, k) array, got shape {x.shape}")
+        raise BadArgument(f"{name} must be a 2-D (n_tokens, k) array, got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
-        raise NegdbError(f"{name} must hold floating-point values, got dtype {x.dtype}")
+        raise BadArgument(f"{name} must hold floating-point values, got dtype {x.dtype}")
     if x.shape[0] == 0:
-        raise NegdbError(f"{name} has no tokens (shape {x.shape})")
+        raise BadArgument(f"{name} has no tokens (shape {x.shape})")
     return x
 
 

@@ -34,7 +34,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from negdb.errors import NegdbError, QueryTimeout, one_line
+from negdb.errors import BadArgument, BadQuery, QueryTimeout, QueryTooLarge, one_line
 from negdb.store.hardened import default_memory_limit, empty_select, hardened_connection
 from negdb.store.layout import StoreLayout
 from negdb.store.safety import check_statement, expression_type
@@ -187,9 +187,9 @@ class Catalog:
         threads at once. Nothing in the store changes, whatever the statement.
         """
         if max_rows is not None and max_rows < 0:
-            raise NegdbError(f"max_rows must be 0 or more (got {max_rows})")
+            raise BadArgument(f"max_rows must be 0 or more (got {max_rows})")
         if timeout_s is not None and not timeout_s > 0:
-            raise NegdbError(f"the time limit must be more than 0 s (got {timeout_s})")
+            raise BadArgument(f"the time limit must be more than 0 s (got {timeout_s})")
         statement = check_statement(sql, views=self._views)
         cur = self._cursor()
         fired = threading.Event()
@@ -207,7 +207,7 @@ class Catalog:
                 args = None if not params else params if isinstance(params, dict) else list(params)
                 rel = cur.sql(statement, params=args)
                 if rel is None:  # pragma: no cover - check_statement lets only SELECT through
-                    raise NegdbError("the statement returned no rows: run one SELECT statement")
+                    raise BadQuery("the statement returned no rows: run one SELECT statement")
                 rel = _offsets_kept(rel)
                 reader = rel.to_arrow_reader(FETCH_BATCH_ROWS if max_rows is None
                                              else max(1, min(FETCH_BATCH_ROWS, max_rows + 1)))
@@ -236,9 +236,9 @@ class Catalog:
                 if isinstance(err, duckdb.InterruptException) or "INTERRUPT Error" in str(err):
                     raise KeyboardInterrupt from err
                 if isinstance(err, duckdb.OutOfMemoryException) or "Out of Memory Error" in str(err):
-                    raise NegdbError(f"query needs more memory than its limit of {self._memory_limit}: add a "
+                    raise QueryTooLarge(f"query needs more memory than its limit of {self._memory_limit}: add a "
                                      "WHERE/LIMIT, select fewer columns or aggregate") from err
-                raise NegdbError(f"query failed: {one_line(err)} (`negdb schema` lists the views and "
+                raise BadQuery(f"query failed: {one_line(err)} (`negdb schema` lists the views and "
                                  "columns)") from err
             if fired.is_set() and not truncated:
                 # the limit passed while the last rows arrived: they may be incomplete

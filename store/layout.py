@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from negdb.errors import NegdbError
+from negdb.errors import StoreError
 
 FORMAT_VERSION = 1
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -64,13 +64,13 @@ class StoreLayout:
         if self.marker.exists():
             fmt = json.loads(self.marker.read_text()).get("format")
             if fmt != FORMAT_VERSION:
-                raise NegdbError(
+                raise StoreError(
                     f"{self.root} holds a negdb store of format {fmt}; this negdb reads format "
                     f"{FORMAT_VERSION}: use a new --store folder"
                 )
             return self
         if self.root.exists() and not self.root.is_dir():
-            raise NegdbError(f"--store {self.root} is a file: pass a folder path")
+            raise StoreError(f"--store {self.root} is a file: pass a folder path")
         self.root.mkdir(parents=True, exist_ok=True)
         from negdb.store.segments import atomic_write_bytes
 

@@ -14,7 +14,7 @@ and the third is its time and row limits.
 - :func:`check_where` accepts one boolean expression over a view's columns, to be embedded as
   ``... WHERE (expr)`` (``negdb select --where``, the service's ``where=``).
 
-Both return the text to run and raise :class:`~negdb.errors.NegdbError` (one line: what is allowed,
+Both return the text to run and raise :class:`~negdb.errors.BadQuery` (one line: what is allowed,
 what to do) for anything else. Neither runs the statement.
 """
 
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from negdb.errors import NegdbError, one_line
+from negdb.errors import BadQuery, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from negdb.store.catalog import Catalog
@@ -77,8 +77,8 @@ _WHERE_ALIAS = "__negdb_where__"
 _OPEN, _CLOSE = "([{", ")]}"
 
 
-def _refuse(what: str) -> NegdbError:
-    return NegdbError(what)
+def _refuse(what: str) -> BadQuery:
+    return BadQuery(what)
 
 
 def default_views() -> frozenset[str]:
@@ -237,7 +237,7 @@ def _check_tree(tree: Any, views: Collection[str], what: str) -> None:
 # ------------------------------------------------------------------------------------------ public checks
 
 def check_statement(sql: str, *, views: Collection[str] | None = None) -> str:
-    """``sql`` if it is exactly one read-only SELECT (or WITH ... SELECT) statement, else ``NegdbError``.
+    """``sql`` if it is exactly one read-only SELECT (or WITH ... SELECT) statement, else ``BadQuery``.
 
     ``views`` are the table names it may read (default: the catalog views); its own WITH names are
     always allowed. Returns the statement without surrounding whitespace and its closing ``;``.
@@ -300,7 +300,7 @@ def _plain_select(node: dict[str, Any], view: str) -> bool:
 
 
 def check_where(expr: str, *, view: str = "neurons", cat: "Catalog | None" = None) -> str:
-    """``expr`` (stripped) if it is one boolean expression over ``view``'s columns, else ``NegdbError``.
+    """``expr`` (stripped) if it is one boolean expression over ``view``'s columns, else ``BadQuery``.
 
     The caller embeds it as ``SELECT ... FROM view WHERE (expr)`` (possibly ``AND``-ed with its own
     conditions): its brackets must balance on their own, it holds no statement, comment, ``;`` or

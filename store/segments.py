@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negdb.errors import NegdbError
+from negdb.errors import NotEnoughDisk
 
 
 def fsync_dir(path: Path) -> None:
@@ -36,7 +36,7 @@ def disk_errors(what: str) -> Iterator[None]:
         yield
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NegdbError(
+            raise NotEnoughDisk(
                 f"the disk is full while writing {what}: free space or use another --store; "
                 "the unfinished work is kept and resumes when you run the command again"
             ) from err
