@@ -245,7 +245,12 @@ def test_identical_condition_gives_zero_rows(world):
 def test_render_json(world):
     cmp = world["cmp"]
     doc = json.loads(cmp.render("json"))
-    assert doc["rows"] == cmp.to_records()
+    # every row, in order, with every field of the comparison's rows (read field by field, not via to_records)
+    fields = ("benchmark", "metric", "condition", "n", "seeds", "value", "baseline", "delta", "lo", "hi")
+    assert len(doc["rows"]) == len(cmp.rows)
+    for got, r in zip(doc["rows"], cmp.rows):
+        assert set(fields) <= set(got)
+        assert all(got[k] == getattr(r, k) for k in fields), (got, r)
     assert [c["name"] for c in doc["conditions"]] == ["baseline", "ablation", "random"]
     assert [c["label"] for c in doc["conditions"]] == ["baseline", "neg-ablation", "random"]
     assert doc["conditions"][2]["note"] == "seeds 0..2" and doc["conditions"][1]["n_neurons"] == 18

@@ -42,12 +42,27 @@ def test_failed_write_leaves_no_segment(tmp_path: Path, monkeypatch: pytest.Monk
     assert list((tmp_path / "t").iterdir()) == []
 
 
+def _segment_columns(table, folder: Path) -> list[tuple[str, str]]:
+    """(column, DuckDB type) of a real segment of ``table`` (one all-NULL row), as DuckDB reads the file."""
+    import duckdb
+
+    path = folder / f"{table.name}.parquet"
+    write_segment(path, table.from_rows([{}]))
+    return [(str(r[0]), str(r[1])) for r in duckdb.sql(f"DESCRIBE SELECT * FROM '{path}'").fetchall()]
+
+
+def _view_columns(con, view: str) -> list[tuple[str, str]]:
+    return [(str(r[0]), str(r[1])) for r in con.execute(f"DESCRIBE {view}").fetchall()]
+
+
 def test_catalog_lists_only_published_segments(tmp_path: Path) -> None:
-    layout = StoreLayout(tmp_path).init()
-    cat = Catalog(tmp_path)
-    for table in all_tables():  # empty views with the right columns
-        cols = [r[0] for r in cat.con.execute(f"DESCRIBE {table.name}").fetchall()]
-        assert cols == [c for c, _, _ in table.columns]
+    layout = StoreLayout(tmp_path / "s").init()
+    cat = Catalog(tmp_path / "s")
+    (tmp_path / "seg").mkdir()
+    for table in all_tables():  # an empty view has the columns and types a published segment will have
+        expected = _segment_columns(table, tmp_path / "seg")
+        assert _view_columns(cat.con, table.name) == expected, table.name
+        assert _view_columns(cat._cursor(), table.name) == expected, table.name  # the user-SQL database
     (layout.table_dir("models")).mkdir(parents=True)
     (layout.table_dir("models") / ".x.parquet.abc.partial").write_bytes(b"garbage")
     write_segment(layout.table_dir("models") / "m.parquet", MODELS.from_rows([{"model_id": "m1", "n_layers": 2}]))
@@ -178,8 +193,8 @@ def test_refresh_remakes_only_changed_views_and_sees_what_a_fresh_catalog_sees(
     (res / "r3.parquet").unlink()
     cat.refresh()  # no segment left: the empty view with the table's columns
     assert cat.sql("SELECT count(*) AS n FROM eval_results")["n"][0] == 0
-    columns = [r[0] for r in cat.con.execute("DESCRIBE eval_results").fetchall()]
-    assert columns == [c for c, _, _ in EVAL_RESULTS.columns]
+    (tmp_path / "seg").mkdir()
+    assert _view_columns(cat.con, "eval_results") == _segment_columns(EVAL_RESULTS, tmp_path / "seg")
 
 
 def test_refresh_after_a_failed_view_reads_the_table_anew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
