@@ -36,6 +36,15 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _finish(fig: Figure, axes: Any, used: int, title: str, path: Path) -> Path:
+    """Hide the axes after the first ``used``, title the figure, lay it out and save it."""
+    for ax in axes[used:]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _err(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Error-bar lengths (2, n) from a value and its CI; a missing CI gives no bar."""
     lo = np.where(np.isnan(lo), v, lo)
@@ -243,11 +252,7 @@ def layers(df: pl.DataFrame, panels: list[tuple[str, str]], group_labels: dict[i
         ax.set_title(bench, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, axes, len(panels), title, path)
 
 
 TRAINING_PANELS = (
@@ -295,11 +300,7 @@ def training(series: pl.DataFrame, x_label: str, effects: list[tuple[str, str]],
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(x_label)
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, axes, len(panels), title, path)
 
 
 def neg_share(df: pl.DataFrame, title: str, path: Path) -> Path:

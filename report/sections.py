@@ -212,15 +212,22 @@ def missing(ctx: Context, kind: str, title: str, extra: str = "") -> Block:
     return b
 
 
+def _opened(ctx: Context, analysis_id: str, key: str, table: str, title: str) -> tuple[Any, pl.DataFrame, Block]:
+    """A stored analysis, its ``table`` and the section's block (noting when the table has no rows)."""
+    an = data.analysis(ctx.cat, analysis_id)
+    df = an.tables[table]
+    b = Block(ctx.key(key), title)
+    if df.height == 0:
+        b.note = f"Analysis {analysis_id} stored no rows."
+    return an, df, b
+
+
 def pos(ctx: Context, analysis_id: str | None) -> list[Block]:
     title = "Excess surprisal per part of speech"
     if analysis_id is None:
         return [missing(ctx, "pos", title)]
-    an = data.analysis(ctx.cat, analysis_id)
-    df = an.tables["pos_surprisal"]
-    b = Block(ctx.key("pos"), title)
+    an, df, b = _opened(ctx, analysis_id, "pos", "pos_surprisal", title)
     if df.height == 0:
-        b.note = f"Analysis {analysis_id} stored no rows."
         return [b]
     df = _series(df, f"{an.config.get('mode', 'neg')}-ablation")
     series = list(dict.fromkeys(df["series"].to_list()))
@@ -304,11 +311,8 @@ def training(ctx: Context, analysis_id: str | None) -> list[Block]:
     if analysis_id is None:
         return [missing(ctx, "training", title, " It needs several ingested checkpoints "
                         "(`negdb ingest --checkpoints every:K`).")]
-    an = data.analysis(ctx.cat, analysis_id)
-    df = an.tables["training_dynamics"]
-    b = Block(ctx.key("training"), title)
+    an, df, b = _opened(ctx, analysis_id, "training", "training_dynamics", title)
     if df.height == 0:
-        b.note = f"Analysis {analysis_id} stored no rows."
         return [b]
     series = data.training_series(df)
     _, x_label = data.training_x(df)

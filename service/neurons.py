@@ -50,15 +50,10 @@ def neurons(request: Request, state: State,
             ) -> Response:
     """Rows of `neurons` in (model_id, revision, layer, neuron) order; `truncated` says whether more match."""
     n = state.row_limit(limit, "limit")
-    conds, params = [], []
-    if model is not None:
-        conds.append("model_id = ?")
-        params.append(model)
-    if checkpoint is not None:
-        conds.append("revision = ?")
-        params.append(checkpoint)
+    keys = {k: v for k, v in (("model_id", model), ("revision", checkpoint)) if v is not None}
+    params = list(keys.values())
     # the keys filter an inner query, so no expression text can widen them
-    sql_text = "SELECT * FROM neurons" + (" WHERE " + " AND ".join(conds) if conds else "")
+    sql_text = "SELECT * FROM neurons" + (" WHERE " + " AND ".join(f"{k} = ?" for k in keys) if keys else "")
     if where is not None:
         from negdb.store.safety import check_where
 
