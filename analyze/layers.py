@@ -32,7 +32,7 @@ from negdb.ablate.controls import restrict_set
 from negdb.ablate.interventions import cumulative, layer_groups
 from negdb.ablate.options import mode_name
 from negdb.analyze.record import Timer, analysis_id, lookup, publish
-from negdb.errors import BadArgument, NegdbError
+from negdb.errors import BadArgument, NotFound
 from negdb.evals import registry
 from negdb.evals.metrics import DECISION_COLUMN, paired_bootstrap
 from negdb.evals.options import Bootstrap, Sampling, Scoring, benchmarks
@@ -141,7 +141,7 @@ class LayerAnalysis:
             w.writerows([{**r, "layers": " ".join(map(str, r["layers"]))} for r in self.rows])
             return buf.getvalue()
         if fmt != "table":
-            raise NegdbError(f"unknown format {fmt!r}: use table, json or csv")
+            raise BadArgument(f"unknown format {fmt!r}: use table, json or csv")
         return _table(self)
 
 
@@ -165,7 +165,7 @@ def plan_groups(cat: Catalog, main: NeuronSet, groups: list[list[int]], variants
 def _n_layers(cat: Catalog, model_id: str) -> int:
     rows = cat.arrow("SELECT max(n_layers) AS n FROM models WHERE model_id = ?", [model_id]).to_pylist()
     if not rows or rows[0]["n"] is None:
-        raise NegdbError(f"{model_id} has no models row: run `negdb ingest --model {model_id}` first")
+        raise NotFound(f"{model_id} has no models row: run `negdb ingest --model {model_id}` first")
     return int(rows[0]["n"])
 
 

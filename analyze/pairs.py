@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from negdb.analyze.record import Timer, analysis_id, lookup, publish
 from negdb.config import store_path
-from negdb.errors import BadArgument, NegdbError, NotFound
+from negdb.errors import BadArgument, NegdbError, NotFound, StoreError
 from negdb.evals.metrics import bootstrap_samples
 from negdb.evals.options import Bootstrap
 from negdb.ingest.layerstats import PairPlan
@@ -82,7 +82,7 @@ def pair_scores(x_a: np.ndarray, x_b: np.ndarray, d_in: np.ndarray) -> PairScore
     x_a, x_b = np.asarray(x_a, dtype=np.float64), np.asarray(x_b, dtype=np.float64)
     d_in = np.asarray(d_in, dtype=np.float64)
     if not (x_a.shape == x_b.shape == d_in.shape) or x_a.ndim != 1:
-        raise NegdbError(f"pair_scores needs x_a, x_b and d_in of one (P,) shape, got {x_a.shape}, {x_b.shape}, "
+        raise BadArgument(f"pair_scores needs x_a, x_b and d_in of one (P,) shape, got {x_a.shape}, {x_b.shape}, "
                          f"{d_in.shape}")
     used = d_in > 0
     diff = np.abs(x_a - x_b)
@@ -256,7 +256,7 @@ class PairAnalysis:
             return "\n".join(_csv(df) for df in [*parts, self.shares]).rstrip("\n")
         if fmt == "table":
             return _table(self)
-        raise NegdbError(f"unknown format {fmt!r}: use table, json or csv")
+        raise BadArgument(f"unknown format {fmt!r}: use table, json or csv")
 
 
 def _csv(df: pl.DataFrame) -> str:
@@ -325,7 +325,7 @@ class _NeuronData:
 def _md_key(cat: Catalog, keys: Keys) -> tuple[str, int]:
     row = cat.arrow("SELECT md_pairs, md_seed FROM stat_specs WHERE spec_id = ? LIMIT 1", [keys.spec_id]).to_pylist()
     if not row:
-        raise NegdbError(f"statistics spec {keys.spec_id} is not in the catalog: re-ingest {keys.model_id}")
+        raise NotFound(f"statistics spec {keys.spec_id} is not in the catalog: re-ingest {keys.model_id}")
     return md_group_name(int(row[0]["md_pairs"]), int(row[0]["md_seed"])), int(row[0]["md_pairs"])
 
 
@@ -341,13 +341,13 @@ def _neuron_data(cat: Catalog, keys: Keys, layer: int, index: int) -> _NeuronDat
     try:
         path = nq.layer_array_path(cat, keys, layer)
     except NegdbError:
-        raise NegdbError(f"layer {layer} of {keys.model_id}@{keys.revision} has no stored pre-activations or md "
+        raise NotFound(f"layer {layer} of {keys.model_id}@{keys.revision} has no stored pre-activations or md "
                          f"inputs: {_ingest_hint(keys, layer)}") from None
     group = path.parent.parent
     md_key, n_pairs = _md_key(cat, keys)
     md = group / "md" / md_key
     if not (md / "pairs").exists() or not (md / layer_name(layer)).exists():
-        raise NegdbError(f"layer {layer} of {keys.model_id}@{keys.revision} has no stored md inputs for its "
+        raise NotFound(f"layer {layer} of {keys.model_id}@{keys.revision} has no stored md inputs for its "
                          f"statistics ({md_key}): {_ingest_hint(keys, layer)} --md-pairs {n_pairs}")
     x = np.asarray(zarr.open_array(str(path), mode="r")[:, index], dtype=np.float64)
     pairs = np.asarray(zarr.open_array(str(md / "pairs"), mode="r")[:], dtype=np.int64)
@@ -361,10 +361,10 @@ def _neuron_data(cat: Catalog, keys: Keys, layer: int, index: int) -> _NeuronDat
 def _check_neuron(widths: dict[int, int], keys: Keys, layer: int, index: int) -> None:
     if layer not in widths:
         have = sorted(widths)
-        raise NegdbError(f"layer {layer} out of range: {keys.model_id}@{keys.revision} has statistics for layers "
+        raise NotFound(f"layer {layer} out of range: {keys.model_id}@{keys.revision} has statistics for layers "
                          f"{have[0]}-{have[-1]}" if have else f"{keys.model_id}@{keys.revision} has no statistics")
     if not 0 <= index < widths[layer]:
-        raise NegdbError(f"neuron {index} out of range: layer {layer} has neurons 0-{widths[layer] - 1}")
+        raise NotFound(f"neuron {index} out of range: layer {layer} has neurons 0-{widths[layer] - 1}")
 
 
 def _stored_md(cat: Catalog, keys: Keys, layer: int, index: int) -> float | None:
@@ -456,7 +456,7 @@ def run(opts: PairsSpec, store: str | Path | None = None, *, tokenizer: Any = No
     """
     layout = StoreLayout(store_path(store))
     if not layout.marker.exists():
-        raise NotFound(f"{layout.root} is not a negdb store: run `negdb ingest --model {opts.model}` first")
+        raise StoreError(f"{layout.root} is not a negdb store: run `negdb ingest --model {opts.model}` first")
     with Catalog(layout.root) as cat:
         keys = resolve_keys(cat, opts.model, opts.checkpoint)
         widths = layer_widths(cat, keys)

@@ -30,7 +30,7 @@ from negdb.ablate.experiment import run as run_experiment
 from negdb.ablate.options import AblateSpec, Controls, mode_name
 from negdb.analyze import postag
 from negdb.analyze.record import Timer, analysis_id, lookup, publish
-from negdb.errors import BadArgument, NegdbError
+from negdb.errors import BadArgument, NotFound, StoreDamaged
 from negdb.evals import registry
 from negdb.evals.options import Bootstrap, Sampling, Scoring
 from negdb.evals.registry import PERPLEXITY_BENCHMARK as PPL_BENCHMARK
@@ -104,7 +104,7 @@ class PosAnalysis:
             w.writerows(self.rows.to_dicts())
             return buf.getvalue()
         if fmt != "table":
-            raise NegdbError(f"unknown format {fmt!r}: use table, json or csv")
+            raise BadArgument(f"unknown format {fmt!r}: use table, json or csv")
         return _table(self)
 
 
@@ -123,9 +123,9 @@ def aggregate(frame: pl.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pl.D
     share (descending), then ``ALL``.
     """
     if n_boot < 1:
-        raise NegdbError(f"n_boot must be >= 1, got {n_boot}")
+        raise BadArgument(f"n_boot must be >= 1, got {n_boot}")
     if frame.height == 0:
-        raise NegdbError("no scored tokens to aggregate")
+        raise BadArgument("no scored tokens to aggregate")
     base = frame["baseline_nll"].cast(pl.Float64).to_numpy()
     abl = frame["ablated_nll"].cast(pl.Float64).to_numpy()
     excess = abl - base
@@ -179,12 +179,12 @@ def check_ids(ids: list[int], tokens: pl.DataFrame, result_id: str = "") -> None
     pos = tokens["position"].to_numpy().astype(np.int64)
     stored = tokens["token_id"].to_numpy().astype(np.int64)
     if pos.size and (pos.min() < 0 or pos.max() >= len(ids)):
-        raise NegdbError(f"evaluation {result_id[:12]} holds positions beyond the {len(ids)} tokens of the text: "
+        raise StoreDamaged(f"evaluation {result_id[:12]} holds positions beyond the {len(ids)} tokens of the text: "
                          "the text or the tokenizer changed since it was stored")
     bad = np.flatnonzero(np.asarray(ids, dtype=np.int64)[pos] != stored)
     if bad.size:
         p = int(pos[bad[0]])
-        raise NegdbError(f"the stored token at position {p} of evaluation {result_id[:12]} ({int(stored[bad[0]])}) "
+        raise StoreDamaged(f"the stored token at position {p} of evaluation {result_id[:12]} ({int(stored[bad[0]])}) "
                          f"is not the re-tokenized one ({ids[p]}): the text or the tokenizer changed since it was "
                          "stored")
 
@@ -201,7 +201,7 @@ def paired(tagged_base: pl.DataFrame, cond: StoredResult) -> pl.DataFrame:
     joined = tagged_base.select("window", "position", "tag", pl.col("nll").alias("baseline_nll")).join(
         other, on="position", how="inner")
     if not (joined.height == tagged_base.height == other.height):
-        raise NegdbError(f"evaluation {cond.result_id[:12]} scored other tokens than the baseline "
+        raise StoreDamaged(f"evaluation {cond.result_id[:12]} scored other tokens than the baseline "
                          "(other --ppl-tokens or --window?): compare evaluations of the same tokens only")
     return joined
 
@@ -291,7 +291,7 @@ def read(layout: StoreLayout, aid: str) -> PosAnalysis:
     """The stored analysis ``aid`` (no model, tagger or evaluation is touched)."""
     row = lookup(layout, aid)
     if row is None or row["kind"] != KIND:
-        raise NegdbError(f"no stored POS analysis {aid}: run `negdb analyze pos ...`")
+        raise NotFound(f"no stored POS analysis {aid}: run `negdb analyze pos ...`")
     path = layout.table_dir(POS_SURPRISAL.name) / f"{aid}.parquet"
     rows = pl.from_arrow(pq.read_table(path)) if path.exists() else pl.DataFrame(schema=POS_SURPRISAL.schema)
     assert isinstance(rows, pl.DataFrame)

