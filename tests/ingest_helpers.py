@@ -22,11 +22,23 @@ def cli(store: Path, *args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(main, ["--store", str(store), *args], env=env, catch_exceptions=False)
 
 
-def assert_one_error(res) -> None:
-    """A CLI result that failed with exit code 2 and exactly one ``error: ...`` line."""
+def raised(res) -> BaseException | None:
+    """The NegdbError behind a CLI result that exited with an error (the CLI exits from inside its handler, so the
+    error is the exit's context), else None."""
+    err = getattr(res.exception, "__context__", None)
+    return err if isinstance(err, negdb.NegdbError) else None
+
+
+def assert_one_error(res, kind: type[BaseException] | None = None) -> None:
+    """A CLI result that failed with exit code 2 and exactly one ``error: ...`` line; with ``kind``, the error
+    raised was of that class (``negdb.errors``), so a program calling the same API can catch it."""
     assert res.exit_code == 2, res.output
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    if kind is not None:
+        err = raised(res)
+        assert isinstance(err, kind), f"expected {kind.__name__}, got {type(err).__name__}: {res.stderr}"
+        assert lines[0] == f"error: {err}"
 
 
 def ingest_into(factory, model: Path, *args: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.models.capture import run_batch
 from negdb.models.families import FAMILIES, act_module, get_layers, preact_module
 from negdb.models.loading import from_model
@@ -117,12 +117,12 @@ def test_captured_tensors_are_ordinary_tensors():
 def test_bad_arguments_are_negdb_errors():
     lm = from_model(tiny_model("gpt2"))
     ids = tiny_input_ids()
-    with pytest.raises(NegdbError, match="out of range"):
+    with pytest.raises(BadArgument, match="out of range"):
         run_batch(lm, ids, [3])
-    with pytest.raises(NegdbError, match="no layers"):
+    with pytest.raises(BadArgument, match="no layers"):
         run_batch(lm, ids, [])
-    with pytest.raises(NegdbError, match="input_rows"):
+    with pytest.raises(BadArgument, match="input_rows"):
         run_batch(lm, ids, [0], input_rows=torch.tensor([B * T]))
-    with pytest.raises(NegdbError, match="batch, seq"):
+    with pytest.raises(BadArgument, match="batch, seq"):
         run_batch(lm, ids[0], [0])
     assert not preact_module(lm.model, lm.family, 0)._forward_hooks

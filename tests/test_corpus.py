@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from negdb.data import data_path
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.ingest.corpus import (
     Corpus,
     load_corpus,
@@ -144,7 +144,7 @@ def test_jsonl_one_document_per_line(tmp_path):
 
 
 def _error(spec, **kw) -> str:
-    with pytest.raises(NegdbError) as info:
+    with pytest.raises(BadArgument) as info:
         load_corpus(spec, **kw)
     msg = str(info.value)
     assert "\n" not in msg

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.evals.packing import Caps, capabilities
 from negdb.evals.scoring import perplexity, score_continuations
 from negdb.models.loading import from_model
@@ -115,11 +115,11 @@ def test_empty_context_falls_back_to_eos_without_bos_token():
 
 def test_bad_bos_and_empty_continuation_are_refused():
     lm = from_model(tiny_model("gpt_neox"), tiny_tokenizer())
-    with pytest.raises(NegdbError, match="not in the tokenizer"):
+    with pytest.raises(BadArgument, match="not in the tokenizer"):
         score_continuations(lm, REQUESTS[:1], bos="<s>")
-    with pytest.raises(NegdbError, match="outside"):
+    with pytest.raises(BadArgument, match="outside"):
         score_continuations(lm, REQUESTS[:1], bos=10**6)
-    with pytest.raises(NegdbError, match="empty continuation"):
+    with pytest.raises(BadArgument, match="empty continuation"):
         score_continuations(lm, [("Hello", "")], bos=None)
 
 

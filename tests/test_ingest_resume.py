@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import negdb
-from negdb.errors import NegdbError
+from negdb.errors import NotEnoughDisk
 from negdb.ingest import ingest
 from tests.ingest_helpers import cli, cli_subprocess, stats_frame, store_files
 from tests.tiny_models import make_hub_cache, save_step_run, save_tiny
@@ -134,6 +134,6 @@ def test_full_disk_is_refused_before_writing(tmp_path: Path, tiny_dir: Path, mon
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(NegdbError, match="not enough disk space"):
+    with pytest.raises(NotEnoughDisk, match="not enough disk space"):
         ingest(model=str(tiny_dir), tokens=256, seq_len=32, store=tmp_path / "store", progress=False)
     assert not (tmp_path / "store").exists()

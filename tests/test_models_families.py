@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, ModelLoadError
 from negdb.models import families as F
 from tiny_models import TINY_CONFIGS, tiny_config, tiny_model
 
@@ -45,14 +45,14 @@ def test_unknown_model_type_names_the_supported_families():
     class Cfg:
         model_type = "mamba"
 
-    with pytest.raises(NegdbError) as err:
+    with pytest.raises(ModelLoadError) as err:
         F.family_for(Cfg())
     msg = str(err.value)
     assert "mamba" in msg
     for fam in F.FAMILIES:
         assert fam.name in msg
     assert "\n" not in msg
-    with pytest.raises(NegdbError, match="gpt_neox"):
+    with pytest.raises(BadArgument, match="gpt_neox"):
         F.family_by_name("nope")
     assert F.family_by_name("opt").act == "activation_fn"
 
@@ -68,7 +68,7 @@ def test_paths_resolve_and_widths_agree(model_type):
     assert isinstance(F.act_module(model, fam, 0), torch.nn.Module)
     assert (F.up_module(model, fam, 0) is not None) == fam.gated
     assert F.d_model(model.config) == 32
-    with pytest.raises(NegdbError, match="out of range"):
+    with pytest.raises(BadArgument, match="out of range"):
         F.preact_module(model, fam, 3)
 
 
@@ -77,5 +77,5 @@ def test_gpt2_default_inner_width_and_missing_path():
     assert F.d_mlp(cfg) == 4 * 48
     assert F.d_mlp(GPT2Config(n_embd=48, n_inner=100)) == 100
     model = tiny_model("gpt_neox")
-    with pytest.raises(NegdbError, match="no 'mlp.nonexistent'"):
+    with pytest.raises(ModelLoadError, match="no 'mlp.nonexistent'"):
         F.get_path(F.get_layers(model, F.family_for(model.config))[0], "mlp.nonexistent")

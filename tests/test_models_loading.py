@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from negdb.config import cache_dir
-from negdb.errors import NegdbError
+from negdb.errors import ModelLoadError, UnknownModel
 from negdb.models import loading
 from negdb.models.capture import run_batch
 from negdb.models.checkpoints import select
@@ -63,7 +63,7 @@ def test_missing_from_cache_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     src = resolve("pythia-70m")
     t0 = time.perf_counter()
-    with pytest.raises(NegdbError) as err:
+    with pytest.raises(UnknownModel) as err:
         load(src, select(src, "step1000")[0])
     msg = str(err.value)
     assert "EleutherAI/pythia-70m" in msg and "step1000" in msg
@@ -85,17 +85,17 @@ def test_online_fallback_only_when_not_offline(monkeypatch):
     monkeypatch.setattr(loading, "_offline", lambda: False)
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: True)
     src = resolve("pythia-70m")
-    with pytest.raises(NegdbError, match="hub is unreachable"):
+    with pytest.raises(UnknownModel, match="hub is unreachable"):
         load(src, select(src, "final")[0])
     assert calls == [True, False]  # local cache first, then the hub
     calls.clear()
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: False)
-    with pytest.raises(NegdbError, match="hub is unreachable"):
+    with pytest.raises(UnknownModel, match="hub is unreachable"):
         load(src, select(src, "final")[0])
     assert calls == [True]  # no answer from the hub: no online attempt (and none of its retries)
     calls.clear()
     monkeypatch.setattr(loading, "_offline", lambda: True)
-    with pytest.raises(NegdbError, match="not in the local Hugging Face cache"):
+    with pytest.raises(UnknownModel, match="not in the local Hugging Face cache"):
         load(src, select(src, "final")[0])
     assert calls == [True]
 
@@ -107,7 +107,7 @@ def test_unsupported_architecture_is_refused_before_the_weights(tmp_path, monkey
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(folder)
     monkeypatch.setattr(loading, "_pretrained", lambda *a, **k: pytest.fail("weights were read"))
     src = resolve(str(folder))
-    with pytest.raises(NegdbError, match="unsupported model type 'bert'"):
+    with pytest.raises(ModelLoadError, match="unsupported model type 'bert'"):
         load(src, select(src, "final")[0])
 
 

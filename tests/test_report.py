@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from negdb.analyze.record import analysis_id, publish
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NotFound, StoreError
 from negdb.evals import registry
 from negdb.report import build
 from negdb.report.captions import num
@@ -393,7 +393,7 @@ def test_every_stored_sweep_is_drawn_newest_first_unless_pinned(env, tmp_path, m
     assert sweep_tags(only) == tags[1:]
     both = build(store, tmp_path / "two", analyses=[first, second])
     assert sweep_tags(both) == tags[::-1]
-    with pytest.raises(NegdbError, match="one per model and kind"):
+    with pytest.raises(BadArgument, match="one per model and kind"):
         build(store, tmp_path / "bad", analyses=[env["analyses"]["pos"], _other_pos(store, env)])
 
 
@@ -459,23 +459,24 @@ def test_a_failed_render_leaves_the_earlier_report(env, tmp_path, monkeypatch):
 def test_errors_are_one_line(env, tmp_path):
     store = env["store"]
     out = ["--out", str(tmp_path / "r")]
-    assert_one_error(cli(tmp_path / "nowhere", "report", *out))
+    assert_one_error(cli(tmp_path / "nowhere", "report", *out), StoreError)
     empty = tmp_path / "empty"
     StoreLayout(empty).init()
     res = cli(empty, "report", *out)
-    assert_one_error(res)
+    assert_one_error(res, NotFound)
     assert "nothing to report" in res.stderr
-    for args in (["--model", "no-such-model"], ["--ablation", "0123456789abcdef"], ["--analysis", "nope"],
-                 ["--neuron", "x"], ["--neuron", "0:9999"], ["--neuron", "99:0"], ["--bins", "0"],
-                 ["--checkpoint", "step5"]):
-        assert_one_error(cli(store, "report", *args, *out))
+    for args, kind in ((["--model", "no-such-model"], NotFound), (["--ablation", "0123456789abcdef"], NotFound),
+                       (["--analysis", "nope"], NotFound), (["--neuron", "x"], BadArgument),
+                       (["--neuron", "0:9999"], NotFound), (["--neuron", "99:0"], NotFound),
+                       (["--bins", "0"], BadArgument), (["--checkpoint", "step5"], NotFound)):
+        assert_one_error(cli(store, "report", *args, *out), kind)
     assert not (tmp_path / "r").exists()
     (tmp_path / "file").write_text("x")
-    assert_one_error(cli(store, "report", "--out", str(tmp_path / "file")))
+    assert_one_error(cli(store, "report", "--out", str(tmp_path / "file")), BadArgument)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    assert_one_error(cli(store, "report", "--out", str(busy)))
+    assert_one_error(cli(store, "report", "--out", str(busy)), BadArgument)
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         build(store, tmp_path / "r2", ablations=[env["ablation_id"]], models=["no-such-model"])

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 import negdb
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, BadQuery, NotFound, StoreConflict
 from negdb.query import sets
 from tests.ingest_helpers import assert_one_error, cli, ingest_into
 from tests.tiny_models import save_step_run
@@ -154,32 +154,32 @@ def test_keys_default_latest_and_final(cat, env) -> None:
     assert sel.keys.revision == "step1000" and sel.keys.model_id == env[1]
     assert sets.select(cat, env[1], "final", top="1").keys.revision == "step1000"
     assert sets.select(cat, env[1], "step0", top="1").keys.revision == "step0"
-    with pytest.raises(NegdbError, match="step0, step1000"):
+    with pytest.raises(NotFound, match="step0, step1000"):
         sets.select(cat, env[1], "step5", top="1")
-    with pytest.raises(NegdbError, match="stored models"):
+    with pytest.raises(NotFound, match="stored models"):
         sets.select(cat, "/no/such/model", top="1")
 
 
 @pytest.mark.parametrize("bad", ["0", "0%", "101%", "1.5", "x", "-1", "1e-2", ""])
 def test_bad_counts(cat, env, bad) -> None:
-    with pytest.raises(NegdbError, match="bad neuron count"):
+    with pytest.raises(BadArgument, match="bad neuron count"):
         sets.select(cat, env[1], top=bad)
 
 
 def test_bad_pickers(cat, env) -> None:
-    with pytest.raises(NegdbError, match="choose one"):
+    with pytest.raises(BadArgument, match="choose one"):
         sets.select(cat, env[1], top="1", bottom="1")
-    with pytest.raises(NegdbError, match="choose neurons"):
+    with pytest.raises(BadArgument, match="choose neurons"):
         sets.select(cat, env[1])
-    with pytest.raises(NegdbError, match="boolean"):
+    with pytest.raises(BadQuery, match="boolean"):
         sets.select(cat, env[1], where="w_dist * 2")
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadQuery):
         sets.select(cat, env[1], where="no_such_column > 1")
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadQuery):
         sets.select(cat, env[1], where="1; DROP VIEW neurons")
-    with pytest.raises(NegdbError, match="--by"):
+    with pytest.raises(BadArgument, match="--by"):
         sets.select(cat, env[1], top="1", by="model_id")
-    with pytest.raises(NegdbError, match="out of range"):
+    with pytest.raises(BadArgument, match="out of range"):
         sets.select(cat, env[1], top="1", layers="3")
 
 
@@ -190,7 +190,7 @@ def test_save_is_immutable(cat, env) -> None:
     segs = sorted((store / "tables").rglob("*.parquet"))
     again = sets.save(cat, sets.select(cat, env[1], top="2", by="w_dist"), "imm")
     assert not again.new and again.set_id == first.set_id
-    with pytest.raises(NegdbError, match="immutable"):
+    with pytest.raises(StoreConflict, match="immutable"):
         sets.save(cat, sets.select(cat, env[1], top="3"), "imm")
     assert sorted((store / "tables").rglob("*.parquet")) == segs
     got = sets.get(cat, "imm")
@@ -203,11 +203,11 @@ def test_save_is_immutable(cat, env) -> None:
     sets.save(cat, sets.select(cat, env[1], top="2"), "imm.copy")
     assert sets.get(cat, "imm.copy").set_id == first.set_id
     for bad in ("", "a b", "x" * 65, "a/b", "ü"):
-        with pytest.raises(NegdbError, match="bad set name"):
+        with pytest.raises(BadArgument, match="bad set name"):
             sets.save(cat, sets.select(cat, env[1], top="2"), bad)
-    with pytest.raises(NegdbError, match="empty"):
+    with pytest.raises(BadArgument, match="empty"):
         sets.save(cat, sets.select(cat, env[1], where="w_dist < 0"), "empty")
-    with pytest.raises(NegdbError, match="no neuron set named 'nope'"):
+    with pytest.raises(NotFound, match="no neuron set named 'nope'"):
         sets.get(cat, "nope")
 
 
@@ -239,24 +239,24 @@ def test_cli(env) -> None:
     assert rl.keys.revision == "step0" and rl.counts == src.counts
 
 
-@pytest.mark.parametrize("args", [
-    ("--model", "no-such-model", "--top", "1%"),
-    ("--top", "1x"),
-    ("--top", "200%"),
-    ("--random-like", "no-such-set"),
-    ("--top", "1%", "--layers", "7"),
-    ("--where", "w_dist"),
-    ("--where", "w_dist > "),
-    ("--top", "1", "--bottom", "1"),
-    ("--top", "2", "--save", "taken"),
-    ("--top", "2", "--save", "bad name"),
-    ("--top", "2", "--checkpoint", "step7"),
+@pytest.mark.parametrize(("args", "kind"), [
+    (("--model", "no-such-model", "--top", "1%"), NotFound),
+    (("--top", "1x"), BadArgument),
+    (("--top", "200%"), BadArgument),
+    (("--random-like", "no-such-set"), NotFound),
+    (("--top", "1%", "--layers", "7"), BadArgument),
+    (("--where", "w_dist"), BadQuery),
+    (("--where", "w_dist > "), BadQuery),
+    (("--top", "1", "--bottom", "1"), BadArgument),
+    (("--top", "2", "--save", "taken"), StoreConflict),
+    (("--top", "2", "--save", "bad name"), BadArgument),
+    (("--top", "2", "--checkpoint", "step7"), NotFound),
 ])
-def test_cli_bad_input(env, args) -> None:
+def test_cli_bad_input(env, args, kind) -> None:
     store, model = env
     assert cli(store, "select", "--model", model, "--top", "1", "--save", "taken").exit_code == 0
     full = args if "--model" in args else ("--model", model, *args)
-    assert_one_error(cli(store, "select", *full))
+    assert_one_error(cli(store, "select", *full), kind)
 
 
 def test_cli_sets_empty(tmp_path) -> None:

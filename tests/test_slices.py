@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.ingest.corpus import Corpus, load_corpus
 from negdb.ingest.slices import TokenSlice, make_slice
 
@@ -151,13 +151,13 @@ def test_clamping(tok, corpus):
 
 
 def test_errors(tok, corpus):
-    with pytest.raises(NegdbError, match="smaller than seq_len"):
+    with pytest.raises(BadArgument, match="smaller than seq_len"):
         make_slice(corpus, tok, tokenizer_name="tiny", seq_len=64, n_tokens=63)
-    with pytest.raises(NegdbError, match="fewer than one window"):
+    with pytest.raises(BadArgument, match="fewer than one window"):
         make_slice(corpus, tok, tokenizer_name="tiny", seq_len=4096, n_tokens=4096)
-    with pytest.raises(NegdbError, match="seq_len"):
+    with pytest.raises(BadArgument, match="seq_len"):
         make_slice(corpus, tok, tokenizer_name="tiny", seq_len=0, n_tokens=8)
-    with pytest.raises(NegdbError, match="seq_len"):
+    with pytest.raises(BadArgument, match="seq_len"):
         make_slice(corpus, tok, tokenizer_name="tiny", seq_len=1, n_tokens=8, bos_token_id=1)
 
 

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 import negdb
 from negdb.cli.main import main
+from negdb.errors import BadArgument, BadQuery, NotFound, QueryTimeout
+from tests.ingest_helpers import assert_one_error
 from tests.test_sql_safety import sql_store, tree_hash
 
 QUERY = ("SELECT layer, neuron, w_dist, model_id, step FROM neurons WHERE layer < 2 "
@@ -88,28 +90,28 @@ def test_query_from_stdin(store: Path) -> None:
     assert res.stdout.splitlines() == ["n", "192"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["SELECT 1; DROP VIEW neurons"], "2 statements"),
-    (["COPY neurons TO '/tmp/negdb-never.csv'"], "COPY statements are not allowed"),
-    (["SELECT * FROM read_csv('/etc/passwd')"], "read_csv"),
-    (["SELECT nope FROM neurons"], "nope"),
-    (["SELECT 1", "--format", "parquet"], "--out"),
+@pytest.mark.parametrize(("args", "message", "kind"), [
+    (["SELECT 1; DROP VIEW neurons"], "2 statements", BadQuery),
+    (["COPY neurons TO '/tmp/negdb-never.csv'"], "COPY statements are not allowed", BadQuery),
+    (["SELECT * FROM read_csv('/etc/passwd')"], "read_csv", BadQuery),
+    (["SELECT nope FROM neurons"], "nope", BadQuery),
+    (["SELECT 1", "--format", "parquet"], "--out", BadArgument),
     (["WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r",
-      "--timeout", "0.5"], "longer than 0.5 s"),
+      "--timeout", "0.5"], "longer than 0.5 s", QueryTimeout),
 ])
-def test_errors_are_one_line_and_exit_2(store: Path, args: list[str], message: str) -> None:
+def test_errors_are_one_line_and_exit_2(store: Path, args: list[str], message: str, kind: type) -> None:
     res = run(store, "sql", *args)
-    assert res.exit_code == 2
+    assert_one_error(res, kind)
     assert res.stdout == ""
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert message in res.stderr
     assert not Path("/tmp/negdb-never.csv").exists()
 
 
 def test_out_inside_the_store_is_refused(store: Path) -> None:
     before = tree_hash(store)
     res = run(store, "sql", "SELECT 1 AS a", "--format", "csv", "--out", str(store / "tables" / "x.csv"))
-    assert res.exit_code == 2 and "inside the store" in res.stderr
+    assert_one_error(res, BadArgument)
+    assert "inside the store" in res.stderr
     assert tree_hash(store) == before
 
 
@@ -127,4 +129,5 @@ def test_schema_lists_every_view_and_column(store: Path) -> None:
     one = run(store, "schema", "models")
     assert one.exit_code == 0 and one.stdout.startswith("models: ") and "neurons:" not in one.stdout
     bad = run(store, "schema", "nope")
-    assert bad.exit_code == 2 and "unknown view" in bad.stderr
+    assert_one_error(bad, NotFound)
+    assert "unknown view" in bad.stderr

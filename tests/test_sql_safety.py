@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, BadQuery, NegdbError
 from negdb.store.safety import MAX_STATEMENT_CHARS, check_statement, check_where
 from negdb.store.catalog import Catalog, QueryTimeout
 
@@ -333,12 +333,12 @@ def test_row_limit_is_exact(cat: Catalog) -> None:
 
 
 def test_user_errors_are_one_line(cat: Catalog) -> None:
-    with pytest.raises(NegdbError, match="no_such_column") as err:
+    with pytest.raises(BadQuery, match="no_such_column") as err:
         cat.query("SELECT no_such_column FROM neurons")
     assert "\n" not in str(err.value) and "negdb schema" in str(err.value)
-    with pytest.raises(NegdbError, match="more than 0 s"):
+    with pytest.raises(BadArgument, match="more than 0 s"):
         cat.query("SELECT 1", timeout_s=0)
-    with pytest.raises(NegdbError, match="characters long"):
+    with pytest.raises(BadQuery, match="characters long"):
         cat.query("SELECT 1" + " " * MAX_STATEMENT_CHARS)
 
 
@@ -443,7 +443,7 @@ def test_check_where_accepts_boolean_expressions(expr: str, cat: Catalog) -> Non
 ])
 def test_check_where_rejects(expr: str, cat: Catalog) -> None:
     for kwargs in ({}, {"cat": cat}):
-        with pytest.raises(NegdbError) as err:
+        with pytest.raises(BadQuery) as err:
             check_where(expr, **kwargs)
         assert "\n" not in str(err.value)
         msg = str(err.value)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import percentileofscore
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.stats.compute import block_stats
 from negdb.stats.mapping import draw_pairs, input_distances, mapping_difficulty, percentile_rank
 
@@ -38,9 +38,9 @@ def test_draw_pairs_disjoint_and_seeded() -> None:
 
 
 def test_draw_pairs_errors() -> None:
-    with pytest.raises(NegdbError, match="at most 5 pairs"):
+    with pytest.raises(BadArgument, match="at most 5 pairs"):
         draw_pairs(11, 6, seed=0)
-    with pytest.raises(NegdbError, match="at least one"):
+    with pytest.raises(BadArgument, match="at least one"):
         draw_pairs(10, 0, seed=0)
 
 
@@ -52,7 +52,7 @@ def test_input_distances() -> None:
     np.testing.assert_allclose(d, ref / ref.max(), rtol=1e-12)
     assert d.max() == 1.0
     np.testing.assert_array_equal(input_distances(h_a, h_a), np.zeros(40))
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         input_distances(h_a, h_b[:3])
 
 
@@ -83,7 +83,7 @@ def test_md_float16_and_no_pairs_left() -> None:
     d_in = rng.random(100)
     np.testing.assert_allclose(mapping_difficulty(x_a, x_b, d_in), md_loop(x_a, x_b, d_in), rtol=1e-12)
     assert np.isnan(mapping_difficulty(x_a, x_b, np.zeros(100))).all()
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         mapping_difficulty(x_a, x_b[:10], d_in)
 
 
@@ -139,7 +139,7 @@ def test_md_inside_block_stats_shared_tokens_and_errors() -> None:
     got = block_stats(x, pairs=(a, b), d_in=d_in)
     np.testing.assert_allclose(got["md"], md_loop(x[a], x[b], d_in), rtol=1e-12)
     assert np.isnan(block_stats(x, pairs=(a, b), d_in=np.zeros(5))["md"]).all()
-    with pytest.raises(NegdbError, match="d_in"):
+    with pytest.raises(BadArgument, match="d_in"):
         block_stats(x, pairs=(a, b))
-    with pytest.raises(NegdbError, match="lie in"):
+    with pytest.raises(BadArgument, match="lie in"):
         block_stats(x, pairs=(a, b + 50), d_in=d_in)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from scipy import stats
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.stats.compute import BLOCK_COLUMNS, block_stats
 from negdb.stats.moments import QUANTILES, quantiles_sorted
 from negdb.stats.schema import NEURON_STATS, column
@@ -102,11 +102,11 @@ def test_quantiles_sorted_matches_numpy() -> None:
 
 
 def test_bad_input() -> None:
-    with pytest.raises(NegdbError, match="2-D"):
+    with pytest.raises(BadArgument, match="2-D"):
         block_stats(np.zeros(5, np.float32))
-    with pytest.raises(NegdbError, match="floating"):
+    with pytest.raises(BadArgument, match="floating"):
         block_stats(np.zeros((5, 2), np.int32))
-    with pytest.raises(NegdbError, match="no tokens"):
+    with pytest.raises(BadArgument, match="no tokens"):
         block_stats(np.zeros((0, 2), np.float32))
     assert block_stats(np.zeros((5, 0), np.float32))["w_dist"].shape == (0,)
 
@@ -141,5 +141,5 @@ def test_infinite_values_are_refused_without_warnings() -> None:
     x[4, 2] = -np.inf
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(NegdbError, match="infinite"):
+        with pytest.raises(BadArgument, match="infinite"):
             block_stats(x)

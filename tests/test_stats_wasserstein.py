@@ -11,7 +11,7 @@ from scipy.special import ndtr, ndtri
 from scipy.stats import wasserstein_distance
 
 import negdb.stats.wasserstein as wmod
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.stats.compute import block_stats
 from negdb.stats.wasserstein import NormalSampler, normal_tables, w1_exact_rows
 
@@ -189,11 +189,11 @@ def test_tables_endpoints() -> None:
 
 def test_errors() -> None:
     x = np.zeros((10, 2), np.float32)
-    with pytest.raises(NegdbError, match="NormalSampler"):
+    with pytest.raises(BadArgument, match="NormalSampler"):
         block_stats(x, reference="sample")
-    with pytest.raises(NegdbError, match="reference"):
+    with pytest.raises(BadArgument, match="reference"):
         block_stats(x, reference="midpoint")  # type: ignore[arg-type]
     bad = np.ones((10, 2), np.float32)
     bad[3, 1] = np.nan
-    with pytest.raises(NegdbError, match="NaN"):
+    with pytest.raises(BadArgument, match="NaN"):
         block_stats(bad)

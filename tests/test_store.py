@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NotEnoughDisk, StoreError
 from negdb.ingest.plan import parse_activations, parse_layers
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout, safe_key
@@ -37,7 +37,7 @@ def test_failed_write_leaves_no_segment(tmp_path: Path, monkeypatch: pytest.Monk
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(pq, "write_table", boom)
-    with pytest.raises(NegdbError, match="disk is full"):
+    with pytest.raises(NotEnoughDisk, match="disk is full"):
         write_segment(tmp_path / "t" / "a.parquet", pa.table({"x": [1]}))
     assert list((tmp_path / "t").iterdir()) == []
 
@@ -74,7 +74,7 @@ def test_catalog_lists_only_published_segments(tmp_path: Path) -> None:
 
 def test_store_marker_rejects_other_format(tmp_path: Path) -> None:
     atomic_write_bytes(tmp_path / "negdb.json", b'{"format": 99}')
-    with pytest.raises(NegdbError, match="format 99"):
+    with pytest.raises(StoreError, match="format 99"):
         StoreLayout(tmp_path).init()
 
 
@@ -116,16 +116,16 @@ def test_parse_layers(spec: str, expected: list[int]) -> None:
 
 @pytest.mark.parametrize("spec", ["4", "x", "3-1", "", "1,,2"])
 def test_parse_layers_rejects(spec: str) -> None:
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         parse_layers(spec, 4)
 
 
 def test_parse_activations() -> None:
     assert parse_activations("none", [0, 1], 4) == []
     assert parse_activations("layers=1", [0, 1], 4) == [1]
-    with pytest.raises(NegdbError, match="does not ingest"):
+    with pytest.raises(BadArgument, match="does not ingest"):
         parse_activations("layers=3", [0, 1], 4)
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         parse_activations("some", [0, 1], 4)
 
 
