@@ -1,8 +1,8 @@
 """negdb's layers hold (import-linter's contracts in pyproject.toml), and breaking them fails this test.
 
-The contracts: the layers (top to bottom ``cli``; ``report | service``; ``sweep``; ``analyze``; ``ablate``;
-``query | evals``; ``ingest``; ``store``; ``models | stats | data``; ``config | errors``), the store never
-importing the read side, and no import cycle between siblings anywhere. See docs/ARCHITECTURE.md.
+The contracts: the layers (top to bottom ``cli | database``; ``report | service``; ``sweep``; ``analyze | hooks``;
+``ablate``; ``query | evals``; ``ingest``; ``store``; ``models | stats | data``; ``values``; ``config | errors``),
+the store never importing the read side, and no import cycle between siblings anywhere. See docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
