@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.evals import registry
 from negdb.evals.metrics import (DECISION_COLUMN, SUMMARIES, bootstrap_samples, macro_delta, ppl_bootstrap,
                                  stratified_bootstrap)
@@ -94,7 +94,7 @@ class Comparison:
             w.writerows(self.to_records())
             return buf.getvalue()
         if fmt != "table":
-            raise NegdbError(f"unknown format {fmt!r}: use table, json or csv")
+            raise BadArgument(f"unknown format {fmt!r}: use table, json or csv")
         return _table(self)
 
 
@@ -102,7 +102,7 @@ def _same_items(a: list[StoredResult], b: list[StoredResult]) -> None:
     ids = a[0].items()["item"].to_list()
     for r in [*a[1:], *b]:
         if r.items()["item"].to_list() != ids:
-            raise NegdbError(f"results of {r.benchmark} hold different items (other --limit or --sample-seed?): "
+            raise BadArgument(f"results of {r.benchmark} hold different items (other --limit or --sample-seed?): "
                              "compare results of the same items only")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from negdb.ablate.interventions import Intervention, make_intervention
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.query import sets as setlib
 from negdb.query.setstore import NeuronSet
 from negdb.store.catalog import Catalog
@@ -122,10 +122,10 @@ def ppl_matched(cat: Catalog, main: NeuronSet, *, d_mlp: int, target: float, bas
         max_fraction: the largest fraction tried.
     """
     if not target > baseline:
-        raise NegdbError(f"the ablation does not raise perplexity ({baseline:.4g} -> {target:.4g}), so there is "
+        raise BadArgument(f"the ablation does not raise perplexity ({baseline:.4g} -> {target:.4g}), so there is "
                          "nothing to match: drop --controls ppl-matched or ablate more neurons")
     if not 0 < resolution < max_fraction <= 1:
-        raise NegdbError("ppl-matched needs 0 < resolution < max fraction <= 1")
+        raise BadArgument("ppl-matched needs 0 < resolution < max fraction <= 1")
     layers = sorted(main.counts) or sorted(set(main.members["layer"].to_list()))
     need = target - tolerance * (target - baseline)
     probes: list[tuple[float, float]] = []

@@ -7,7 +7,7 @@ import json
 import polars as pl
 
 from negdb.ablate.compare import Comparison, Condition, compare
-from negdb.errors import NegdbError
+from negdb.errors import NotFound, StoreDamaged
 from negdb.store.catalog import Catalog
 from negdb.store.results import lookup
 
@@ -42,7 +42,7 @@ def stored_comparison(cat: Catalog, ablation_id: str) -> Comparison:
     """The comparison of a stored ablation, rebuilt from its stored results (no model needed)."""
     rows = cat.sql("SELECT * FROM ablations WHERE ablation_id = ? ORDER BY condition, seed", [ablation_id])
     if rows.height == 0:
-        raise NegdbError(f"no stored ablation {ablation_id!r}: `negdb results --ablations` lists them")
+        raise NotFound(f"no stored ablation {ablation_id!r}: `negdb results --ablations` lists them")
     config = json.loads(rows["config_json"][0])
     order = {"baseline": 0, "ablation": 1, "random": 2, "ppl-matched": 3}
     conds: dict[str, Condition] = {}
@@ -55,9 +55,9 @@ def stored_comparison(cat: Catalog, ablation_id: str) -> Comparison:
         for rid in row["result_ids"]:
             res = lookup(cat.layout, rid)
             if res is None:
-                raise NegdbError(f"stored ablation {ablation_id} refers to a missing result {rid[:12]}")
+                raise StoreDamaged(f"stored ablation {ablation_id} refers to a missing result {rid[:12]}")
             c.results.setdefault(res.benchmark, []).append(res)
     ordered = sorted(conds.values(), key=lambda c: order.get(c.name, 9))
     if ordered[0].name != "baseline":
-        raise NegdbError(f"stored ablation {ablation_id} has no baseline")
+        raise StoreDamaged(f"stored ablation {ablation_id} has no baseline")
     return compare(ordered[0], ordered[1:], n_boot=config.get("n_boot", 1000), seed=config.get("seed", 0))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 
 DECISION_COLUMN = {"acc_sum": "correct", "acc": "correct", "acc_mean": "correct_alt", "acc_norm": "correct_alt"}
 """Accuracy metric -> the ``eval_items`` column holding its per-item decision."""
@@ -50,7 +50,7 @@ def pair_scores(scores: Sequence[Any], by: str = "sum") -> np.ndarray:
         return _arr([s.logprob_sum for s in scores])
     if by == "mean":
         return _arr([s.logprob_sum / s.n_tokens for s in scores])
-    raise NegdbError(f"by must be 'sum' or 'mean', got {by!r}")
+    raise BadArgument(f"by must be 'sum' or 'mean', got {by!r}")
 
 
 def minimal_pair_correct(good: Sequence[Any] | np.ndarray, bad: Sequence[Any] | np.ndarray,
@@ -63,7 +63,7 @@ def minimal_pair_correct(good: Sequence[Any] | np.ndarray, bad: Sequence[Any] | 
     g = pair_scores(good, by) if len(good) and not np.isscalar(good[0]) else _arr(good)
     b = pair_scores(bad, by) if len(bad) and not np.isscalar(bad[0]) else _arr(bad)
     if g.shape != b.shape:
-        raise NegdbError(f"good and bad differ in length ({g.shape[0]} vs {b.shape[0]})")
+        raise BadArgument(f"good and bad differ in length ({g.shape[0]} vs {b.shape[0]})")
     return g > b
 
 
@@ -71,10 +71,10 @@ def group_accuracy(correct: Sequence[bool] | np.ndarray, groups: Sequence[str | 
     """Per-group, macro (mean over groups) and micro (over items) accuracy; no groups -> one group ``"all"``."""
     c = _arr(correct, bool)
     if c.size == 0:
-        raise NegdbError("no items to score")
+        raise BadArgument("no items to score")
     keys = ["all"] * c.size if groups is None else [str(g) for g in groups]
     if len(keys) != c.size:
-        raise NegdbError(f"{c.size} decisions but {len(keys)} group labels")
+        raise BadArgument(f"{c.size} decisions but {len(keys)} group labels")
     hits: dict[str, int] = {}
     counts: dict[str, int] = {}
     for k, ok in zip(keys, c.tolist()):
@@ -98,7 +98,7 @@ def multiple_choice(logprobs: Sequence[Sequence[float]], gold: Sequence[int],
         ``{"acc": bool array, "acc_norm": bool array (with choices)}``; ties go to the first choice (``argmax``).
     """
     if len(logprobs) != len(gold):
-        raise NegdbError(f"{len(logprobs)} items but {len(gold)} gold labels")
+        raise BadArgument(f"{len(logprobs)} items but {len(gold)} gold labels")
     acc = np.array([int(np.argmax(lp)) == int(g) for lp, g in zip(logprobs, gold)], dtype=bool)
     out = {"acc": acc}
     if choices is not None:
@@ -113,7 +113,7 @@ def multiple_choice(logprobs: Sequence[Sequence[float]], gold: Sequence[int],
 def lambada(scores: Sequence[Any]) -> dict[str, float]:
     """LAMBADA: ``acc`` (share of greedy last words) and ``ppl`` = exp(-mean log P(last word | context))."""
     if not scores:
-        raise NegdbError("no items to score")
+        raise BadArgument("no items to score")
     lp = _arr([s.logprob_sum for s in scores])
     return {"acc": float(np.mean([s.is_greedy for s in scores])), "ppl": float(math.exp(-lp.mean()))}
 
@@ -129,11 +129,11 @@ def paired_bootstrap(a_correct: Sequence[Any] | np.ndarray, b_correct: Sequence[
     a = _arr(a_correct)
     b = _arr(b_correct)
     if a.shape != b.shape or a.ndim != 1:
-        raise NegdbError(f"paired bootstrap needs two 1-d arrays of the same length, got {a.shape} and {b.shape}")
+        raise BadArgument(f"paired bootstrap needs two 1-d arrays of the same length, got {a.shape} and {b.shape}")
     if a.size == 0:
-        raise NegdbError("paired bootstrap needs at least one item")
+        raise BadArgument("paired bootstrap needs at least one item")
     if n_boot < 1:
-        raise NegdbError(f"n_boot must be >= 1, got {n_boot}")
+        raise BadArgument(f"n_boot must be >= 1, got {n_boot}")
     diff = a - b
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, diff.size, size=(n_boot, diff.size))
@@ -152,15 +152,15 @@ def bootstrap_samples(strata: Sequence[tuple[Any, Any]], n_boot: int = 1000,
     order), the same draw for both conditions.
     """
     if not strata:
-        raise NegdbError("bootstrap needs at least one stratum")
+        raise BadArgument("bootstrap needs at least one stratum")
     if n_boot < 1:
-        raise NegdbError(f"n_boot must be >= 1, got {n_boot}")
+        raise BadArgument(f"n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
     total = np.zeros(n_boot)
     for a, b in strata:
         d = _arr(a) - _arr(b)
         if d.ndim != 1 or d.size == 0:
-            raise NegdbError("every stratum needs two 1-d arrays of the same, non-zero length")
+            raise BadArgument("every stratum needs two 1-d arrays of the same, non-zero length")
         total += d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
     return total / len(strata)
 
@@ -199,10 +199,10 @@ def ppl_bootstrap_samples(nll_a: Any, n_a: Any, nll_b: Any, n_b: Any, n_boot: in
     """``(n_boot,)`` resampled differences ``ppl(a) - ppl(b)`` of :func:`ppl_bootstrap` (one ``(n_boot, n)``
     block of unit indices from ``numpy.random.default_rng(seed)``; a Generator is used as is)."""
     if n_boot < 1:
-        raise NegdbError(f"n_boot must be >= 1, got {n_boot}")
+        raise BadArgument(f"n_boot must be >= 1, got {n_boot}")
     na, ca, nb, cb = _arr(nll_a), _arr(n_a), _arr(nll_b), _arr(n_b)
     if not (na.shape == ca.shape == nb.shape == cb.shape) or na.ndim != 1 or na.size == 0:
-        raise NegdbError("ppl bootstrap needs four 1-d arrays of the same, non-zero length")
+        raise BadArgument("ppl bootstrap needs four 1-d arrays of the same, non-zero length")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, na.size, size=(n_boot, na.size))
     return np.exp(na[idx].sum(1) / ca[idx].sum(1)) - np.exp(nb[idx].sum(1) / cb[idx].sum(1))

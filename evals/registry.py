@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from negdb.data import data_path
-from negdb.errors import BadArgument, NegdbError
+from negdb.errors import BadArgument, NotFound
 
 KINDS = ("minimal_pairs", "multiple_choice", "partial", "last_word", "perplexity")
 SPEC_FILE = "benchmarks.json"
@@ -90,12 +90,12 @@ class Item:
 def _spec(name: str, raw: dict[str, Any]) -> BenchmarkSpec:
     kind = raw.get("kind")
     if kind not in KINDS:
-        raise NegdbError(f"benchmark {name!r} in {SPEC_FILE} has kind {kind!r}; expected one of {', '.join(KINDS)}")
+        raise BadArgument(f"benchmark {name!r} in {SPEC_FILE} has kind {kind!r}; expected one of {', '.join(KINDS)}")
     if not raw.get("files"):
-        raise NegdbError(f"benchmark {name!r} in {SPEC_FILE} names no files")
+        raise BadArgument(f"benchmark {name!r} in {SPEC_FILE} names no files")
     pre = raw.get("preprocess")
     if pre is not None and pre not in PREPROCESS:
-        raise NegdbError(f"benchmark {name!r}: unknown preprocess {pre!r}; known: {', '.join(sorted(PREPROCESS))}")
+        raise BadArgument(f"benchmark {name!r}: unknown preprocess {pre!r}; known: {', '.join(sorted(PREPROCESS))}")
     return BenchmarkSpec(
         name=name,
         kind=kind,
@@ -212,7 +212,7 @@ def _files(spec: BenchmarkSpec) -> list[str]:
     for pattern in spec.files:
         hits = sorted(p.relative_to(root).as_posix() for p in root.glob(pattern))
         if not hits:
-            raise NegdbError(f"benchmark {spec.name!r}: no bundled file matches {pattern!r}")
+            raise NotFound(f"benchmark {spec.name!r}: no bundled file matches {pattern!r}")
         out.extend(hits)
     return out
 
@@ -266,7 +266,7 @@ def _text_items(spec: BenchmarkSpec) -> list[Item]:
 
         texts = [a for t in texts for a in split_wikitext_articles(t)]
     elif spec.split not in (None, "none"):
-        raise NegdbError(f"benchmark {spec.name!r}: unknown split {spec.split!r} (none | articles)")
+        raise BadArgument(f"benchmark {spec.name!r}: unknown split {spec.split!r} (none | articles)")
     return [Item(spec.name, spec.kind, i, str(i), None, {}, (), (), None, text=t) for i, t in enumerate(texts)]
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.evals.metrics import DECISION_COLUMN
 from negdb.evals.registry import BenchmarkSpec, Item
 from negdb.evals.scoring import ContinuationScore, score_continuations
@@ -47,9 +47,9 @@ class ScoringRule:
 
     def __post_init__(self) -> None:
         if self.bos not in BOS_POLICIES:
-            raise NegdbError(f"unknown BOS policy {self.bos!r}: use {' or '.join(BOS_POLICIES)}")
+            raise BadArgument(f"unknown BOS policy {self.bos!r}: use {' or '.join(BOS_POLICIES)}")
         if self.window is not None and self.window < 2:
-            raise NegdbError(f"--window must be at least 2 tokens, got {self.window}")
+            raise BadArgument(f"--window must be at least 2 tokens, got {self.window}")
 
     def bos_id(self, lm: LoadedModel) -> int | None:
         """The token prepended to every request under this rule, for ``lm`` (``None`` for lm-eval's)."""
@@ -62,7 +62,7 @@ class ScoringRule:
 
         context = max_context(lm)
         if self.window is not None and self.window > context:
-            raise NegdbError(f"--window {self.window} is longer than the model's context ({context} tokens): "
+            raise BadArgument(f"--window {self.window} is longer than the model's context ({context} tokens): "
                              f"use at most {context}")
         return self.window or context
 
@@ -107,7 +107,7 @@ def _item_row(item: Item, scores: Sequence[ContinuationScore]) -> dict[str, Any]
     elif item.kind == "last_word":
         correct = bool(scores[0].is_greedy)
     else:  # pragma: no cover - perplexity items go through score_windows
-        raise NegdbError(f"cannot score {item.kind} items with score_items")
+        raise BadArgument(f"cannot score {item.kind} items with score_items")
     return {"benchmark": item.benchmark, "item": item.index, "item_id": item.id, "grp": item.group,
             "meta_json": json.dumps(item.meta, sort_keys=True) if item.meta else None,
             "correct": bool(correct), "correct_alt": None if alt is None else bool(alt),
@@ -176,7 +176,7 @@ def _acc_rows(spec: BenchmarkSpec, metric: str, values: np.ndarray, items: Seque
 def summarize(spec: BenchmarkSpec, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """``eval_metrics`` rows (without ``result_id``) of one benchmark's item rows."""
     if not items:
-        raise NegdbError(f"{spec.name}: no items to summarise")
+        raise BadArgument(f"{spec.name}: no items to summarise")
     rows: list[dict[str, Any]] = []
     for metric in spec.metrics:
         if metric == "ppl":
@@ -191,7 +191,7 @@ def summarize(spec: BenchmarkSpec, items: Sequence[dict[str, Any]]) -> list[dict
             continue
         column = DECISION_COLUMN.get(metric)
         if column is None:
-            raise NegdbError(f"{spec.name}: unknown metric {metric!r}")
+            raise BadArgument(f"{spec.name}: unknown metric {metric!r}")
         values = np.array([bool(it[column]) for it in items], dtype=np.float64)
         rows.extend(_acc_rows(spec, metric, values, items))
     return [{"benchmark": spec.name, **r} for r in rows]
@@ -204,4 +204,4 @@ def primary(spec: BenchmarkSpec, metrics: Sequence[dict[str, Any]]) -> tuple[str
     for r in metrics:
         if r["metric"] == name and r["level"] == level:
             return name, float(r["value"])
-    raise NegdbError(f"{spec.name}: no {level} {name} among the metrics")  # pragma: no cover
+    raise BadArgument(f"{spec.name}: no {level} {name} among the metrics")  # pragma: no cover
