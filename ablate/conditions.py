@@ -27,7 +27,7 @@ from negdb.ablate.compare import Condition
 from negdb.ablate.controls import MatchResult, intervention_for, ppl_matched, random_controls, restrict_set, save_auto
 from negdb.ablate.evaluate import Target, evaluate, make_key
 from negdb.ablate.options import Controls
-from negdb.errors import BadArgument, NotFound
+from negdb.errors import BadArgument, NotFound, StoreError
 from negdb.evals.options import Sampling, Scoring
 from negdb.evals.registry import PERPLEXITY_BENCHMARK
 from negdb.models.loading import LoadedModel
@@ -50,7 +50,7 @@ def stderr(msg: str) -> None:
 def check_store(layout: StoreLayout, model: str) -> None:
     """``NotFound`` unless ``layout`` is a negdb store."""
     if not layout.marker.exists():
-        raise NotFound(f"{layout.root} is not a negdb store: run `negdb ingest --model {model}` first")
+        raise StoreError(f"{layout.root} is not a negdb store: run `negdb ingest --model {model}` first")
 
 
 # ------------------------------------------------------------------------------------------ the main set

@@ -45,7 +45,7 @@ import numpy as np
 
 from negdb.ablate.compare import decisions, item_nll
 from negdb.evals.metrics import DECISION_COLUMN, SUMMARIES
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.evals import registry
 from negdb.evals.metrics import bootstrap_samples, ppl_bootstrap_samples
 from negdb.store.results import StoredResult
@@ -157,10 +157,10 @@ class Boot:
 def paired(pairs: Sequence[tuple[Unit, Unit]], n_boot: int, seed: int) -> Boot:
     """Mean over seeds of ``a - b`` (one pair per seed, same items within a pair); see the module docstring."""
     if not pairs:
-        raise NegdbError("nothing to compare: no seed has both conditions")
+        raise BadArgument("nothing to compare: no seed has both conditions")
     for a, b in pairs:
         if type(a) is not type(b) or not a.items.same(b.items):
-            raise NegdbError("the two conditions of a contrast hold different items (other --limit or seed?)")
+            raise BadArgument("the two conditions of a contrast hold different items (other --limit or seed?)")
     rng = np.random.default_rng(seed)
     same = all(a.items.same(pairs[0][0].items) for a, _ in pairs)
     first = pairs[0][0]
@@ -173,7 +173,7 @@ def paired(pairs: Sequence[tuple[Unit, Unit]], n_boot: int, seed: int) -> Boot:
     else:  # every (seed, group) a stratum, groups in the first seed's order
         labels = first.items.labels or ("",)
         if any(set(p[0].items.labels or ("",)) != set(labels) for p in pairs):
-            raise NegdbError("the seeds' items fall in different groups: compare seeds of one --limit only")
+            raise BadArgument("the seeds' items fall in different groups: compare seeds of one --limit only")
         by_label: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {g: [] for g in labels}
         for a_, b_ in pairs:
             parts = zip(a_.items.labels or ("",), a_.items.split(a_.values.astype(np.float64)),

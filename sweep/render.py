@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.evals import registry
 from negdb.store.tables import SWEEP_SUMMARY
 
@@ -29,7 +29,7 @@ def render(sw: Sweep, fmt: str = "table") -> str:
         w.writerows(sw.rows)
         return buf.getvalue()
     if fmt != "table":
-        raise NegdbError(f"unknown format {fmt!r}: use table, json or csv")
+        raise BadArgument(f"unknown format {fmt!r}: use table, json or csv")
     return tables(sw)
 
 

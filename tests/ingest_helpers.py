@@ -35,10 +35,12 @@ def assert_one_error(res, kind: type[BaseException] | None = None) -> None:
     assert res.exit_code == 2, res.output
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    err = raised(res)
+    assert err is not None and type(err) is not negdb.NegdbError, \
+        f"the error should be of a kind a program can catch (negdb.errors), got {type(err).__name__}: {res.stderr}"
+    assert lines[0] == f"error: {err}"
     if kind is not None:
-        err = raised(res)
         assert isinstance(err, kind), f"expected {kind.__name__}, got {type(err).__name__}: {res.stderr}"
-        assert lines[0] == f"error: {err}"
 
 
 def ingest_into(factory, model: Path, *args: str) -> Path:

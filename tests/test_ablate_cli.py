@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import negdb
-from negdb.errors import BadArgument
+from negdb.errors import BadArgument, NotFound, StoreError
 from negdb.evals import registry
 from tests.ablate_helpers import short_wikitext_loader
 from tests.ingest_helpers import assert_one_error, cli, ingest_into
@@ -303,7 +303,7 @@ def test_a_named_set_restricted_by_layers(env, short_wikitext):
     assert cond["n_neurons"] == expected.height
     outside = cli(env["store"], "ablate", "--model", env["model_arg"], "--set", name, "--layers", "7", "--evals",
                   "copa", "--controls", "none", "--quiet")
-    assert_one_error(outside)
+    assert_one_error(outside, BadArgument)
 
 
 def test_mean_mode_runs_and_is_recorded(env, short_wikitext):
@@ -346,13 +346,13 @@ def test_bad_arguments_give_one_error_line_and_store_nothing(env, args):
 
 def test_missing_store_gives_one_error_line(tmp_path, env):
     res = cli(tmp_path / "nowhere", "ablate", "--model", env["model_arg"], "--top", "10%", "--quiet")
-    assert_one_error(res)
+    assert_one_error(res, StoreError)
     assert "not a negdb store" in res.stderr
     assert not (tmp_path / "nowhere").exists()
 
 
 def test_results_show_unknown_ablation(env):
-    assert_one_error(cli(env["store"], "results", "--show", "0123456789abcdef"))
+    assert_one_error(cli(env["store"], "results", "--show", "0123456789abcdef"), NotFound)
 
 
 # ------------------------------------------------------------------------------------------ options

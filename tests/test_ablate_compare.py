@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from negdb.ablate.compare import Condition, compare
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.store.layout import StoreLayout
 from tests.ablate_helpers import (choice_items, ci, ppl_reference, publish_synthetic, stratified_reference,
                                   window_items)
@@ -206,7 +206,7 @@ def test_seeds_with_different_items_are_refused(world, tmp_path):
     items = choice_items("copa", [True] * 12)
     items[3]["item"] = 40  # another item
     b = publish_synthetic(layout, "copa", items, tag="x1")
-    with pytest.raises(NegdbError, match="different items"):
+    with pytest.raises(BadArgument, match="different items"):
         compare(base, [Condition("random", "random", {"copa": [a, b]})], n_boot=10)
 
 
@@ -217,7 +217,7 @@ def test_baseline_and_condition_with_different_items_are_refused(world, tmp_path
     for i, it in enumerate(items):
         it["item"] = 100 + i  # the same count, other items (e.g. another sample seed)
     other = publish_synthetic(layout, "copa", items, tag="other")
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         compare(Condition("baseline", "baseline", {"copa": base.results["copa"]}),
                 [Condition("ablation", "x", {"copa": [other]})], n_boot=10)
 
@@ -288,5 +288,5 @@ def test_render_table(world):
         assert line.split()[2] == str(r.n) and line.split()[3] == fmt(r.baseline)
         assert f"{fmt(r.value)} ({r.delta:+.4f} [{r.lo:+.4f}, {r.hi:+.4f}])" in line
     assert "random: seeds 0..2" in lines
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         cmp.render("xml")

@@ -14,7 +14,7 @@ import negdb
 import negdb.ablate.controls as controls
 from negdb.ablate.controls import (describe_probes, intervention_for, main_fraction, ppl_matched,
                                    random_controls, save_auto)
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.query import sets as setlib
 from negdb.query import setstore
 from tests.ingest_helpers import ingest_into
@@ -270,9 +270,9 @@ def test_unreachable_target_is_reported_unmatched_at_the_largest_fraction(cat, m
 def test_no_damage_to_match_is_refused(cat, main, asked):
     probe = Probe()
     for target in (BASE, BASE - 1.0):
-        with pytest.raises(NegdbError, match="does not raise perplexity"):
+        with pytest.raises(BadArgument, match="does not raise perplexity"):
             _match(cat, main, target, probe)
     for kw in ({"resolution": 0.0}, {"resolution": 0.9, "max_fraction": 0.9}, {"max_fraction": 1.5}):
-        with pytest.raises(NegdbError):
+        with pytest.raises(BadArgument):
             _match(cat, main, BASE + 5, probe, **kw)
     assert probe.sets == [] and asked == []  # refused before any probe

@@ -20,7 +20,7 @@ from negdb.ablate.interventions import apply, make_intervention
 from negdb.analyze.layers import LayersSpec, run
 from negdb.evals.options import Bootstrap, Sampling, Scoring
 from negdb.query.setspec import SetSpec
-from negdb.errors import NegdbError
+from negdb.errors import NegdbError, StoreError
 from negdb.evals import registry
 from negdb.evals.run import ScoringRule, score_items
 from negdb.evals.windows import plan_windows, window_nll
@@ -380,7 +380,7 @@ def test_bad_arguments_give_one_error_line_and_store_nothing(env, args):
 
 def test_missing_store_gives_one_error_line(tmp_path, env):
     res = cli(tmp_path / "nowhere", "analyze", "layers", "--model", env["model"], "--top", "10%", "--quiet")
-    assert_one_error(res)
+    assert_one_error(res, StoreError)
     assert "not a negdb store" in res.stderr and not (tmp_path / "nowhere").exists()
 
 

@@ -16,7 +16,7 @@ import zarr
 
 import negdb
 from negdb.analyze import pairs as ap
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NotFound
 from negdb.stats.mapping import mapping_difficulty
 from tests.ingest_helpers import assert_one_error, cli, ingest_into
 from tests.tiny_models import save_tiny, tiny_tokenizer
@@ -151,7 +151,7 @@ def test_pair_scores_edge_cases() -> None:
     xa, xb, d = rng.normal(size=50), rng.normal(size=50), rng.uniform(size=50)
     d[[3, 7]] = 0.0
     assert ap.pair_scores(xa, xb, d).md == pytest.approx(mapping_difficulty(xa[:, None], xb[:, None], d)[0])
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         ap.pair_scores(np.ones(3), np.ones(2), np.ones(3))
 
 
@@ -243,13 +243,13 @@ def test_cli_rerun_reuses(env, tmp_path, monkeypatch) -> None:
 def test_errors_one_line(env, tmp_path) -> None:
     base = ["analyze", "pairs", "--model", env["model"]]
     res = cli(env["store"], *base, "--layer", "0", "--index", "64")
-    assert_one_error(res)
+    assert_one_error(res, NotFound)
     assert "neuron 64 out of range" in res.stderr
-    assert_one_error(cli(env["store"], *base, "--layer", "9", "--index", "0"))
-    assert_one_error(cli(env["store"], *base, "--index", "0"))
-    assert_one_error(cli(env["store"], *base, "--layer", "0", "--index", "0", "--k", "0"))
+    assert_one_error(cli(env["store"], *base, "--layer", "9", "--index", "0"), NotFound)
+    assert_one_error(cli(env["store"], *base, "--index", "0"), BadArgument)
+    assert_one_error(cli(env["store"], *base, "--layer", "0", "--index", "0", "--k", "0"), BadArgument)
     res = cli(env["store"], *base, "--layer", "2", "--index", "0")  # statistics only: no activations kept
-    assert_one_error(res)
+    assert_one_error(res, NotFound)
     assert "negdb ingest" in res.stderr and "--activations" in res.stderr and "layer 2" in res.stderr
     # activations kept but the md inputs of the layer missing
     store = tmp_path / "copy"
@@ -257,6 +257,6 @@ def test_errors_one_line(env, tmp_path) -> None:
     (md,) = (store / env["group"].relative_to(env["store"]) / "md").glob("p*")
     shutil.rmtree(md / "L001")
     res = cli(store, *base, "--layer", "1", "--index", "0")
-    assert_one_error(res)
+    assert_one_error(res, NotFound)
     assert "md inputs" in res.stderr and "--activations" in res.stderr
-    assert_one_error(cli(env["store"], "analyze", "pairs", "--model", "no-such-model"))
+    assert_one_error(cli(env["store"], "analyze", "pairs", "--model", "no-such-model"), NotFound)

@@ -19,7 +19,7 @@ from negdb.analyze import pos as poslib
 from negdb.analyze import postag
 from negdb.analyze.pos import aggregate, check_ids, paired, tag_tokens
 from negdb.analyze.postag import SPACE, Tagged, align
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, ModelLoadError, NegdbError, StoreDamaged, StoreError
 from negdb.evals import registry
 from tests.ablate_helpers import draws, percentile, short_wikitext_loader
 from tests.ingest_helpers import assert_one_error, cli, ingest_into
@@ -125,7 +125,7 @@ def test_align_matches_the_reference_on_random_spans():
 
 
 def test_align_rejects_offsets_outside_the_text():
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         align("abc", [(0, 5)], Tagged.from_spans([(0, 3, "NOUN")]))
 
 
@@ -160,7 +160,7 @@ def test_tag_text_tracks_offsets_over_lines_and_long_lines():
 
 def test_tag_text_refuses_empty_pos():
     nlp = FakeNlp({"dog": ""})
-    with pytest.raises(NegdbError, match="no POS tag"):
+    with pytest.raises(ModelLoadError, match="no POS tag"):
         postag.tag_text("the dog", nlp)
 
 
@@ -226,9 +226,9 @@ def test_aggregate_is_seeded():
 
 
 def test_aggregate_edge_cases():
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         aggregate(synthetic_frame(), n_boot=0)
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         aggregate(synthetic_frame().head(0))
     flat = pl.DataFrame({"window": [0, 0, 1], "tag": ["DET", "NOUN", "DET"], "baseline_nll": [1.0, 2.0, 3.0],
                          "ablated_nll": [1.0, 2.0, 3.0]})
@@ -244,13 +244,13 @@ def test_check_ids_tag_tokens_and_paired():
     toks = pl.DataFrame({"window": [0, 0], "position": [1, 2], "token_id": [6, 7], "nll": [1.0, 2.0]})
     check_ids(ids, toks)
     assert tag_tokens(text, offsets, tagged, toks)["tag"].to_list() == [SPACE, "VERB"]
-    with pytest.raises(NegdbError, match="re-tokenized"):
+    with pytest.raises(StoreDamaged, match="re-tokenized"):
         check_ids(ids, toks.with_columns(pl.Series("token_id", [6, 8])))
-    with pytest.raises(NegdbError, match="beyond"):
+    with pytest.raises(StoreDamaged, match="beyond"):
         check_ids(ids, toks.with_columns(pl.Series("position", [1, 3])))
     tagged_toks = tag_tokens(text, offsets, tagged, toks)
     cond = SimpleNamespace(result_id="x" * 64, tokens=lambda: pl.DataFrame({"position": [1], "nll": [3.0]}))
-    with pytest.raises(NegdbError, match="other tokens"):
+    with pytest.raises(StoreDamaged, match="other tokens"):
         paired(tagged_toks, cond)  # type: ignore[arg-type]
 
 
@@ -406,7 +406,7 @@ def test_bad_arguments_give_one_error_line(env, args):
 
 def test_missing_store(tmp_path, env):
     res = cli(tmp_path / "nowhere", "analyze", "pos", "--model", env["model"], "--top", "10%", "--quiet")
-    assert_one_error(res)
+    assert_one_error(res, StoreError)
     assert not (tmp_path / "nowhere").exists()
 
 

@@ -18,6 +18,7 @@ import pytest
 
 import negdb
 from negdb.analyze.training import TrainingSpec, distribution_rows, jaccard_rows, run, set_mean_rows
+from negdb.errors import UnknownModel
 from negdb.evals import registry
 from tests.ablate_helpers import ci, percentile, ppl_reference, short_wikitext_loader, stratified_reference
 from tests.ingest_helpers import assert_one_error, cli
@@ -364,7 +365,8 @@ def test_bad_arguments_give_one_error_line_and_store_nothing(env, args):
 
 
 def test_unknown_model_gives_one_error_line(tmp_path):
-    assert_one_error(cli(tmp_path / "s", "analyze", "training", "--model", str(tmp_path / "nowhere"), "--quiet"))
+    assert_one_error(cli(tmp_path / "s", "analyze", "training", "--model", str(tmp_path / "nowhere"), "--quiet"),
+                     UnknownModel)
     assert not (tmp_path / "s").exists()
 
 

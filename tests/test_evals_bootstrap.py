@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError
 from negdb.evals.metrics import (bootstrap_samples, macro_delta, paired_bootstrap, ppl_bootstrap,
                                  stratified_bootstrap)
 from tests.ablate_helpers import ci, percentile, ppl_reference, stratified_reference
@@ -99,11 +99,11 @@ def test_seed_changes_the_draws_and_repeats_them():
 
 
 def test_stratified_errors():
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         bootstrap_samples([], 10, 0)
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         bootstrap_samples([(np.ones(3), np.ones(3))], 0, 0)
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         bootstrap_samples([(np.ones(3), np.ones(3)), (np.ones(0), np.ones(0))], 10, 0)
     with pytest.raises((NegdbError, ValueError)):
         bootstrap_samples([(np.ones(3), np.ones(4))], 10, 0)
@@ -151,12 +151,12 @@ def test_ppl_identical_conditions_give_a_zero_interval():
 
 
 def test_ppl_errors():
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         ppl_bootstrap([1.0, 2.0], [1, 1], [1.0], [1], 10, 0)
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         ppl_bootstrap([], [], [], [], 10, 0)
 
 
 def test_ppl_bootstrap_refuses_zero_draws_like_the_others():
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         ppl_bootstrap([1.0, 2.0], [1, 1], [1.5, 2.0], [1, 1], 0, 0)

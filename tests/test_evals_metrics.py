@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.evals.metrics import group_accuracy, lambada, minimal_pair_correct, multiple_choice, paired_bootstrap
 from negdb.evals.scoring import ContinuationScore
 
@@ -20,7 +20,7 @@ def test_minimal_pairs_by_sum_and_mean():
     assert minimal_pair_correct(good, bad).tolist() == [True, True, False]  # a tie is wrong
     assert minimal_pair_correct(good, bad, by="mean").tolist() == [True, False, False]
     assert minimal_pair_correct(np.array([1.0, 0.0]), np.array([0.0, 1.0])).tolist() == [True, False]
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         minimal_pair_correct(good, bad, by="median")
 
 
@@ -73,5 +73,5 @@ def test_paired_bootstrap_edge_cases():
     same = np.array([1, 0, 1, 1])
     assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
     assert paired_bootstrap([1, 1, 1], [0, 0, 0]) == (1.0, 1.0, 1.0)
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         paired_bootstrap([1, 0], [1])

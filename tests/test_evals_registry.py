@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from negdb.data import data_path
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.evals.registry import KINDS, benchmarks, get, load_items
 
 # Row counts from data/README.md (independent of the spec's own "expected").
@@ -100,5 +100,5 @@ def test_limit_is_per_group_seeded_and_keeps_pairs():
 
 
 def test_unknown_benchmark_lists_the_known_ones():
-    with pytest.raises(NegdbError, match="unknown benchmark 'blimpp'.*arc_easy.*winogrande"):
+    with pytest.raises(BadArgument, match="unknown benchmark 'blimpp'.*arc_easy.*winogrande"):
         load_items("blimpp")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument
 from negdb.evals import registry
 from negdb.evals import run as runmod
 from negdb.evals.registry import BenchmarkSpec, Item
@@ -147,7 +147,7 @@ def test_summarize_perplexity_and_lambada():
 
 
 def test_summarize_refuses_no_items():
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         summarize(registry.get("copa"), [])
 
 
@@ -308,7 +308,7 @@ def test_windows_cover_the_text_once(bos):
     # a token budget keeps only the first tokens
     cut = plan_windows(ids, window=window, bos_id=bos, max_tokens=20)
     assert [t for w in cut for t in w.ids] == ids[:20]
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         plan_windows(ids, window=1, bos_id=None)
 
 
@@ -349,9 +349,9 @@ def test_scoring_rule():
     gpt = from_model(tiny_model("gpt_neox"), tiny_tokenizer())  # family BOS policy: none
     assert ScoringRule("model").bos_id(gpt) is None
     assert ScoringRule().window_for(gpt) == 128 and ScoringRule(window=9).window_for(gpt) == 9
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         ScoringRule("always")
-    with pytest.raises(NegdbError):
+    with pytest.raises(BadArgument):
         ScoringRule(window=1)
 
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import negdb
+from negdb.errors import NotFound, StoreError
 from negdb.ablate import conditions
 from negdb.ablate.options import Controls
 from negdb.evals.options import Sampling, Scoring
@@ -506,9 +507,9 @@ def test_bad_input_gives_one_error_line(env, args):
 
 def test_missing_store_and_model(env, tmp_path):
     res = cli(tmp_path / "nowhere", "sweep", "--model", env["model"], "--quiet")
-    assert_one_error(res)
+    assert_one_error(res, StoreError)
     assert "not a negdb store" in res.stderr and not (tmp_path / "nowhere").exists()
-    assert_one_error(cli(env["store"], "sweep", "--model", "no-such-model", "--dry-run"))
+    assert_one_error(cli(env["store"], "sweep", "--model", "no-such-model", "--dry-run"), NotFound)
 
 
 def test_per_seed_tables_prefer_the_grammar_and_suite_means():
