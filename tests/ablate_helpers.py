@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,3 +128,8 @@ def short_wikitext_loader(real: Any) -> Any:
         return items
 
     return load
+
+
+def table_files(store: Path, table: str) -> dict[str, int]:
+    """The published segments of one table (name -> modification time): to check that a command stored nothing."""
+    return {p.name: p.stat().st_mtime_ns for p in (store / "tables" / table).glob("*.parquet")}

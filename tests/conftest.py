@@ -35,3 +35,15 @@ def smollm2():
     except NegdbError as err:
         pytest.skip(str(err))
     return load(source, select(source, "final")[0], cache_dir=_CACHE_AT_START)
+
+
+@pytest.fixture(scope="module")
+def short_wikitext():
+    """WikiText-2 cut to its first characters for the module that asks (``tests.ablate_helpers``): the ablate and
+    analyze runs read a few hundred tokens of it, and tokenizing the whole test file costs seconds per evaluation."""
+    from negdb.evals import registry
+    from tests.ablate_helpers import short_wikitext_loader
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "load_items", short_wikitext_loader(registry.load_items))
+        yield

@@ -17,7 +17,7 @@ import pytest
 import negdb
 from negdb.errors import BadArgument, NotFound, StoreError
 from negdb.evals import registry
-from tests.ablate_helpers import short_wikitext_loader
+from tests.ablate_helpers import table_files
 from tests.ingest_helpers import assert_one_error, cli, ingest_into
 from tests.tiny_models import save_tiny
 
@@ -28,28 +28,13 @@ ARGS = ["--top", "10%", "--evals", "blimp,copa,ppl", "--limit", "2", "--ppl-toke
 
 
 @pytest.fixture(scope="module")
-def short_wikitext():
-    """WikiText-2 cut to its first characters for this module: the runs read 256 tokens of it, and tokenizing
-    the whole test file costs seconds for each of the dozen perplexity evaluations of an ablation."""
-    load = short_wikitext_loader(registry.load_items)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(registry, "load_items", load)
-        yield
-
-
-def _files(store: Path, table: str) -> dict[str, float]:
-    return {p.name: p.stat().st_mtime_ns for p in (store / "tables" / table).glob("*.parquet")}
-
-
-@pytest.fixture(scope="module")
 def env(tmp_path_factory, short_wikitext):
     model = save_tiny(tmp_path_factory.mktemp("m") / "neox", "gpt_neox", seed=0)
     store = ingest_into(tmp_path_factory, model)
     first = cli(store, "ablate", "--model", str(model), *ARGS, "--format", "json")
     assert first.exit_code == 0, first.output
-    after_first = _files(store, "eval_results")
-    abl_files1 = _files(store, "ablations")
+    after_first = table_files(store, "eval_results")
+    abl_files1 = table_files(store, "ablations")
     (ablation,) = abl_files1  # one experiment, one segment
     out = tmp_path_factory.mktemp("out") / "cmp.txt"
     second = cli(store, "ablate", "--model", str(model), *ARGS, "--out", str(out))
@@ -57,8 +42,8 @@ def env(tmp_path_factory, short_wikitext):
     # later tests run other experiments in this store: everything below refers to this one
     return {"store": store, "model": str(model.resolve()), "model_arg": str(model),
             "ablation_id": ablation.removesuffix(".parquet"), "first": first, "doc": json.loads(first.stdout),
-            "second": second, "out": out, "files1": after_first, "files2": _files(store, "eval_results"),
-            "abl_files1": abl_files1, "abl_files2": _files(store, "ablations")}
+            "second": second, "out": out, "files1": after_first, "files2": table_files(store, "eval_results"),
+            "abl_files1": abl_files1, "abl_files2": table_files(store, "ablations")}
 
 
 def _rows(doc) -> dict[tuple[str, str, str], dict]:
@@ -280,11 +265,11 @@ def test_the_same_set_by_name_reuses_every_evaluation(env):
     args = list(ARGS)
     i = args.index("--top")
     args[i:i + 2] = ["--set", name]
-    before = _files(env["store"], "eval_results")
+    before = table_files(env["store"], "eval_results")
     res = cli(env["store"], "ablate", "--model", env["model_arg"], *args)
     assert res.exit_code == 0, res.output
     assert "0 evaluations computed" in res.stderr
-    assert _files(env["store"], "eval_results") == before
+    assert table_files(env["store"], "eval_results") == before
 
 
 def test_a_named_set_restricted_by_layers(env, short_wikitext):
@@ -338,10 +323,10 @@ def test_mean_mode_runs_and_is_recorded(env, short_wikitext):
     ["--where", "w_dist > 1e9"],  # an empty selection
 ])
 def test_bad_arguments_give_one_error_line_and_store_nothing(env, args):
-    before = _files(env["store"], "eval_results")
+    before = table_files(env["store"], "eval_results")
     res = cli(env["store"], "ablate", "--model", env["model_arg"], *args, "--quiet")
     assert_one_error(res)
-    assert _files(env["store"], "eval_results") == before
+    assert table_files(env["store"], "eval_results") == before
 
 
 def test_missing_store_gives_one_error_line(tmp_path, env):

@@ -21,7 +21,7 @@ from negdb.analyze.pos import aggregate, check_ids, paired, tag_tokens
 from negdb.analyze.postag import SPACE, Tagged, align
 from negdb.errors import BadArgument, ModelLoadError, NegdbError, StoreDamaged, StoreError
 from negdb.evals import registry
-from tests.ablate_helpers import draws, percentile, short_wikitext_loader
+from tests.ablate_helpers import draws, percentile, table_files
 from tests.ingest_helpers import assert_one_error, cli, ingest_into
 from tests.tiny_models import save_tiny, tiny_tokenizer
 
@@ -262,24 +262,13 @@ ARGS = ["--top", "10%", "--ppl-tokens", "256", "--probe-tokens", "256", "--seeds
 
 
 @pytest.fixture(scope="module")
-def short_wikitext():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(registry, "load_items", short_wikitext_loader(registry.load_items))
-        yield
-
-
-def _files(store: Path, table: str) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (store / "tables" / table).glob("*.parquet")}
-
-
-@pytest.fixture(scope="module")
 def env(tmp_path_factory, short_wikitext):
     model = save_tiny(tmp_path_factory.mktemp("m") / "neox", "gpt_neox", seed=0)
     store = ingest_into(tmp_path_factory, model)
     first = cli(store, "analyze", "pos", "--model", str(model), *ARGS, "--format", "json")
     assert first.exit_code == 0, first.output
     return {"store": store, "model": str(model), "first": first, "doc": json.loads(first.stdout),
-            "files": {t: _files(store, t) for t in ("pos_surprisal", "analyses", "eval_results")}}
+            "files": {t: table_files(store, t) for t in ("pos_surprisal", "analyses", "eval_results")}}
 
 
 def _stored_rows(store: Path, aid: str) -> pl.DataFrame:
@@ -340,7 +329,7 @@ def test_rerun_computes_nothing(env, monkeypatch):
     assert "read from the store" in res.stderr and "0 evaluations computed" in res.stderr
     assert "loading" not in res.stderr
     for table, files in env["files"].items():
-        assert _files(env["store"], table) == files, table
+        assert table_files(env["store"], table) == files, table
     # the table shows the stored numbers, tags by the ablation's share
     rows = [r for r in env["doc"]["rows"] if r["condition"] == "ablation"]
     every = next(r for r in rows if r["tag"] == "ALL")
@@ -379,12 +368,12 @@ def test_changed_text_is_refused(env, monkeypatch):
             else items
 
     monkeypatch.setattr(registry, "load_items", shifted)
-    before = _files(env["store"], "analyses")
+    before = table_files(env["store"], "analyses")
     res = cli(env["store"], "analyze", "pos", "--model", env["model"], *ARGS, "--n-boot", "50", "--controls", "none")
     assert res.exit_code == 2, res.output
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "changed" in errors[0] and "tagging" not in res.stderr  # checked before tagging
-    assert _files(env["store"], "analyses") == before
+    assert table_files(env["store"], "analyses") == before
 
 
 @pytest.mark.parametrize("args", [
@@ -398,10 +387,10 @@ def test_changed_text_is_refused(env, monkeypatch):
     ["--where", "w_dist > 1e9"],
 ])
 def test_bad_arguments_give_one_error_line(env, args):
-    before = _files(env["store"], "analyses")
+    before = table_files(env["store"], "analyses")
     res = cli(env["store"], "analyze", "pos", "--model", env["model"], *args, "--quiet")
     assert_one_error(res)
-    assert _files(env["store"], "analyses") == before
+    assert table_files(env["store"], "analyses") == before
 
 
 def test_missing_store(tmp_path, env):

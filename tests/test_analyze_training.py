@@ -19,8 +19,7 @@ import pytest
 import negdb
 from negdb.analyze.training import TrainingSpec, distribution_rows, jaccard_rows, run, set_mean_rows
 from negdb.errors import UnknownModel
-from negdb.evals import registry
-from tests.ablate_helpers import ci, percentile, ppl_reference, short_wikitext_loader, stratified_reference
+from tests.ablate_helpers import ci, percentile, ppl_reference, stratified_reference
 from tests.ingest_helpers import assert_one_error, cli
 from tests.train_tiny import TrainConfig, train
 
@@ -37,13 +36,6 @@ def trained(tmp_path_factory):
     """The tiny GPT-NeoX trained for TrainConfig.steps steps: (run folder, TrainLog)."""
     out = tmp_path_factory.mktemp("tiny-run") / "run"
     return out, train(out)
-
-
-@pytest.fixture(scope="module")
-def short_wikitext():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(registry, "load_items", short_wikitext_loader(registry.load_items))
-        yield
 
 
 def _files(store: Path) -> dict[str, int]:

@@ -30,7 +30,7 @@ from negdb.store.tables import SWEEP_SUMMARY
 from negdb.sweep import SweepSpec, plan, run
 from negdb.sweep.estimate import estimate
 from negdb.sweep.grid import selection, setup
-from tests.ablate_helpers import draws, percentile, ppl_reference, short_wikitext_loader
+from tests.ablate_helpers import draws, percentile, ppl_reference, table_files
 from tests.ingest_helpers import assert_one_error, cli, ingest_into
 from tests.tiny_models import save_tiny
 
@@ -46,17 +46,6 @@ OPTS = dict(fractions=(0.1, 0.2), by=("w_dist", "std"), modes=("neg", "pos"), se
             scoring=Scoring(window=64), n_boot=N_BOOT)
 REAL_EVALUATE = conditions.evaluate
 COL = {"acc_sum": "correct", "acc": "correct", "acc_mean": "correct_alt", "acc_norm": "correct_alt"}
-
-
-@pytest.fixture(scope="module")
-def short_wikitext():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(registry, "load_items", short_wikitext_loader(registry.load_items))
-        yield
-
-
-def _files(store: Path, table: str) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (store / "tables" / table).glob("*.parquet")}
 
 
 def _counting(computed: list[str], stop_after: int | None = None):
@@ -85,7 +74,7 @@ def env(tmp_path_factory, short_wikitext):
         mp.setattr(conditions, "evaluate", _counting(computed))
         first = cli(store, "sweep", "--model", str(model), *GRID, "--format", "json")
     assert first.exit_code == 0, first.output
-    files1 = {t: _files(store, t) for t in ("eval_results", "analyses", "sweep_points", "sweep_summary")}
+    files1 = {t: table_files(store, t) for t in ("eval_results", "analyses", "sweep_points", "sweep_summary")}
     out = tmp_path_factory.mktemp("out") / "sweep.txt"
     again: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
@@ -95,7 +84,7 @@ def env(tmp_path_factory, short_wikitext):
     doc = json.loads(first.stdout)
     return {"store": store, "model": str(model), "dry": dry, "first": first, "second": second, "doc": doc,
             "computed": computed, "again": again, "out": out, "files1": files1,
-            "files2": {t: _files(store, t) for t in files1}, "points": pl.DataFrame(doc["points"]),
+            "files2": {t: table_files(store, t) for t in files1}, "points": pl.DataFrame(doc["points"]),
             "rows": pl.DataFrame(doc["rows"])}
 
 
@@ -499,10 +488,10 @@ def test_sweep_figures_write_pngs(env, tmp_path):
     ["--checkpoint", "step999"],
 ])
 def test_bad_input_gives_one_error_line(env, args):
-    before = _files(env["store"], "eval_results")
+    before = table_files(env["store"], "eval_results")
     res = cli(env["store"], "sweep", "--model", env["model"], *GRID, *args)
     assert_one_error(res)
-    assert _files(env["store"], "eval_results") == before
+    assert table_files(env["store"], "eval_results") == before
 
 
 def test_missing_store_and_model(env, tmp_path):
