@@ -478,5 +478,5 @@ def test_errors_are_one_line(env, tmp_path):
     (busy / "keep.txt").write_text("mine")
     assert_one_error(cli(store, "report", "--out", str(busy)), BadArgument)
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
-    with pytest.raises(BadArgument):
+    with pytest.raises(NotFound):
         build(store, tmp_path / "r2", ablations=[env["ablation_id"]], models=["no-such-model"])
