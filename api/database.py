@@ -113,8 +113,8 @@ class Analyses:
         from negdb.evals.options import Bootstrap, Sampling, Scoring
 
         db = self._db
-        spec = LayersSpec(db._neurons(neurons, model), mode=mode, groups=groups, variants=tuple(variants),
-                          evals=tuple(evals), sampling=Sampling(limit=limit, ppl_tokens=ppl_tokens, seed=sample_seed),
+        spec = LayersSpec(db._neurons(neurons, model), mode=mode, groups=groups, variants=variants,
+                          evals=evals, sampling=Sampling(limit=limit, ppl_tokens=ppl_tokens, seed=sample_seed),
                           scoring=scoring or Scoring(), bootstrap=bootstrap or Bootstrap())
         return run(spec, db.path, device=db._device(device), progress=db.progress, log=db.log)
 
@@ -135,7 +135,7 @@ class Analyses:
 
         db = self._db
         spec = TrainingSpec(IngestSpec(model, checkpoints=checkpoints, **{"activations": "none", **(ingest or {})}),
-                            top=top, by=by, mode=mode, evals=tuple(evals),
+                            top=top, by=by, mode=mode, evals=evals,
                             controls=Controls(kinds=controls, seeds=seeds, seed=control_seed),
                             sampling=Sampling(limit=limit, ppl_tokens=ppl_tokens, seed=sample_seed),
                             scoring=scoring or Scoring(), bootstrap=bootstrap or Bootstrap())
@@ -306,13 +306,14 @@ class Database:
     # ------------------------------------------------------------------------------------------ experiments
 
     def ablate(self, neurons: Any, *, mode: str = "neg", evals: Sequence[str] = ("ppl", "blimp", "tse", "suite"),
-               controls: Sequence[str] = ("random", "ppl-matched"), seeds: int = 3, control_seed: int = 0,
+               controls: Any = ("random", "ppl-matched"), seeds: int = 3, control_seed: int = 0,
                limit: Any = None, sample_seed: int = 0, ppl_tokens: int | None = None, probe_tokens: int = 16384,
                tolerance: float = 0.05, resolution: float = 0.005, max_fraction: float = 0.9,
                scoring: Any = None, bootstrap: Any = None, save: str | None = None, model: str | None = None,
                device: str | None = None) -> Experiment:
         """``negdb ablate``: ``neurons`` (a ``Selection``, ``NeuronSet``, ``SetSpec``, saved set's name, or a
-        ``{layer: [neurons]}`` mapping with ``model``) under ``mode``, against the ``controls``, on ``evals``.
+        ``{layer: [neurons]}`` mapping with ``model``) under ``mode``, against the ``controls`` (kinds, or a whole
+        :class:`~negdb.ablate.options.Controls`), on ``evals``.
 
         ``limit``: items per group, a count or ``{"*": 50, "suite": 200}``; ``scoring``: a
         :class:`~negdb.evals.options.Scoring` (BOS policy, window, batch size); ``bootstrap``: a
@@ -321,10 +322,10 @@ class Database:
         from negdb.ablate.options import AblateSpec, Controls
         from negdb.evals.options import Bootstrap, Sampling, Scoring
 
-        spec = AblateSpec(self._neurons(neurons, model), mode=mode, evals=tuple(evals),
-                          controls=Controls(kinds=controls, seeds=seeds, seed=control_seed, tolerance=tolerance,
-                                            resolution=resolution, max_fraction=max_fraction,
-                                            probe_tokens=probe_tokens),
+        if not isinstance(controls, Controls):
+            controls = Controls(kinds=controls, seeds=seeds, seed=control_seed, tolerance=tolerance,
+                                resolution=resolution, max_fraction=max_fraction, probe_tokens=probe_tokens)
+        spec = AblateSpec(self._neurons(neurons, model), mode=mode, evals=evals, controls=controls,
                           sampling=Sampling(limit=limit, ppl_tokens=ppl_tokens, seed=sample_seed),
                           scoring=scoring or Scoring(), bootstrap=bootstrap or Bootstrap(), save=save)
         return self.run(spec, device=device)
@@ -364,9 +365,9 @@ class Database:
         from negdb.evals.options import Sampling, Scoring
         from negdb.sweep import SweepSpec, plan
 
-        spec = SweepSpec(model, checkpoint=checkpoint, fractions=tuple(fractions), by=tuple(by),
-                         direction=direction, modes=tuple(modes), layers=layers, seeds=tuple(seeds),
-                         evals=tuple(evals),
+        spec = SweepSpec(model, checkpoint=checkpoint, fractions=fractions, by=by,
+                         direction=direction, modes=modes, layers=layers, seeds=seeds,
+                         evals=evals,
                          controls=Controls(kinds=controls, probe_tokens=probe_tokens, tolerance=tolerance,
                                            resolution=resolution, max_fraction=max_fraction),
                          sampling=Sampling(limit=limit, ppl_tokens=ppl_tokens), scoring=scoring or Scoring(),
