@@ -163,6 +163,8 @@ def test_the_python_api_finds_everything_stored(fixture_store, no_model):
                        limit={"*": 2, "tse": 1}, controls=["random"], seeds=1, control_seed=3, sample_seed=2,
                        ppl_tokens=256, probe_tokens=256, scoring=w64, bootstrap=Bootstrap(200, 3))
     assert [first.ablation_id, second.ablation_id] == abl and first.computed == second.computed == 0
+    for exp in (first, second):  # the stored comparison (`negdb results --show`) is the recomputed one
+        assert db.comparison(exp.ablation_id).frame().equals(exp.frame())
     sw = db.sweep(model, fractions=[0.1, 0.2], by=["w_dist", "std"], modes=["neg", "pos"], seeds=[1, 2],
                   evals=["copa", "ppl"], limit=2, resolution=0.1, max_fraction=0.4, ppl_tokens=256, probe_tokens=256,
                   scoring=w64, n_boot=200)
