@@ -116,3 +116,30 @@ def test_bad_flags_are_one_line_errors_before_anything_runs(captured, args):
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
+
+
+def _demo_commands() -> list[list[str]]:
+    """The negdb commands of `make demo` (Makefile), as argument lists after ``--store``."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text().replace("\\\n", " ")
+    demo = text[text.index("\ndemo:"):text.index("\ntest:")]
+    out = []
+    for line in demo.splitlines():
+        if "$(BIN)/negdb" in line:
+            args = shlex.split(line.split("$(BIN)/negdb", 1)[1])
+            out.append(args[2:] if args[0] == "--store" else args)
+    return out
+
+
+def test_make_demo_commands_still_parse(captured):
+    """`make demo` is unchanged for the user: each of its ingest/ablate/analyze lines builds its typed spec."""
+    demo = [c for c in _demo_commands() if c[0] in ("ingest", "ablate", "analyze")]
+    assert [c[0] if c[0] != "analyze" else c[1] for c in demo] == ["ingest", "ablate", "pos", "layers", "pairs"]
+    specs = [captured(*c)[0] for c in demo]
+    assert specs[0].tokens == 16384 and specs[0].model == "smollm2-135m"
+    assert specs[1].neurons.top == 0.01 and specs[1].scoring.window == 512 and specs[1].controls.probe_tokens == 8192
+    assert specs[2].ppl_tokens == 16384 and specs[2].controls.seeds == 1
+    assert specs[3].groups == 4 and specs[3].sampling.limit.default == 5
+    assert (specs[4].layer, specs[4].index, specs[4].k) == (10, 222, 10)
