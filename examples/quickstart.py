@@ -1,7 +1,7 @@
 """negdb from Python, end to end: ingest, select the Wasserstein neurons, ablate them against a random
 control, read the table, and hook the same ablation into a live model.
 
-    python examples/quickstart.py                         # SmolLM2-135M (embedded), ~10 minutes on 2 idle cores (README: measured)
+    python examples/quickstart.py                         # SmolLM2-135M (embedded), about 9 CPU-minutes (measured: README, From Python)
     python examples/quickstart.py --model ./my-model --store /tmp/qs --tokens 512 --seq-len 32 --limit 1
 
 Everything it computes is stored: run it again and it reads the results back (no model is loaded for them).
