@@ -42,7 +42,7 @@ from negdb.ingest.layerstats import PairPlan
 from negdb.query import neuron as nq
 from negdb.query.sets import Keys, layer_widths, resolve_keys, select
 from negdb.stats.mapping import input_distances
-from negdb.store.arrays import layer_name, md_group_name
+from negdb.store.arrays import layer_name, md_group_name, read_array
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 from negdb.store.tables import DIFF_PAIRS, NEG_SHARE, Table
@@ -336,8 +336,6 @@ def _ingest_hint(keys: Keys, layer: int) -> str:
 
 def _neuron_data(cat: Catalog, keys: Keys, layer: int, index: int) -> _NeuronData:
     """The neuron's stored pre-activations, the md pairs and their d_in (NegdbError when not stored)."""
-    import zarr
-
     try:
         path = nq.layer_array_path(cat, keys, layer)
     except NegdbError:
@@ -349,11 +347,11 @@ def _neuron_data(cat: Catalog, keys: Keys, layer: int, index: int) -> _NeuronDat
     if not (md / "pairs").exists() or not (md / layer_name(layer)).exists():
         raise NotFound(f"layer {layer} of {keys.model_id}@{keys.revision} has no stored md inputs for its "
                          f"statistics ({md_key}): {_ingest_hint(keys, layer)} --md-pairs {n_pairs}")
-    x = np.asarray(zarr.open_array(str(path), mode="r")[:, index], dtype=np.float64)
-    pairs = np.asarray(zarr.open_array(str(md / "pairs"), mode="r")[:], dtype=np.int64)
+    x = np.asarray(read_array(path, (slice(None), index)), dtype=np.float64)
+    pairs = np.asarray(read_array(md / "pairs"), dtype=np.int64)
     a, b = pairs[:, 0], pairs[:, 1]
     plan = PairPlan(a=a, b=b, md_rows=np.unique(np.concatenate([a, b])))
-    h = np.asarray(zarr.open_array(str(md / layer_name(layer)), mode="r")[:])
+    h = read_array(md / layer_name(layer))
     pos_a, pos_b = plan.positions()
     return _NeuronData(x=x, a=a, b=b, d_in=input_distances(h[pos_a], h[pos_b]), group=group)
 

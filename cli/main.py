@@ -14,10 +14,28 @@ import click  # noqa: E402
 from negdb.errors import NegdbError  # noqa: E402
 
 
+def _stuck(message: str) -> None:
+    """A user query that ignores its interrupt (negdb.store.bounds): the CLI has nothing else to do, so it ends
+    with the time-out error instead of waiting (nothing is being written: user SQL only reads)."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    os._exit(2)
+
+
+def _own_process() -> bool:
+    """Whether this process is the `negdb` command itself (not a Python program or test calling the group)."""
+    entry = sys.argv[0] if sys.argv else ""
+    return os.path.basename(entry) == "negdb" or entry.endswith(os.path.join("cli", "__main__.py"))
+
+
 class _Group(click.Group):
     """Print NegdbError as one line and exit non-zero; Ctrl-C says how to resume."""
 
     def invoke(self, ctx: click.Context) -> object:
+        if _own_process():
+            from negdb.store.bounds import on_stuck
+
+            on_stuck(_stuck)
         try:
             return super().invoke(ctx)
         except NegdbError as err:
@@ -93,6 +111,10 @@ def _register() -> None:
     from negdb.cli import sweep_cmd
 
     main.add_command(sweep_cmd.sweep)
+    from negdb.cli import check_cmd
+
+    main.add_command(check_cmd.check)
+    main.add_command(check_cmd.repair)
     add_store_options(main)
 
 

@@ -44,19 +44,24 @@ def _counts_table(counts: dict[int, int]) -> list[str]:
 @click.option("--slice", "slice_id", default=None, help="Token slice id (default: the latest ingested).")
 @click.option("--spec", "spec_id", default=None, help="Statistics spec id (default: the latest ingested).")
 @click.option("--save", "name", default=None, help="Store the selection as an immutable set with this name.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds --where may run before it is stopped [default: the service's limit, 10].")
 @click.pass_obj
 def select_cmd(obj: dict, model: str, revision: str | None, where: str | None, top: str | None,
                bottom: str | None, random_like: str | None, by: str, seed: int, layers: str | None,
-               slice_id: str | None, spec_id: str | None, name: str | None) -> None:
+               slice_id: str | None, spec_id: str | None, name: str | None, timeout_s: float) -> None:
     """Pick neurons by a condition, top/bottom fraction or count per layer, or randomly like a saved set."""
     import negdb
     from negdb.query import sets
 
     if name is not None:
         sets.check_name(name)
+    from negdb.store.catalog import QUERY_TIMEOUT_S
+
     with negdb.connect(obj["store"]) as cat:
         sel = sets.select(cat, model, revision, where=where, top=top, bottom=bottom, by=by, random_like=random_like,
-                          seed=seed, layers=layers, slice_id=slice_id, spec_id=spec_id)
+                          seed=seed, layers=layers, slice_id=slice_id, spec_id=spec_id,
+                          timeout_s=timeout_s or QUERY_TIMEOUT_S)
         k = sel.keys
         click.echo(f"{k.model_id}@{k.revision}  (slice {k.slice_id}, spec {k.spec_id})")
         click.echo(f"picker: {sel.expression}")

@@ -35,6 +35,7 @@ import torch
 from negdb.errors import BadArgument
 from negdb.evals.packing import (LOGSOFTMAX_ROWS, MAX_SHARED_ROW, ROW_TOKENS, additive_mask, capabilities, logits_at,
                                  model_dtype, pack_rows, padded_batches, sliding_window)
+from negdb.models.loading import max_context
 
 DEFAULT_BATCH_TOKENS = 8192
 
@@ -112,19 +113,6 @@ def empty_context_prefix(tokenizer: Any) -> int:
         if tid is not None:
             return int(tid)
     raise BadArgument("an empty context needs a BOS or EOS token and the tokenizer has neither: pass bos=")
-
-
-def max_context(lm: Any) -> int:
-    """The model's context length in tokens (``max_position_embeddings`` or the like)."""
-    cfg = lm.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    value = getattr(lm.tokenizer, "model_max_length", None)
-    if isinstance(value, int) and 0 < value < 10**7:
-        return value
-    raise BadArgument("cannot tell the model's context length: pass max_length=")
 
 
 def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:

@@ -16,11 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from negdb.config import store_path
-from negdb.errors import BadArgument
+from negdb.errors import BadArgument, NotEnoughDisk, StoreDamaged
 from negdb.ingest.corpus import load_corpus
 from negdb.ingest.layerstats import PairPlan, layer_stats
-from negdb.ingest.plan import (IngestSpec, Resources, batch_windows, check_disk, estimate_bytes, human_bytes,
-                               parse_activations, parse_layers, stat_spec)
+from negdb.ingest.plan import (IngestSpec, Resources, StatSpec, batch_windows, check_disk, estimate_bytes,
+                               human_bytes, parse_activations, parse_layers, stat_spec)
 from negdb.ingest.publish import JobKeys, publish_activations, publish_metadata, publish_stats
 from negdb.ingest.slices import TokenSlice, make_slice
 from negdb.ingest.state import JobState
@@ -29,8 +29,9 @@ from negdb.models import checkpoints as ckpts
 from negdb.models import loading, registry
 from negdb.models.families import act_name
 from negdb.stats.mapping import draw_pairs
-from negdb.store.arrays import md_group_name, open_group, put_vector
+from negdb.store.arrays import layer_name, md_group_name, open_group, put_vector
 from negdb.store.catalog import Catalog
+from negdb.store.faults import crash_point
 from negdb.store.layout import StoreLayout, short_hash
 from negdb.store.locks import exclusive_lock
 from negdb.store.runs import RunRecord, now
@@ -82,7 +83,12 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
     return results
 
 
-def _slice(opts: IngestSpec, corpus, tokenizer, model_id: str, log: Log) -> TokenSlice:
+def _slice(opts: IngestSpec, corpus, lm, model_id: str, log: Log) -> TokenSlice:
+    tokenizer = lm.tokenizer
+    context = loading.max_context(lm)
+    if opts.seq_len > context:
+        raise BadArgument(f"--seq-len {opts.seq_len} is longer than the context of {model_id} ({context} tokens): "
+                          f"use --seq-len {context} or less")
     bos = tokenizer.bos_token_id if opts.prepend_bos else None
     if opts.prepend_bos and bos is None:
         raise BadArgument(f"--bos: the tokenizer of {model_id} has no BOS token; drop --bos")
@@ -94,15 +100,23 @@ def _slice(opts: IngestSpec, corpus, tokenizer, model_id: str, log: Log) -> Toke
     return sl
 
 
-def _missing(layout: StoreLayout, model_id: str, revision: str, slice_id: str, spec_id: str, layers: list[int],
+def _missing(layout: StoreLayout, model_id: str, revision: str, slice_id: str, spec: StatSpec, layers: list[int],
              keep: list[int]) -> tuple[list[int], list[int]]:
-    """Layers still lacking statistics (for this spec), and kept layers still lacking stored activations."""
+    """Layers still lacking statistics (for this spec), and kept layers still lacking stored activations (a
+    recorded array whose folder, its slice's token ids or its md inputs are gone, e.g. quarantined by
+    `negdb repair`, counts as missing: ingesting again restores it)."""
+    spec_id = spec.spec_id
     with Catalog(layout.root) as cat:
         have_stats = set(cat.arrow("SELECT DISTINCT layer FROM neuron_stats WHERE model_id = ? AND revision = ? "
                                    "AND slice_id = ? AND spec_id = ?",
                                    [model_id, revision, slice_id, spec_id]).column("layer").to_pylist())
-        have_acts = set(cat.arrow("SELECT DISTINCT layer FROM activations WHERE model_id = ? AND revision = ? "
-                                  "AND slice_id = ?", [model_id, revision, slice_id]).column("layer").to_pylist())
+        recorded = cat.arrow("SELECT layer, array_path FROM activations WHERE model_id = ? AND revision = ? "
+                             "AND slice_id = ?", [model_id, revision, slice_id]).to_pylist()
+    group = layout.acts_group(model_id, revision, slice_id)
+    md = Path("md") / md_group_name(spec.md_pairs, spec.md_seed)
+    vectors = all((group / name / "zarr.json").exists() for name in ("token_ids", "window", "position", md / "pairs"))
+    have_acts = {r["layer"] for r in recorded if vectors and (layout.root / r["array_path"] / "zarr.json").exists()
+                 and (group / md / layer_name(r["layer"]) / "zarr.json").exists()}
     return sorted(set(layers) - have_stats), sorted(set(keep) - have_acts)
 
 
@@ -111,7 +125,7 @@ def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, c
     started = time.perf_counter()
     label = f"{source.model_id}@{ckpt.revision}"
     lm = loading.load(source, ckpt, device=res.device, dtype=getattr(torch, opts.dtype))
-    sl = _slice(opts, corpus, lm.tokenizer, source.model_id, log)
+    sl = _slice(opts, corpus, lm, source.model_id, log)
     spec = stat_spec(opts, sl.n_tokens)
     layers = parse_layers(opts.layer_text, lm.n_layers)
     keep = parse_activations(opts.activations_text, layers, lm.n_layers)
@@ -123,10 +137,10 @@ def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, c
     group_name = f"{source.model_id}|{ckpt.revision}|{sl.slice_id}"
     with exclusive_lock(layout.lock_file(group_name),
                         on_wait=lambda who: log(f"{label}: waiting for {who}, which is writing the same checkpoint")):
-        state = JobState.load(work)
+        # what the store holds now: other jobs of this checkpoint may have published layers since this job began
+        stats_todo, acts_todo = _missing(layout, source.model_id, ckpt.revision, sl.slice_id, spec, layers, keep)
+        state = _load_state(work, log, label)
         if state is None:
-            stats_todo, acts_todo = _missing(layout, source.model_id, ckpt.revision, sl.slice_id, spec.spec_id,
-                                             layers, keep)
             todo = sorted(set(stats_todo) | set(acts_todo))
             if not todo:
                 log(f"{label}: already ingested ({len(layers)} layers, slice {sl.slice_id}, spec {spec.spec_id}); "
@@ -139,6 +153,10 @@ def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, c
         else:
             state.resumes += 1
             status = "resumed"
+            # never publish a layer twice: drop what the store holds already (from this job's interrupted publish
+            # or from another job that ingested overlapping layers meanwhile)
+            state.stats_layers = [l for l in state.stats_layers if l in stats_todo]
+            state.keep = [l for l in state.keep if l in acts_todo]
             log(f"{label}: resuming run {state.run_id} ({state.batches_done} batches and "
                 f"{len(state.stats_done)} layers of statistics already done)")
         keys = JobKeys(source.model_id, ckpt.revision, sl.slice_id, spec.spec_id, state.run_id, job_key)
@@ -148,26 +166,50 @@ def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, c
                         resumes=state.resumes, timings=state.timings)
         todo_keep = state.keep
         _announce(opts, lm, sl, state, todo_keep, label, log)
-        work.mkdir(parents=True, exist_ok=True)
+        with disk_errors(work):
+            work.mkdir(parents=True, exist_ok=True)
         state.save(work)
         run.save(layout, "running")
-        try:
-            _run_job(opts, res, layout, lm, source, ckpt, sl, spec, state, keys, todo_keep, work, overall, progress,
-                     label)
-        except KeyboardInterrupt:
-            run.save(layout, "interrupted", "interrupted; run the same command again to resume")
-            raise
-        except BaseException as err:
-            run.save(layout, "failed", f"{type(err).__name__}: {err}")
-            raise
+        with run.reserve_failure(layout):
+            try:
+                if state.stats_layers or state.keep:
+                    _run_job(opts, res, layout, lm, source, ckpt, sl, spec, state, keys, todo_keep, work, overall,
+                             progress, label)
+                else:
+                    log(f"{label}: every layer of run {state.run_id} is in the store already (published by it "
+                        "before it was interrupted, or by another run); nothing left to publish")
+                    overall.update(sl.n_tokens)
+            except KeyboardInterrupt:
+                run.save_quietly(layout, "interrupted", "interrupted; run the same command again to resume")
+                raise
+            except NotEnoughDisk as err:
+                run.save_quietly(layout, "failed", str(err))
+                raise NotEnoughDisk(f"the disk is full while writing {getattr(err, 'what', 'the store')}: free "
+                                    f"space or use another --store; the unfinished ingest is kept in {work} and "
+                                    "resumes when you run the same command again") from err
+            except BaseException as err:
+                run.save_quietly(layout, "failed", f"{type(err).__name__}: {err}")
+                raise
         run.timings = state.timings
         run.save(layout, "done")
+        crash_point("publish.after_done")
         shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started
     log(f"{label}: {status} {sl.n_tokens:,} tokens x {len(state.layers)} layers in {seconds:.1f} s "
         f"(run {state.run_id})")
     return CheckpointResult(source.model_id, ckpt.revision, status, state.run_id, sl.n_tokens, state.layers, seconds,
                             sl.slice_id, spec.spec_id)
+
+
+def _load_state(work: Path, log: Log, label: str) -> JobState | None:
+    """The resume state of an interrupted job, or None; a damaged one starts the job over (nothing in a work
+    folder is published, so nothing is lost but time)."""
+    try:
+        return JobState.load(work)
+    except StoreDamaged as err:
+        log(f"{label}: {err}; starting the job over")
+        shutil.rmtree(work, ignore_errors=True)
+        return None
 
 
 def _needed_bytes(opts: IngestSpec, lm, sl: TokenSlice, layers: list[int]) -> int:
@@ -190,13 +232,15 @@ def _run_job(opts: IngestSpec, res: Resources, layout: StoreLayout, lm, source, 
     a, b = draw_pairs(sl.n_tokens, spec.md_pairs, spec.md_seed)
     pairs = PairPlan(a=a, b=b, md_rows=np.unique(np.concatenate([a, b])))
     md_key = md_group_name(spec.md_pairs, spec.md_seed)
-    with disk_errors("the token slice"):
+    tmp = work / "tmp"
+    with disk_errors(spool):
         group = open_group(spool)
+        group.require_group("md").require_group(md_key)
         flat = sl.tokens.reshape(-1)
-        put_vector(group, "token_ids", flat)
-        put_vector(group, "window", np.repeat(np.arange(sl.n_windows, dtype=np.int32), sl.seq_len))
-        put_vector(group, "position", np.tile(np.arange(sl.seq_len, dtype=np.int32), sl.n_windows))
-        put_vector(group.require_group("md").require_group(md_key), "pairs", np.stack([a, b], axis=1))
+        put_vector(spool, "token_ids", flat, tmp_dir=tmp)
+        put_vector(spool, "window", np.repeat(np.arange(sl.n_windows, dtype=np.int32), sl.seq_len), tmp_dir=tmp)
+        put_vector(spool, "position", np.tile(np.arange(sl.seq_len, dtype=np.int32), sl.n_windows), tmp_dir=tmp)
+        put_vector(spool, f"md/{md_key}/pairs", np.stack([a, b], axis=1), tmp_dir=tmp)
     wpb = batch_windows(res, opts.seq_len, d_mlp=lm.d_mlp, n_layers=len(state.layers), n_windows=sl.n_windows)
     plan = StreamPlan(layers=state.layers, windows_per_batch=wpb, store_dtype=opts.store_dtype,
                       compression=res.compression, md_rows=pairs.md_rows, md_key=md_key)
@@ -212,9 +256,15 @@ def _run_job(opts: IngestSpec, res: Resources, layout: StoreLayout, lm, source, 
     _stats_phase(res, group, pairs, spec, state, work, md_key, progress, label)
     publish_metadata(layout, model=_model_row(source, lm), checkpoint=_checkpoint_row(source, ckpt, lm),
                      slice_row=sl.meta() | {"slice_id": sl.slice_id}, spec=spec.row())
-    publish_activations(layout, keys, spool, keep, md_key, n_tokens=sl.n_tokens, d_mlp=lm.d_mlp,
+    crash_point("publish.after_metadata")
+    # the lock of this checkpoint is held, so what the store lacks now is what this job publishes: a layer that
+    # another job published while this one was interrupted (or this job before it was) is never published twice
+    stats_todo, acts_todo = _missing(layout, keys.model_id, keys.revision, keys.slice_id, spec, state.stats_layers,
+                                     keep)
+    publish_activations(layout, keys, spool, acts_todo, md_key, n_tokens=sl.n_tokens, d_mlp=lm.d_mlp,
                         dtype=opts.store_dtype)
-    publish_stats(layout, keys, {l: work / "stats" / f"L{l:03d}.parquet" for l in state.stats_layers})
+    publish_stats(layout, keys, {l: work / "stats" / f"L{l:03d}.parquet" for l in stats_todo})
+    crash_point("publish.after_stats")
 
 
 def _stats_phase(res: Resources, group, pairs: PairPlan, spec, state: JobState, work: Path, md_key: str,
@@ -228,13 +278,14 @@ def _stats_phase(res: Resources, group, pairs: PairPlan, spec, state: JobState, 
         out = work / "stats" / f"{name}.parquet"
         out.parent.mkdir(exist_ok=True)
         tmp = out.with_suffix(".partial")
-        with disk_errors("statistics"):
+        with disk_errors(out):
             pq.write_table(table, tmp)
             tmp.replace(out)
         state.stats_done.append(layer)
         state.timings["stats_s"] = state.timings.get("stats_s", 0.0) + time.perf_counter() - started
         started = time.perf_counter()
         state.save(work)
+        crash_point("stats.after_layer")
 
 
 def _model_row(source, lm) -> dict:

@@ -10,9 +10,12 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negdb.store.arrays import layer_name, open_group
+from negdb.errors import StoreDamaged
+from negdb.store.arrays import layer_name, open_group, verify_array
+from negdb.store.faults import crash_point
+from negdb.store.integrity import quarantine
 from negdb.store.layout import StoreLayout, short_hash
-from negdb.store.segments import write_segment
+from negdb.store.segments import disk_errors, fsync_dir, write_segment
 from negdb.store.tables import ACTIVATIONS, CHECKPOINTS, MODELS, SLICES, STAT_SPECS, neuron_stats_table
 
 
@@ -41,12 +44,25 @@ def publish_metadata(layout: StoreLayout, *, model: dict, checkpoint: dict, slic
             write_segment(path, table.from_rows([row]))
 
 
-def _move(src: Path, dst: Path) -> bool:
-    """Rename an array folder into the permanent group unless one is there already."""
-    if dst.exists() or not src.exists():
+def _move(layout: StoreLayout, src: Path, dst: Path) -> bool:
+    """Rename a complete array folder into the permanent group (write-then-publish).
+
+    An array already there (another job's of the same slice) is kept when it is whole; a damaged one is moved
+    to the store's quarantine and replaced by this job's. The spooled array is checked before it is published:
+    a missing or damaged file stops the publish (:class:`StoreDamaged`), nothing half-written is published.
+    """
+    if not src.exists():
         return False
+    if dst.exists():
+        try:
+            verify_array(dst, full=False)
+            return False
+        except StoreDamaged:
+            quarantine(layout, dst)
+    verify_array(src, full=False)
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.rename(src, dst)
+    fsync_dir(dst.parent)
     return True
 
 
@@ -56,20 +72,24 @@ def publish_activations(layout: StoreLayout, keys: JobKeys, spool: Path, keep: l
     if not keep:
         return
     target = layout.acts_group(keys.model_id, keys.revision, keys.slice_id)
-    group = open_group(target)
-    for sub in ("preact", "md", f"md/{md_key}"):
-        group.require_group(sub)
-    for name in ("token_ids", "window", "position"):
-        _move(spool / name, target / name)
-    _move(spool / "md" / md_key / "pairs", target / "md" / md_key / "pairs")
-    rows = []
-    for layer in keep:
-        _move(spool / "preact" / layer_name(layer), target / "preact" / layer_name(layer))
-        _move(spool / "md" / md_key / layer_name(layer), target / "md" / md_key / layer_name(layer))
-        rows.append({"model_id": keys.model_id, "revision": keys.revision, "slice_id": keys.slice_id,
-                     "layer": layer, "dtype": dtype, "n_tokens": n_tokens, "d_mlp": d_mlp, "run_id": keys.run_id,
-                     "array_path": str((target / "preact" / layer_name(layer)).relative_to(layout.root))})
+    with disk_errors(target):
+        group = open_group(target)
+        for sub in ("preact", "md", f"md/{md_key}"):
+            group.require_group(sub)
+        for name in ("token_ids", "window", "position"):
+            _move(layout, spool / name, target / name)
+        _move(layout, spool / "md" / md_key / "pairs", target / "md" / md_key / "pairs")
+        rows = []
+        for layer in keep:
+            _move(layout, spool / "preact" / layer_name(layer), target / "preact" / layer_name(layer))
+            _move(layout, spool / "md" / md_key / layer_name(layer), target / "md" / md_key / layer_name(layer))
+            rows.append({"model_id": keys.model_id, "revision": keys.revision, "slice_id": keys.slice_id,
+                         "layer": layer, "dtype": dtype, "n_tokens": n_tokens, "d_mlp": d_mlp,
+                         "run_id": keys.run_id,
+                         "array_path": str((target / "preact" / layer_name(layer)).relative_to(layout.root))})
+    crash_point("publish.after_arrays")
     write_segment(layout.table_dir("activations") / f"{keys.job_key}.parquet", ACTIVATIONS.from_rows(rows))
+    crash_point("publish.after_activations")
 
 
 def stats_segment_path(layout: StoreLayout, keys: JobKeys) -> Path:

@@ -14,7 +14,9 @@ import zarr
 
 from negdb.ingest.state import JobState
 from negdb.models.capture import run_batch
-from negdb.store.arrays import chunk_files, create_preact, create_rows, fsync_files, layer_name
+from negdb.store.arrays import (ROW_CHUNK, chunk_files, create_preact, create_rows, fsync_files, layer_name,
+                                missing_files)
+from negdb.store.faults import crash_point
 from negdb.store.segments import disk_errors
 
 
@@ -54,6 +56,23 @@ def _write(preacts: dict[int, zarr.Array], inputs: dict[int, zarr.Array], captur
     fsync_files(files)
 
 
+def verify_done(group_dir: Path, plan: StreamPlan, state: JobState, shard_rows: int) -> int:
+    """Check that every file of the batches counted done is there; count the batches from the first one with a
+    missing file as not done (they are written again). Returns how many batches were taken back."""
+    first_bad = state.batches_done
+    for layer in plan.layers:
+        for path in missing_files(group_dir / "preact" / layer_name(layer)):
+            first_bad = min(first_bad, int(path.parent.name))  # c/<shard row>/0
+        rows = group_dir / "md" / plan.md_key / layer_name(layer)
+        for path in missing_files(rows):
+            first_row = int(path.parent.name) * ROW_CHUNK
+            if first_row < len(plan.md_rows):
+                first_bad = min(first_bad, int(plan.md_rows[first_row]) // shard_rows)
+    taken = max(0, state.batches_done - first_bad)
+    state.batches_done -= taken
+    return taken
+
+
 def stream(lm, tokens: np.ndarray, group: zarr.Group, group_dir: Path, plan: StreamPlan, state: JobState,
            work: Path, on_tokens: Callable[[int], None]) -> None:
     """Run every remaining batch; each batch is durable (written and flushed) before it counts as done."""
@@ -63,6 +82,8 @@ def stream(lm, tokens: np.ndarray, group: zarr.Group, group_dir: Path, plan: Str
     wpb = plan.windows_per_batch
     n_batches = -(-n_windows // wpb)
     shard_rows = wpb * seq_len
+    if state.batches_done and verify_done(group_dir, plan, state, shard_rows):
+        state.save(work)
     pending: tuple[Future, int, int] | None = None
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="negdb-writer") as pool:
@@ -88,9 +109,11 @@ def _finish(pending: tuple[Future, int, int], state: JobState, work: Path,
             on_tokens: Callable[[int], None]) -> None:
     future, b, n_rows = pending
     waited = time.perf_counter()
-    with disk_errors("pre-activations"):
+    with disk_errors(work / "spool.zarr"):
         future.result()
     state.timings["writer_wait_s"] = state.timings.get("writer_wait_s", 0.0) + time.perf_counter() - waited
+    crash_point("stream.before_state")
     state.batches_done = b + 1
     state.save(work)
+    crash_point("stream.after_batch")
     on_tokens(n_rows)

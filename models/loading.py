@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from negdb.config import cache_dir as negdb_cache_dir
-from negdb.errors import ModelLoadError, UnknownModel
+from negdb.errors import BadArgument, ModelLoadError, UnknownModel, one_line
 from negdb.models.checkpoints import Checkpoint
 from negdb.models.families import (
     Family,
@@ -79,7 +79,13 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     """``"auto"`` means CUDA when available, else CPU."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise BadArgument(f"--device {device}: not a device; use cpu, cuda, cuda:N, mps or auto") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadArgument(f"--device {device}: no CUDA device is available here; use cpu or auto")
+    return dev
 
 
 def _offline() -> bool:
@@ -314,9 +320,17 @@ def load(
             folder = checkpoint.location
         if not Path(folder, "config.json").is_file():
             raise UnknownModel(f"{folder} is not a model folder (no config.json)")
-        config = _config(folder)
+        try:
+            config = _config(folder)
+        except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, ...
+            raise ModelLoadError(f"{folder}/config.json cannot be read ({one_line(err)}): pass a folder written by "
+                                 "save_pretrained") from err
         family_for(config)  # refuse an unsupported architecture before reading its weights
-        model = _pretrained(folder, dtype, dev, config=config)
+        try:
+            model = _pretrained(folder, dtype, dev, config=config)
+        except Exception as err:  # noqa: BLE001 - missing or truncated weights: OSError, SafetensorError, ...
+            raise ModelLoadError(f"the weights in {folder} cannot be loaded ({one_line(err)}): the folder needs "
+                                 "complete model.safetensors (or pytorch_model.bin) files") from err
         tokenizer = _tokenizer(folder)
     return _finish(model, tokenizer, source, checkpoint, commit, dev)
 
@@ -360,6 +374,19 @@ def load_tokenizer(source: ModelSource, checkpoint: Checkpoint, *,
         return _tokenizer(str(folder))
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{folder} has no loadable tokenizer ({type(err).__name__})") from err
+
+
+def max_context(lm: Any) -> int:
+    """The model's context length in tokens (``max_position_embeddings`` or the like)."""
+    cfg = lm.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(lm.tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < 10**7:
+        return value
+    raise BadArgument("cannot tell the model's context length: pass max_length=")
 
 
 def from_model(model: nn.Module, tokenizer: Any = None, *, commit: str | None = None) -> LoadedModel:

@@ -118,12 +118,16 @@ def _pythia_source(alias: str, hub_id: str) -> ModelSource:
 
 
 def _step_dirs(folder: Path) -> list[tuple[int, Path]]:
-    """``(N, path)`` for each ``step<N>/`` subfolder holding a ``config.json``, sorted by N."""
-    found = []
+    """``(N, path)`` for each ``step<N>/`` subfolder, sorted by N; a ``step<N>/`` folder without a ``config.json``
+    (empty, or still being written) is an error, never silently skipped."""
+    found, broken = [], []
     for child in folder.iterdir():
         m = _STEP_DIR.match(child.name)
-        if m and child.is_dir() and (child / "config.json").is_file():
-            found.append((int(m.group(1)), child))
+        if m and child.is_dir():
+            (found if (child / "config.json").is_file() else broken).append((int(m.group(1)), child))
+    if found and broken:
+        raise UnknownModel(f"checkpoint folder {sorted(broken)[0][1]} has no config.json (empty or incomplete): "
+                           "complete it or move it out of the run folder")
     return sorted(found)
 
 

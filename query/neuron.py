@@ -19,6 +19,7 @@ import numpy as np
 from negdb.errors import BadArgument, NegdbError, NotFound
 from negdb.query.encode import json_value
 from negdb.query.sets import Keys, resolve_keys
+from negdb.store.arrays import read_array
 from negdb.store.catalog import Catalog
 
 __all__ = ["Context", "Histogram", "NeuronReport", "activations", "contexts_at", "histogram", "layer_array_path",
@@ -125,10 +126,8 @@ def _array_path(cat: Catalog, keys: Keys, layer: int) -> Path:
 
 
 def _read(cat: Catalog, keys: Keys, layer: int, neuron: int | None) -> np.ndarray:
-    import zarr
-
-    arr = zarr.open_array(str(_array_path(cat, keys, layer)), mode="r")
-    return np.asarray(arr[:, neuron] if neuron is not None else arr[:])
+    path = _array_path(cat, keys, layer)
+    return read_array(path, (slice(None), neuron) if neuron is not None else Ellipsis)
 
 
 def activations(cat: Catalog, model: str, revision: str | None, layer: int, neuron: int | None = None, *,
@@ -214,14 +213,14 @@ def layer_array_path(cat: Catalog, keys: Keys, layer: int) -> Path:
     return _array_path(cat, keys, int(layer))
 
 
+def slice_vectors(group: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The token ids, window and position indices of a slice group (checked: StoreDamaged, never zeros)."""
+    return read_array(group / "token_ids"), read_array(group / "window"), read_array(group / "position")
+
+
 def contexts_at(group: Path, rows: np.ndarray, values: np.ndarray, tokenizer: Any, width: int = 8) -> list[Context]:
     """Token contexts of the slice ``rows`` (flat token indices) of the slice group ``group``, in order."""
-    import zarr
-
-    g = zarr.open_group(str(group), mode="r")
-    token_ids = np.asarray(g["token_ids"][:])
-    windows = np.asarray(g["window"][:])
-    positions = np.asarray(g["position"][:])
+    token_ids, windows, positions = slice_vectors(group)
     return [_context(int(r), float(v), token_ids, windows, positions, tokenizer, width)
             for r, v in zip(np.asarray(rows).reshape(-1), np.asarray(values).reshape(-1))]
 
@@ -229,12 +228,7 @@ def contexts_at(group: Path, rows: np.ndarray, values: np.ndarray, tokenizer: An
 def token_contexts(x: np.ndarray, group: Path, tokenizer: Any, k: int = 5, width: int = 8) -> dict[str, list[Context]]:
     """Token contexts of the ``k`` most negative, most positive and closest-to-zero values of ``x`` (ties: lower
     row first), each with ``width`` tokens either side within the token's window."""
-    import zarr
-
-    g = zarr.open_group(str(group), mode="r")
-    token_ids = np.asarray(g["token_ids"][:])
-    windows = np.asarray(g["window"][:])
-    positions = np.asarray(g["position"][:])
+    token_ids, windows, positions = slice_vectors(group)
     values = np.asarray(x, dtype=np.float64)
     orders = {"most_negative": np.argsort(values, kind="stable"),
               "most_positive": np.argsort(-values, kind="stable"),
@@ -273,9 +267,7 @@ def report(cat: Catalog, model: str, revision: str | None, layer: int, index: in
     except NegdbError as err:
         out.notes.append(str(err))
         return out
-    import zarr
-
-    x = np.asarray(zarr.open_array(str(path), mode="r")[:, index])
+    x = read_array(path, (slice(None), index))
     out.histogram = histogram(x, row["mean"], row["std"], bins)
     if contexts:
         tok = tokenizer

@@ -34,7 +34,7 @@ from negdb.errors import BadArgument, BadQuery, NegdbError, NotFound, preview
 from negdb.query.selection import Keys, Selection, content_hash
 # storage is negdb.query.setstore's; re-exported so that `sets.save/get/list_sets` stay one namespace
 from negdb.query.setstore import NeuronSet, check_name, get, list_sets, save
-from negdb.store.catalog import Catalog
+from negdb.store.catalog import QUERY_TIMEOUT_S, Catalog
 
 __all__ = ["Keys", "NeuronSet", "Selection", "check_name", "get", "list_sets", "member_stats", "parse_k", "layer_widths",
            "resolve_keys", "save", "select", "stat_columns"]
@@ -212,25 +212,19 @@ def _check_where(cat: Catalog, expr: str) -> str:
     return check_where(expr, cat=cat)
 
 
-def _run_user(cat: Catalog, sql: str, params: list[Any]) -> pa.Table:
-    """Run SQL that embeds user text through ``Catalog.query``, the hardened path for user SQL."""
-    return cat.query(sql, params).table
+def _where_rows(cat: Catalog, keys: Keys, layers: list[int], expr: str, timeout_s: float | None) -> pl.DataFrame:
+    """(layer, neuron) of the neurons of ``layers`` for which ``expr`` is TRUE.
 
-
-def _where_rows(cat: Catalog, keys: Keys, layers: list[int], expr: str) -> pl.DataFrame:
-    """(layer, neuron) of the neurons of ``layers`` for which ``expr`` is TRUE."""
+    ``expr`` is applied as a WHERE condition over the statistics' rows, as the service's ``GET /neurons?where=``
+    applies it (the same check, the same meaning, the same time limit), through ``Catalog.query``, the hardened
+    path for user SQL.
+    """
     checked = _check_where(cat, expr)
-    sql = (f"SELECT layer, neuron, ({checked}) AS _pick FROM neurons WHERE {_WHERE_KEYS} "
-           f"AND list_contains(?, layer)")
-    table = _run_user(cat, sql, [*keys, layers])
-    typ = table.schema.field("_pick").type
-    if not (pa.types.is_boolean(typ) or pa.types.is_null(typ)):
-        raise BadQuery(f"--where must be a boolean condition like 'w_dist > 0.5 AND frac_neg < 0.4'; "
-                         f"'{expr.strip()}' is of type {typ}")
-    df = pl.from_arrow(table)
+    sql = (f"SELECT layer, neuron FROM (SELECT * FROM neurons WHERE {_WHERE_KEYS} AND list_contains(?, layer)) "
+           f"AS n WHERE ({checked})")
+    df = pl.from_arrow(cat.query(sql, [*keys, layers], timeout_s=timeout_s).table)
     assert isinstance(df, pl.DataFrame)
-    return (df.filter(pl.col("_pick").cast(pl.Boolean).fill_null(False))
-            .select(pl.col("layer").cast(pl.Int32), pl.col("neuron").cast(pl.Int32)).unique())
+    return df.select(pl.col("layer").cast(pl.Int32), pl.col("neuron").cast(pl.Int32)).unique()
 
 
 def _universe(cat: Catalog, keys: Keys, layers: list[int], columns: Iterable[str] = ()) -> pl.DataFrame:
@@ -282,8 +276,11 @@ def _canonical(obj: dict[str, Any]) -> str:
 def select(cat: Catalog, model: str, revision: str | None = None, *, where: str | None = None,
            top: str | int | None = None, bottom: str | int | None = None, by: str = "w_dist",
            random_like: str | None = None, seed: int = 0, layers: str | Iterable[int] | None = None,
-           slice_id: str | None = None, spec_id: str | None = None) -> Selection:
+           slice_id: str | None = None, spec_id: str | None = None,
+           timeout_s: float | None = QUERY_TIMEOUT_S) -> Selection:
     """Pick neurons of one model's statistics (see the module docstring for the pickers).
+
+    ``where`` runs under the time limit ``timeout_s`` (the service's default: the same wall for every path).
 
     Raises:
         NegdbError: unknown model/checkpoint/set, a bad count, an unknown ``by`` column, a ``where`` that is
@@ -320,7 +317,7 @@ def select(cat: Catalog, model: str, revision: str | None = None, *, where: str 
 
     pool = _universe(cat, keys, scope, [by] if ranked else [])
     if where is not None:
-        pool = pool.join(_where_rows(cat, keys, scope, where), on=["layer", "neuron"], how="semi")
+        pool = pool.join(_where_rows(cat, keys, scope, where, timeout_s), on=["layer", "neuron"], how="semi")
 
     if not pickers:
         members = pool.select("layer", "neuron")

@@ -14,6 +14,7 @@ the model and checkpoint checks) is one :class:`~negdb.service.state.ServiceStat
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import duckdb
@@ -25,6 +26,7 @@ import negdb
 from negdb.errors import NegdbError, NotFound, QueryTimeout, one_line
 from negdb.service import health, neurons, results, sql
 from negdb.service.encode import ARROW_STREAM, SafeJSONResponse, error
+from negdb.service.limits import DEFAULT_MAX_QUEUED, Limits, RequestLimits
 from negdb.service.state import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, ServiceState
 
 __all__ = ["DEFAULT_MAX_ROWS", "DEFAULT_TIMEOUT_S", "ROUTERS", "NotFound", "create_app"]
@@ -37,11 +39,13 @@ DESCRIPTION = (
     "quantiles, md, ...) of models and their training checkpoints, saved neuron sets, and stored evaluations, "
     f"ablations and analyses. Answers are JSON, or an Arrow IPC stream where the request sends `Accept: "
     f"{ARROW_STREAM}`. Errors are JSON `{{\"error\": \"...\"}}`: 400 bad input or refused SQL, 404 unknown "
-    "model/checkpoint/neuron/set/result, 408 a statement over the time limit.")
+    "model/checkpoint/neuron/set/result, 408 a statement over the time limit, 413/414/431 a request body, URL or "
+    "headers over the server's limits, 503 (with Retry-After) when the server is busy.")
 
 
 def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s: float = DEFAULT_TIMEOUT_S,
-               check_interval: float = 0.5, max_concurrent_queries: int | None = None) -> FastAPI:
+               check_interval: float = 0.5, max_concurrent_queries: int | None = None,
+               max_queued: int = DEFAULT_MAX_QUEUED, max_body: int = Limits.max_body) -> FastAPI:
     """The read-only query service of the store at ``store``.
 
     Args:
@@ -53,6 +57,10 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
         max_concurrent_queries: queries running at once (default: twice the CPU count); more requests wait
             for a slot (the time limit counts from the start of the query). DuckDB parallelises each query over
             the cores already, so more at once only adds contention (bench/RESULTS.md).
+        max_queued: requests that may wait for a query slot; one more gets 503 with Retry-After at once
+            (:mod:`negdb.service.limits`, which also limits body, URL and header sizes and cancels the query
+            of a client that went away).
+        max_body: the largest request body (bytes); a larger one gets 413.
     """
     state = ServiceState.open(store, max_rows=max_rows, timeout_s=timeout_s, check_interval=check_interval,
                               max_concurrent_queries=max_concurrent_queries)
@@ -65,6 +73,8 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
     app = FastAPI(title="negdb query service", version=negdb.__version__, description=DESCRIPTION,
                   lifespan=lifespan, default_response_class=SafeJSONResponse)
     app.state.negdb = state
+    slots = max_concurrent_queries or 2 * (os.cpu_count() or 1)
+    app.add_middleware(RequestLimits, limits=Limits(max_body=max_body, max_in_flight=slots + max_queued))
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

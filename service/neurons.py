@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from negdb.errors import BadArgument, BadQuery, NegdbError, NotFound
 from negdb.service.encode import ARROW_STREAM, tabular
+from negdb.service.limits import cancel_of
 from negdb.service.state import ServiceState, State
 
 router = APIRouter(tags=["neurons"])
@@ -70,7 +71,7 @@ def neurons(request: Request, state: State,
             state.check_model(snap, model)
         if checkpoint is not None:
             state.check_checkpoint(snap, model, checkpoint)
-        table, truncated, elapsed = state.run(snap, sql_text, params, limit=n)
+        table, truncated, elapsed = state.run(snap, sql_text, params, limit=n, cancel=cancel_of(request))
     return tabular(request, format, table, truncated, elapsed)
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from negdb.errors import NotFound
 from negdb.service.encode import ARROW_STREAM, tabular
+from negdb.service.limits import cancel_of
 from negdb.service.state import State
 
 router = APIRouter(tags=["sql"])
@@ -37,7 +38,7 @@ def sql(body: SqlRequest, request: Request, state: State,
     Anything else (several statements, COPY, ATTACH, file readers, settings) is refused with 400."""
     limit = state.row_limit(body.max_rows, "max_rows")
     with state.snapshot() as snap:
-        table, truncated, elapsed = state.run(snap, body.sql, body.params, limit=limit)
+        table, truncated, elapsed = state.run(snap, body.sql, body.params, limit=limit, cancel=cancel_of(request))
     return tabular(request, format, table, truncated, elapsed)
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import pyarrow as pa
 from fastapi import Depends, Request
 
-from negdb.errors import BadArgument, NotFound, StoreError
+from negdb.errors import BadArgument, BadQuery, NotFound, StoreError
 from negdb.query.encode import table_records
 from negdb.service.live import LiveCatalog, Snapshot
 
@@ -65,11 +65,16 @@ class ServiceState:
             yield snap
 
     def run(self, snap: Snapshot, sql: str, params: list[Any] | None = None, *,
-            limit: int | None = None) -> tuple[pa.Table, bool, float]:
-        """One statement through ``Catalog.query`` with the server's limits: (table, truncated, elapsed ms)."""
+            limit: int | None = None, cancel: threading.Event | None = None) -> tuple[pa.Table, bool, float]:
+        """One statement through ``Catalog.query`` with the server's limits: (table, truncated, elapsed ms).
+
+        ``cancel`` (the request's, set by :class:`negdb.service.limits.RequestLimits` when the client goes away)
+        stops the statement, or keeps it from starting while it waits for a query slot."""
         with self.slots:
+            if cancel is not None and cancel.is_set():
+                raise BadQuery("the query was cancelled: its client went away")
             start = time.perf_counter()
-            res = snap.catalog.query(sql, params, max_rows=limit, timeout_s=self.timeout_s)
+            res = snap.catalog.query(sql, params, max_rows=limit, timeout_s=self.timeout_s, cancel=cancel)
             return res.table, bool(res.truncated), (time.perf_counter() - start) * 1000.0
 
     def records(self, snap: Snapshot, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:

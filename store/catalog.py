@@ -34,12 +34,18 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from negdb.errors import BadArgument, BadQuery, QueryTimeout, QueryTooLarge, one_line
-from negdb.store.hardened import default_memory_limit, empty_select, hardened_connection
+from negdb.errors import BadArgument, BadQuery, QueryTimeout, QueryTooLarge, StoreError, one_line
+from negdb.store.bounds import memory_bound, time_bound
+from negdb.store.hardened import (QUERY_MEMORY_HEADROOM_MIB, default_memory_limit, empty_select,
+                                  hardened_connection, quote_ident, size_bytes)
+from negdb.store.integrity import KEYS, damaged_segment, dedupe_filter, duplicate_layers
 from negdb.store.layout import StoreLayout
 from negdb.store.safety import check_statement, expression_type
 from negdb.store.segments import Listing, segment_listing
 from negdb.store.tables import NEURONS_DOC, NEURONS_SOURCES, NEURONS_VIEW, Table, all_tables
+
+QUERY_TIMEOUT_S = 10.0
+"""Default time limit of user SQL embedded in commands (``--where`` of select/ablate) and of the service."""
 
 FETCH_BATCH_ROWS = 8192
 """Rows per streamed batch of a user query."""
@@ -84,11 +90,13 @@ class Catalog:
 
     def __init__(self, root: Path | str, *, query_memory_limit: str | None = None) -> None:
         self.layout = StoreLayout(Path(root))
+        self.layout.check()
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET GLOBAL parquet_metadata_cache = true")
         tables_dir = Path(root).expanduser().resolve() / "tables"
         self._tables_dir = tables_dir
         self._memory_limit = query_memory_limit or default_memory_limit()
+        self._memory_budget = size_bytes(self._memory_limit) + QUERY_MEMORY_HEADROOM_MIB * 2**20
         self._safe = hardened_connection(tables_dir, self._memory_limit)
         self._safe_lock = threading.Lock()
         self._views: frozenset[str] = frozenset()
@@ -113,7 +121,12 @@ class Catalog:
                 if listing == old:
                     continue
                 self._listings.pop(table.name, None)  # a failure below leaves the table to be made anew
-                self._view(table, listing, old)
+                try:
+                    self._view(table, listing, old)
+                except duckdb.Error as err:
+                    raise (damaged_segment(Path(p) for p, _, _ in listing)
+                           or StoreError(f"cannot read the {table.name} segments of {self.layout.root} "
+                                         f"({one_line(err)}): run `negdb check`")) from err
                 self._listings[table.name] = listing
                 changed.add(table.name)
             if changed & set(NEURONS_SOURCES):
@@ -139,12 +152,19 @@ class Catalog:
             # the hardened database reads the same files by their resolved paths (inside allowed_directories)
             return [self._tables_dir / p.relative_to(folder.parent) for p in ps]
 
+        # a layer held by two neuron_stats segments (an older negdb's resume could write one twice) is shown once
+        repeated = duplicate_layers(self.con, list(listing)) if table.name == "neuron_stats" else {}
         for con, every, new in ((self.con, segments, added), (self._safe, resolved(segments), resolved(added))):
-            def reader(paths: list[Path]) -> str:
-                return f"read_parquet({_sql_list(paths)}, union_by_name = true{hive})"
+            def reader(paths: list[Path], extra: str = "") -> str:
+                return f"read_parquet({_sql_list(paths)}, union_by_name = true{hive}{extra})"
 
             if table.name not in SMALL_TABLES:
-                con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM {reader(every)}")
+                if repeated:
+                    names = {str(a): str(b) for a, b in zip(segments, every)}
+                    con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * EXCLUDE (filename) FROM "
+                                f"{reader(every, ', filename = true')} WHERE {dedupe_filter(repeated, names)}")
+                else:
+                    con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM {reader(every)}")
                 continue
             # a few tiny segments per model: kept in memory, no file opens per query
             if new:
@@ -154,7 +174,14 @@ class Catalog:
                 except duckdb.Error:  # columns (or types) the table lacks: read every segment again
                     pass
             con.execute(f"CREATE OR REPLACE TABLE _mem_{table.name} AS SELECT * FROM {reader(every)}")
-            con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _mem_{table.name}")
+            keys = KEYS.get(table.name)
+            if keys:  # one row per key (first by the other columns, so always the same one)
+                cols = [str(r[0]) for r in con.execute(f"DESCRIBE _mem_{table.name}").fetchall()]
+                order = ", ".join(quote_ident(c) for c in cols if c not in keys) or "1"
+                once = f" QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {order}) = 1"
+            else:
+                once = ""
+            con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _mem_{table.name}{once}")
 
     def view_names(self) -> frozenset[str]:
         """The views user SQL may read."""
@@ -177,14 +204,16 @@ class Catalog:
             return self._safe.cursor()
 
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None, *, max_rows: int | None = None,
-              timeout_s: float | None = None) -> QueryResult:
+              timeout_s: float | None = None, cancel: threading.Event | None = None) -> QueryResult:
         """Run user SQL: one read-only SELECT on the hardened database, within the limits.
 
         The statement is checked first (:func:`negdb.store.safety.check_statement`); at most
         ``max_rows`` rows are fetched (streamed: a larger result is never materialised) and
         ``truncated`` says whether there were more; after ``timeout_s`` seconds the query is
-        interrupted and :class:`QueryTimeout` (a ``NegdbError``) raised. Safe to call from several
-        threads at once. Nothing in the store changes, whatever the statement.
+        interrupted and :class:`QueryTimeout` (a ``NegdbError``) raised; setting ``cancel`` interrupts it
+        at once (the service sets it when the client goes away). While it runs its memory is bounded
+        (:mod:`negdb.store.bounds`). Safe to call from several threads at once. Nothing in the store
+        changes, whatever the statement.
         """
         if max_rows is not None and max_rows < 0:
             raise BadArgument(f"max_rows must be 0 or more (got {max_rows})")
@@ -192,63 +221,68 @@ class Catalog:
             raise BadArgument(f"the time limit must be more than 0 s (got {timeout_s})")
         statement = check_statement(sql, views=self._views)
         cur = self._cursor()
-        fired = threading.Event()
-        timer = None
-        if timeout_s is not None:
-            def stop() -> None:
-                fired.set()
-                cur.interrupt()
-
-            timer = threading.Timer(timeout_s, stop)
-            timer.daemon = True
-            timer.start()
+        late = (f"query took longer than {timeout_s:g} s and was stopped: add a WHERE/LIMIT or raise --timeout"
+                if timeout_s is not None else "")
         try:
-            try:
-                args = None if not params else params if isinstance(params, dict) else list(params)
-                rel = cur.sql(statement, params=args)
-                if rel is None:  # pragma: no cover - check_statement lets only SELECT through
-                    raise BadQuery("the statement returned no rows: run one SELECT statement")
-                rel = _offsets_kept(rel)
-                reader = rel.to_arrow_reader(FETCH_BATCH_ROWS if max_rows is None
-                                             else max(1, min(FETCH_BATCH_ROWS, max_rows + 1)))
-                schema = reader.schema
-                batches: list[pa.RecordBatch] = []
-                n = 0
-                truncated = False
-                for batch in reader:
-                    if max_rows is not None and n + batch.num_rows > max_rows:
-                        batches.append(batch.slice(0, max_rows - n))
-                        truncated = True
-                        break
-                    batches.append(batch)
-                    n += batch.num_rows
-                if truncated:
-                    cur.interrupt()  # stop the rest of the query (an endless one would otherwise run on)
-                    with contextlib.suppress(duckdb.Error, pa.ArrowException, OSError):
-                        reader.close()
-                else:
-                    reader.close()
-            except (duckdb.Error, pa.ArrowException, OSError) as err:
-                # errors raised while streaming arrive through Arrow (OSError / ArrowInvalid with DuckDB's text)
-                if fired.is_set():
-                    raise QueryTimeout(f"query took longer than {timeout_s:g} s and was stopped: add a "
-                                       "WHERE/LIMIT or raise --timeout") from err
-                if isinstance(err, duckdb.InterruptException) or "INTERRUPT Error" in str(err):
-                    raise KeyboardInterrupt from err
-                if isinstance(err, duckdb.OutOfMemoryException) or "Out of Memory Error" in str(err):
-                    raise QueryTooLarge(f"query needs more memory than its limit of {self._memory_limit}: add a "
-                                     "WHERE/LIMIT, select fewer columns or aggregate") from err
-                raise BadQuery(f"query failed: {one_line(err)} (`negdb schema` lists the views and "
-                                 "columns)") from err
+            with time_bound(timeout_s, cur.interrupt, late, cancel) as fired:
+                try:
+                    with memory_bound(self._memory_budget):
+                        table, truncated = self._fetch(cur, statement, params, max_rows)
+                except MemoryError as err:  # Python's own allocations (the result's batches) past the bound
+                    raise QueryTooLarge(self._too_large()) from err
+                except (duckdb.Error, pa.ArrowException, OSError) as err:
+                    # errors raised while streaming arrive through Arrow (OSError / ArrowInvalid with DuckDB's text)
+                    if fired.is_set():
+                        raise QueryTimeout(late) from err
+                    if isinstance(err, duckdb.InterruptException) or "INTERRUPT Error" in str(err):
+                        if cancel is not None and cancel.is_set():
+                            raise BadQuery("the query was cancelled: its client went away") from err
+                        raise KeyboardInterrupt from err
+                    if (isinstance(err, duckdb.OutOfMemoryException) or "Out of Memory Error" in str(err)
+                            or "bad allocation" in str(err) or "std::bad_alloc" in str(err)):
+                        raise QueryTooLarge(self._too_large()) from err
+                    raise BadQuery(f"query failed: {one_line(err)} (`negdb schema` lists the views and "
+                                   "columns)") from err
             if fired.is_set() and not truncated:
                 # the limit passed while the last rows arrived: they may be incomplete
-                raise QueryTimeout(f"query took longer than {timeout_s:g} s and was stopped: add a WHERE/LIMIT "
-                                   "or raise --timeout")
-            return QueryResult(pa.Table.from_batches(batches, schema=schema), truncated)
+                raise QueryTimeout(late)
+            return QueryResult(table, truncated)
         finally:
-            if timer is not None:
-                timer.cancel()
             cur.close()
+
+    def _too_large(self) -> str:
+        return (f"query needs more memory than its limit of {self._memory_limit}: add a WHERE/LIMIT, select fewer "
+                "columns or aggregate, and build no huge strings or lists")
+
+    @staticmethod
+    def _fetch(cur: duckdb.DuckDBPyConnection, statement: str, params: list[Any] | dict[str, Any] | None,
+               max_rows: int | None) -> tuple[pa.Table, bool]:
+        """Run ``statement`` on ``cur`` and stream at most ``max_rows`` rows: (table, truncated)."""
+        args = None if not params else params if isinstance(params, dict) else list(params)
+        rel = cur.sql(statement, params=args)
+        if rel is None:  # pragma: no cover - check_statement lets only SELECT through
+            raise BadQuery("the statement returned no rows: run one SELECT statement")
+        rel = _offsets_kept(rel)
+        reader = rel.to_arrow_reader(FETCH_BATCH_ROWS if max_rows is None
+                                     else max(1, min(FETCH_BATCH_ROWS, max_rows + 1)))
+        schema = reader.schema
+        batches: list[pa.RecordBatch] = []
+        n = 0
+        truncated = False
+        for batch in reader:
+            if max_rows is not None and n + batch.num_rows > max_rows:
+                batches.append(batch.slice(0, max_rows - n))
+                truncated = True
+                break
+            batches.append(batch)
+            n += batch.num_rows
+        if truncated:
+            cur.interrupt()  # stop the rest of the query (an endless one would otherwise run on)
+            with contextlib.suppress(duckdb.Error, pa.ArrowException, OSError):
+                reader.close()
+        else:
+            reader.close()
+        return pa.Table.from_batches(batches, schema=schema), truncated
 
     def expression_type(self, expr: str, *, view: str = "neurons") -> str:
         """DuckDB's type of ``expr`` over ``view`` (binds it on the hardened database; runs nothing).

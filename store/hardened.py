@@ -9,27 +9,55 @@ made, so no statement can undo any of it (``tests/test_sql_safety.py`` checks ea
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from functools import lru_cache
 from pathlib import Path
 
 import duckdb
 
+from negdb.errors import BadArgument
 from negdb.store.tables import NEURONS_VIEW, Table, all_tables
 
 QUERY_MEMORY_FRACTION = 0.25
-"""Memory limit of the user-SQL database as a share of physical memory (no spilling to disk)."""
+"""Memory limit of the user-SQL database as a share of physical memory (no spilling to disk) ..."""
+QUERY_MEMORY_MAX_MIB = 1024
+"""... and at most this much (MiB): one query, however hostile, stays within it (plus the headroom below)."""
+QUERY_MEMORY_HEADROOM_MIB = 256
+"""Memory a user query may allocate outside DuckDB's buffer manager (strings, lists, results) beyond the limit;
+see :mod:`negdb.store.bounds`."""
 
 
-def _ident(name: str) -> str:
+def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
 def default_memory_limit() -> str:
-    """``QUERY_MEMORY_FRACTION`` of physical memory, at least 256 MiB, as a DuckDB size."""
+    """``$NEGDB_QUERY_MEMORY`` if set, else ``QUERY_MEMORY_FRACTION`` of physical memory, between 256 MiB and
+    ``QUERY_MEMORY_MAX_MIB``, as a DuckDB size."""
     import psutil
 
-    return f"{max(256, int(psutil.virtual_memory().total * QUERY_MEMORY_FRACTION / 2**20))}MiB"
+    if os.environ.get("NEGDB_QUERY_MEMORY"):
+        size = os.environ["NEGDB_QUERY_MEMORY"].strip()
+        size_bytes(size)  # refuse a malformed value here, in one line
+        return size
+
+    share = int(psutil.virtual_memory().total * QUERY_MEMORY_FRACTION / 2**20)
+    return f"{max(256, min(QUERY_MEMORY_MAX_MIB, share))}MiB"
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30, "TIB": 2**40}
+
+
+def size_bytes(size: str) -> int:
+    """A DuckDB size such as ``1GiB``, ``512MB`` or ``300 MiB`` in bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", size)
+    unit = match[2].upper() if match else None
+    if match is None or unit not in _UNITS:
+        raise BadArgument(f"bad memory size {size!r}: write e.g. 1GiB or 512MB")
+    return int(float(match[1]) * _UNITS[unit])
 
 
 @lru_cache(maxsize=None)
@@ -45,7 +73,7 @@ def _duckdb_columns(table: Table) -> tuple[tuple[str, str], ...]:
 
 def empty_select(table: Table) -> str:
     """A SELECT with no rows and the table's columns and types (pure SQL: no registered objects)."""
-    cols = ", ".join(f"CAST(NULL AS {typ}) AS {_ident(name)}" for name, typ in _duckdb_columns(table))
+    cols = ", ".join(f"CAST(NULL AS {typ}) AS {quote_ident(name)}" for name, typ in _duckdb_columns(table))
     return f"SELECT {cols} WHERE false"
 
 
@@ -74,7 +102,18 @@ def hardened_connection(tables_dir: Path | None, memory_limit: str | None) -> du
         con.execute("SET allowed_directories = ?", [[str(tables_dir).rstrip("/") + "/"]])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
+    _shadow_system_views(con)
     return con
+
+
+def _shadow_system_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Put an empty view in front of every built-in view a statement could name without a schema (``pg_settings``,
+    ``duckdb_views``, ``sqlite_master``, ...): names resolve to the main schema first, so even a statement that
+    got past the check (it refuses them) would read nothing of the database's settings, paths or catalog."""
+    names = {str(r[0]) for r in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE internal AND schema_name IN ('main', 'pg_catalog')").fetchall()}
+    for name in sorted(names):
+        con.execute(f"CREATE OR REPLACE VIEW main.{quote_ident(name)} AS SELECT NULL AS shadowed WHERE false")
 
 
 _SCHEMA_LOCK = threading.Lock()

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from negdb.errors import StoreError
+from negdb.errors import StoreDamaged, StoreError, one_line
 
 FORMAT_VERSION = 1
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -59,20 +59,42 @@ class StoreLayout:
     def lock_file(self, name: str) -> Path:
         return self.root / "locks" / f"{safe_key(name)}.lock"
 
-    def init(self) -> "StoreLayout":
-        """Create the store folder (idempotent); refuse a folder that is another store format."""
-        if self.marker.exists():
-            fmt = json.loads(self.marker.read_text()).get("format")
-            if fmt != FORMAT_VERSION:
-                raise StoreError(
-                    f"{self.root} holds a negdb store of format {fmt}; this negdb reads format "
-                    f"{FORMAT_VERSION}: use a new --store folder"
-                )
-            return self
+    def check(self) -> "StoreLayout":
+        """Refuse a folder that is not a store this negdb reads: a damaged or foreign ``negdb.json``, another
+        format, or a folder holding a ``tables/`` folder without the marker (not made by negdb). A missing or
+        empty folder passes (a new store)."""
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"--store {self.root} is a file: pass a folder path")
-        self.root.mkdir(parents=True, exist_ok=True)
-        from negdb.store.segments import atomic_write_bytes
+        if self.marker.is_dir():
+            raise StoreDamaged(f"{self.marker} is a folder, not negdb's store marker: move it away if {self.root} "
+                               "is a negdb store, or use another --store")
+        if not self.marker.exists():
+            if (self.root / "tables").exists() or (self.root / "acts").exists():
+                raise StoreError(f"{self.root} holds tables/ or acts/ but no negdb.json, so it is not a negdb "
+                                 "store: use a new or empty --store folder")
+            return self
+        try:
+            data = json.loads(self.marker.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise StoreDamaged(f"{self.marker} is damaged ({one_line(err)}): if {self.root} is a negdb store, "
+                               f'write {{"format": {FORMAT_VERSION}}} into it; else use another --store') from err
+        fmt = data.get("format") if isinstance(data, dict) else None
+        if fmt != FORMAT_VERSION:
+            raise StoreError(f"{self.root} holds a negdb store of format {fmt}; this negdb reads format "
+                             f"{FORMAT_VERSION}: use a new --store folder")
+        return self
 
+    def init(self) -> "StoreLayout":
+        """Create the store folder (idempotent); refuse a folder that is another store format, a damaged store,
+        or a non-empty folder that is not a store (negdb never adopts someone else's files)."""
+        if self.check().marker.exists():
+            return self
+        if self.root.is_dir() and any(not p.name.startswith(".negdb.json.") for p in self.root.iterdir()):
+            raise StoreError(f"{self.root} is not empty and is not a negdb store (no negdb.json): use a new or "
+                             "empty --store folder")
+        from negdb.store.segments import atomic_write_bytes, disk_errors
+
+        with disk_errors(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.marker, json.dumps({"format": FORMAT_VERSION}).encode(), exclusive=True)
         return self

@@ -12,8 +12,11 @@ from pathlib import Path
 @contextlib.contextmanager
 def exclusive_lock(path: Path, *, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path``; call ``on_wait`` once if another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    from negdb.store.segments import disk_errors
+
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
+from negdb.errors import NegdbError
 from negdb.store.layout import StoreLayout
-from negdb.store.segments import write_segment
+from negdb.store.segments import disk_errors, write_segment
 from negdb.store.tables import RUNS
 
 _PACKAGES = ("negdb", "torch", "transformers", "numpy", "scipy", "zarr", "duckdb", "pyarrow", "polars",
@@ -62,11 +66,44 @@ class RunRecord:
         )
         return data
 
+    def path(self, layout: StoreLayout) -> Path:
+        return layout.table_dir("runs") / f"{self.run_id}.parquet"
+
     def save(self, layout: StoreLayout, status: str | None = None, message: str | None = None) -> None:
         """Publish this state (atomic replace of the run's segment)."""
         if status is not None:
             self.status = status
         if message is not None:
             self.message = message
-        write_segment(layout.table_dir("runs") / f"{self.run_id}.parquet", RUNS.from_rows([self.row()]),
-                      exclusive=False)
+        write_segment(self.path(layout), RUNS.from_rows([self.row()]), exclusive=False)
+
+    def _reserve(self, layout: StoreLayout) -> Path:
+        return self.path(layout).with_name(f".{self.run_id}.failed.reserve")  # hidden: never read as a segment
+
+    @contextlib.contextmanager
+    def reserve_failure(self, layout: StoreLayout) -> Iterator[None]:
+        """Keep a written 'failed' record of this run aside while the block runs, for :meth:`save_quietly`.
+
+        A run stopped by a full disk could otherwise not record that it stopped, and would stay 'running'.
+        """
+        reserve = self._reserve(layout)
+        row = {**self.row(), "status": "failed",
+               "message": "stopped with no room left to record why (the disk was full); run the same command "
+                          "again to resume"}
+        import pyarrow.parquet as pq
+
+        with disk_errors(reserve):
+            pq.write_table(RUNS.from_rows([row]), reserve)
+        try:
+            yield
+        finally:
+            reserve.unlink(missing_ok=True)
+
+    def save_quietly(self, layout: StoreLayout, status: str, message: str) -> None:
+        """:meth:`save`, falling back to the reserved 'failed' record (a rename needs no free space) when the
+        record cannot be written; never raises (the caller is already handling an error)."""
+        try:
+            self.save(layout, status, message)
+        except (NegdbError, OSError):
+            with contextlib.suppress(OSError):
+                os.replace(self._reserve(layout), self.path(layout))

@@ -39,6 +39,10 @@ MAX_STATEMENT_CHARS = 100_000
 MAX_NESTING = 200
 """Deepest nesting of parentheses / brackets / braces accepted (DuckDB itself stops at 1000)."""
 
+CHECK_TIMEOUT_S = 5.0
+CHECK_MEMORY_BYTES = 256 * 2**20
+"""Time and memory the type check of a --where expression may take (binding folds constant subexpressions)."""
+
 ALLOWED = "one read-only SELECT (or WITH ... SELECT) statement over the catalog views"
 
 TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "repeat", "repeat_row", "json_each",
@@ -187,15 +191,44 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
             stack.extend(item)
 
 
-def _cte_names(tree: Any) -> set[str]:
-    names: set[str] = set()
-    for d in _walk(tree):
-        cte_map = d.get("cte_map")
-        if isinstance(cte_map, dict):
-            for entry in cte_map.get("map", []):
-                if isinstance(entry, dict) and isinstance(entry.get("key"), str):
-                    names.add(entry["key"].lower())
-    return names
+def _scoped(node: Any) -> Iterator[tuple[dict[str, Any], frozenset[str]]]:
+    """Every dict in the tree with the WITH names visible at it, scoped as DuckDB's binder scopes them.
+
+    A query node's WITH names are visible in that node only (its select list, FROM, WHERE, ... and the subqueries
+    inside them), not in the query around it; a WITH entry's body sees the entries before it (no forward
+    references) and the names of the queries around it; a recursive CTE sees itself in its recursive part only.
+    So ``SELECT * FROM (WITH pg_settings AS (SELECT 1) SELECT 1) a, pg_settings`` reads the outer
+    ``pg_settings`` as the binder does: not a WITH name.
+    """
+    stack: list[tuple[Any, frozenset[str]]] = [(node, frozenset())]
+    while stack:
+        item, scope = stack.pop()
+        if isinstance(item, list):
+            stack.extend((x, scope) for x in item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        yield item, scope
+        inner = scope
+        cte_map = item.get("cte_map")
+        entries = cte_map.get("map") if isinstance(cte_map, dict) else None
+        if isinstance(entries, list) and entries:
+            visible = set(scope)
+            for entry in entries:
+                if not isinstance(entry, dict):
+                    continue
+                stack.append((entry.get("value"), frozenset(visible)))
+                if isinstance(entry.get("key"), str):
+                    visible.add(entry["key"].lower())
+            inner = frozenset(visible)
+        recursive = item.get("type") == "RECURSIVE_CTE_NODE" and isinstance(item.get("cte_name"), str)
+        for key, value in item.items():
+            if key == "cte_map":
+                continue
+            if recursive and key == "right":
+                stack.append((value, inner | {item["cte_name"].lower()}))
+            else:
+                stack.append((value, inner))
 
 
 def _function_denied(name: str) -> bool:
@@ -205,17 +238,18 @@ def _function_denied(name: str) -> bool:
 
 def _check_tree(tree: Any, views: Collection[str], what: str) -> None:
     """Refuse references to anything but the views / WITH names, and functions that reach outside."""
-    allowed_tables = {v.lower() for v in views} | _cte_names(tree)
+    allowed_views = {v.lower() for v in views}
     shown = ", ".join(sorted(views))
-    for d in _walk(tree):
+    for d, scope in _scoped(tree):
         typ = d.get("type")
         if typ == "BASE_TABLE":
             name = str(d.get("table_name", ""))
             schema, catalog = str(d.get("schema_name", "")).lower(), str(d.get("catalog_name", "")).lower()
-            if schema not in _SCHEMAS or catalog not in _CATALOGS or name.lower() not in allowed_tables:
+            if (schema not in _SCHEMAS or catalog not in _CATALOGS
+                    or (name.lower() not in allowed_views and name.lower() not in scope)):
                 full = ".".join(p for p in (catalog, schema, name) if p)
                 raise _refuse(f"{what} reads {full!r}, which is not a catalog view: query the views "
-                              f"({shown}) or your own WITH names; `negdb schema` lists them")
+                              f"({shown}) or WITH names defined before it; `negdb schema` lists them")
         elif typ == "TABLE_FUNCTION":
             fn = d.get("function") or {}
             name = str(fn.get("function_name", "")).lower() if isinstance(fn, dict) else ""
@@ -350,12 +384,26 @@ def check_where(expr: str, *, view: str = "neurons", cat: "Catalog | None" = Non
 
 
 def expression_type(cur: duckdb.DuckDBPyConnection, expr: str, view: str) -> str:
-    """DuckDB's type of ``expr`` over ``view`` (binding only: DESCRIBE runs nothing); closes ``cur``."""
-    try:
-        rows = cur.execute(f"DESCRIBE SELECT ({expr}) AS {_WHERE_ALIAS} FROM {view}").fetchall()
-    except duckdb.Error as err:
+    """DuckDB's type of ``expr`` used as a WHERE condition over ``view`` (binding only: DESCRIBE runs nothing);
+    closes ``cur``.
+
+    The expression is bound both as a column and as the WHERE clause, so what a WHERE refuses (window functions,
+    aggregates) is refused here too, for every caller alike (``negdb select --where``, the service's ``where=``).
+    ``COLUMNS(...)`` expands to several conditions (DuckDB ANDs them in a WHERE): each must be BOOLEAN.
+    """
+    from negdb.store.bounds import memory_bound, time_bound
+
+    late = (f"the --where expression took longer than {CHECK_TIMEOUT_S:g} s to check (DuckDB computes its "
+            "constant parts): simplify it")
+    try:  # binding folds constant subexpressions: it may compute, so it is bounded like a query
+        with time_bound(CHECK_TIMEOUT_S, cur.interrupt, late) as fired, memory_bound(CHECK_MEMORY_BYTES):
+            rows = cur.execute(f"DESCRIBE SELECT ({expr}) AS {_WHERE_ALIAS} FROM {view} WHERE ({expr})").fetchall()
+    except (duckdb.Error, MemoryError) as err:
+        if fired.is_set():
+            raise _refuse(late) from err
         raise _refuse(f"the --where expression does not work on {view} ({one_line(err)}): write one boolean "
                       f"expression over its columns (see `negdb schema`), e.g. w_dist > 0.9 AND layer < 3") from err
     finally:
         cur.close()
-    return str(rows[0][1]) if rows else "unknown"
+    types = [str(r[1]) for r in rows]
+    return next((t for t in types if t != "BOOLEAN"), "BOOLEAN") if types else "unknown"

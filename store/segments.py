@@ -17,7 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negdb.errors import NotEnoughDisk
+from negdb.errors import NegdbError, NotEnoughDisk, StoreError
+from negdb.store.faults import crash_point
 
 
 def fsync_dir(path: Path) -> None:
@@ -30,16 +31,25 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def disk_errors(what: str) -> Iterator[None]:
-    """Turn a full disk into a one-line NegdbError."""
+def disk_errors(what: str | Path) -> Iterator[None]:
+    """Turn a full disk into :class:`NotEnoughDisk` and a read-only store into :class:`StoreError`, naming ``what``
+    (the file or folder being written). Nothing partial is published by the writers that use this."""
     try:
         yield
+    except NegdbError:
+        raise
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NotEnoughDisk(
-                f"the disk is full while writing {what}: free space or use another --store; "
-                "the unfinished work is kept and resumes when you run the command again"
-            ) from err
+            full = NotEnoughDisk(f"the disk is full while writing {what}: free space or use another --store; "
+                                 "nothing partial was published")
+            full.what = str(what)  # type: ignore[attr-defined]  # for callers that say more (ingest: it resumes)
+            raise full from err
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise StoreError(f"cannot write {err.filename or what}: {err.strerror.lower()}; use a writable "
+                             "--store folder") from err
+        if err.errno == errno.ENOTDIR:
+            raise StoreError(f"cannot write {what}: a part of its path is a file, not a folder; pass a folder "
+                             "path as --store") from err
         raise
 
 
@@ -61,9 +71,9 @@ def _publish(tmp: Path, final: Path, exclusive: bool) -> bool:
 
 def atomic_write_bytes(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
     """Write ``data`` to ``path`` atomically; with ``exclusive`` keep an existing file. Returns True if written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     with disk_errors(str(path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -73,12 +83,13 @@ def atomic_write_bytes(path: Path, data: bytes, *, exclusive: bool = False) -> b
 
 def write_segment(path: Path, table: pa.Table, *, exclusive: bool = True, row_group_size: int | None = None) -> bool:
     """Write an Arrow table as one Parquet segment at ``path`` atomically. Returns True if written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     with disk_errors(str(path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        crash_point("segment.before_link")
         return _publish(tmp, path, exclusive)
 
 
