@@ -69,11 +69,13 @@ def test_step_run_folder(tmp_path):
     for n in (1000, 0, 10, 2):
         (run / f"step{n}").mkdir(parents=True)
         (run / f"step{n}" / "config.json").write_text(json.dumps({}))
-    (run / "step5").mkdir()  # no config.json: not a checkpoint
-    (run / "notes").mkdir()
+    (run / "notes").mkdir()  # not a step folder: ignored
     src = R.resolve(str(run))
     assert src.kind == "steps" and src.model_id == str(run.resolve())
     assert src.checkpoints == ("step0", "step2", "step10", "step1000")
+    (run / "step5").mkdir()  # a step folder without config.json (empty or still being written): never skipped
+    with pytest.raises(UnknownModel, match="step5 has no config.json"):
+        R.resolve(str(run))
 
 
 def test_gguf_file(tmp_path):
