@@ -9,7 +9,11 @@ Every entry of ``tests/hostile_sql.txt`` (refused ones included: they must cost 
   wall time and peak resident memory (``ru_maxrss`` of that child, from ``os.wait4``);
 - through a real ``negdb serve`` as ``POST /sql``, one after another, while a thread asks ``GET /health`` every
   0.2 s: the HTTP status of each, the server's peak resident memory (the kernel's ``VmHWM``) and the /health
-  latencies during the corpus and in the 5 s after it.
+  latencies during the corpus and in the 5 s after it;
+- then, on the same server, ``--slow N`` (default 200) slow queries sent at once (a cross join the time limit
+  stops), /health asked every 0.2 s meanwhile: the statuses (503 with Retry-After past the queue), the /health
+  latencies and how long the flood took; a 200 MB request body (413 without the server growing); and the server's
+  CPU use in the 3 s after 10 clients gave up on slow queries (0: their queries were cancelled).
 
 The store is written by ``bench/synthetic_catalog.py`` (4 layers x 256 neurons x 2 checkpoints) unless ``--store``
 names one. Nothing here is a test: it prints what happened, the tests assert it (tests/test_sql_safety.py,
@@ -70,7 +74,7 @@ def _vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_service(store: Path, cases: list[Any], tmp: Path, timeout_s: float) -> dict[str, Any]:
+def run_service(store: Path, cases: list[Any], tmp: Path, timeout_s: float, n_slow: int = 200) -> dict[str, Any]:
     import httpx
 
     from bench.bench_query import free_port
@@ -121,6 +125,15 @@ def run_service(store: Path, cases: list[Any], tmp: Path, timeout_s: float) -> d
                             "s": time.perf_counter() - start, "message": text})
     phase["name"] = "after"
     time.sleep(5)
+    corpus_peak_mb = _vm_hwm_mb(server.pid) if server.poll() is None else float("nan")
+    flood: dict[str, Any] = {}
+    if n_slow and server.poll() is None:
+        phase["name"] = "flood"
+        flood = _flood(base, n_slow)
+        phase["name"] = "after flood"
+        time.sleep(5)
+        flood["body"] = _big_body(base, server.pid)
+        flood["cpu_after_abandoned_s"] = _abandoned(base, server.pid)
     stop.set()
     poller.join()
     alive = server.poll() is None
@@ -132,10 +145,92 @@ def run_service(store: Path, cases: list[Any], tmp: Path, timeout_s: float) -> d
         xs = [s for p, s, c in health if p == name]
         return {"n": len(xs), "max_s": max(xs) if xs else float("nan"),
                 "p50_s": statistics.median(xs) if xs else float("nan"),
+                "p95_s": sorted(xs)[int(0.95 * (len(xs) - 1))] if xs else float("nan"),
                 "failed": sum(1 for p, _, c in health if p == name and c != 200)}
 
-    return {"alive_after": alive, "idle_peak_mb": idle_mb, "peak_mb": peak_mb, "answers": answers,
-            "health_during": lat("corpus"), "health_after": lat("after")}
+    return {"alive_after": alive, "idle_peak_mb": idle_mb, "corpus_peak_mb": corpus_peak_mb, "peak_mb": peak_mb,
+            "answers": answers, "health_during": lat("corpus"), "health_after": lat("after"),
+            "flood": flood, "health_flood": lat("flood"), "health_after_flood": lat("after flood")}
+
+
+SLOW_SQL = "SELECT count(*) FROM range(100000) a, range(100000) b"
+"""A query that runs until its time limit stops it (10^10 rows)."""
+
+
+def _flood(base: str, n: int) -> dict[str, Any]:
+    """``n`` slow queries at once, each from its own client: their statuses and how long until all were answered."""
+    import httpx
+
+    codes: dict[str, int] = {}
+    retry_after: set[str] = set()
+    lock = threading.Lock()
+
+    def ask() -> None:
+        try:
+            res = httpx.post(f"{base}/sql", json={"sql": SLOW_SQL}, timeout=600)
+            code = str(res.status_code)
+            ra = res.headers.get("retry-after")
+        except httpx.TransportError as err:
+            code, ra = type(err).__name__, None
+        with lock:
+            codes[code] = codes.get(code, 0) + 1
+            if ra:
+                retry_after.add(ra)
+
+    threads = [threading.Thread(target=ask, daemon=True) for _ in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"n": n, "statuses": dict(sorted(codes.items())), "retry_after": sorted(retry_after),
+            "all_answered_s": time.perf_counter() - start}
+
+
+def _big_body(base: str, pid: int, size: int = 200 * 2**20) -> dict[str, Any]:
+    """POST a ``size``-byte body without a Content-Length (streamed): the status and the server's RSS growth."""
+    import httpx
+
+    def chunks():
+        yield b'{"sql": "'
+        for _ in range(size // 2**20):
+            yield b"x" * 2**20
+        yield b'"}'
+
+    before = _vm_rss_mb(pid)
+    try:
+        code: int | str = httpx.post(f"{base}/sql", content=chunks(), timeout=120,
+                                     headers={"content-type": "application/json"}).status_code
+    except httpx.TransportError as err:  # the server may close the connection once it has answered 413
+        code = type(err).__name__
+    return {"bytes": size, "status": code, "rss_before_mb": before, "rss_after_mb": _vm_rss_mb(pid)}
+
+
+def _abandoned(base: str, pid: int, n: int = 10) -> float:
+    """CPU seconds the server uses in the 3 s after ``n`` clients gave up on slow queries after 0.5 s each."""
+    import httpx
+
+    for _ in range(n):
+        try:
+            httpx.post(f"{base}/sql", json={"sql": SLOW_SQL}, timeout=0.5)
+        except httpx.TimeoutException:
+            pass
+    time.sleep(1.0)
+    before = _cpu_s(pid)
+    time.sleep(3.0)
+    return _cpu_s(pid) - before
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _vm_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main() -> None:
@@ -145,6 +240,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated corpus entries (default: all)")
     ap.add_argument("--skip-cli", action="store_true")
     ap.add_argument("--skip-service", action="store_true")
+    ap.add_argument("--slow", type=int, default=200, help="slow queries sent at once after the corpus (0: none)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     cases = corpus()
@@ -164,7 +260,10 @@ def main() -> None:
         if not args.skip_cli:
             rows = []
             for case in cases:
-                r = run_cli(store, render(case, store, tmp), args.timeout)
+                sql = render(case, store, tmp)
+                if "\0" in sql:  # no program argument can hold a NUL byte: the service gets these (JSON)
+                    continue
+                r = run_cli(store, sql, args.timeout)
                 rows.append({"name": case.name, "expect": case.expect, **r})
                 print(f"cli  {case.name:40s} rc={r['rc']:3d} {r['s']:6.1f} s {r['peak_mb']:7.0f} MB  "
                       f"{r['message'][:70]}", flush=True)
@@ -176,17 +275,27 @@ def main() -> None:
                   f"killed/crashed: {out['cli']['killed'] or 'none'}, "
                   f"not one line: {out['cli']['multi_line'] or 'none'}")
         if not args.skip_service:
-            svc = run_service(store, cases, tmp, args.timeout)
+            svc = run_service(store, cases, tmp, args.timeout, args.slow)
             out["service"] = svc
             codes: dict[int, int] = {}
             for a in svc["answers"]:
                 codes[a["status"]] = codes.get(a["status"], 0) + 1
-            print(f"service: alive after the corpus: {svc['alive_after']}, peak RSS {svc['peak_mb']:.0f} MB "
-                  f"(idle {svc['idle_peak_mb']:.0f} MB), statuses {dict(sorted(codes.items()))}")
-            for name in ("health_during", "health_after"):
+            print(f"service: alive at the end: {svc['alive_after']}, peak RSS after the corpus "
+                  f"{svc['corpus_peak_mb']:.0f} MB, at the end {svc['peak_mb']:.0f} MB (idle {svc['idle_peak_mb']:.0f} "
+                  f"MB), statuses {dict(sorted(codes.items()))}")
+            fl = svc["flood"]
+            if fl:
+                print(f"  {fl['n']} slow queries at once: {fl['statuses']} (Retry-After {fl['retry_after']}), all "
+                      f"answered in {fl['all_answered_s']:.1f} s; {fl['body']['bytes'] >> 20} MB body: "
+                      f"{fl['body']['status']}, RSS {fl['body']['rss_before_mb']:.0f} -> "
+                      f"{fl['body']['rss_after_mb']:.0f} MB; CPU in the 3 s after 10 abandoned slow queries: "
+                      f"{fl['cpu_after_abandoned_s']:.2f} s")
+            for name in ("health_during", "health_after", "health_flood", "health_after_flood"):
                 h = svc[name]
-                print(f"  /health {name.removeprefix('health_')}: n={h['n']} p50 {h['p50_s'] * 1000:.0f} ms, "
-                      f"max {h['max_s'] * 1000:.0f} ms, failed {h['failed']}")
+                if h["n"]:
+                    ms = {k: h[f"{k}_s"] * 1000 for k in ("p50", "p95", "max")}
+                    print(f"  /health {name.removeprefix('health_').replace('_', ' ')}: n={h['n']} p50 "
+                          f"{ms['p50']:.0f} ms, p95 {ms['p95']:.0f} ms, max {ms['max']:.0f} ms, failed {h['failed']}")
         if args.json:
             args.json.write_text(json.dumps(out, indent=1, default=str))
 
