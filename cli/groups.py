@@ -237,9 +237,10 @@ INGEST_FLAGS = [
           "help": "Prepend the tokenizer's BOS to each ingest window (--bos: the former name)."}),
     Flag("layers", ("--layers",), {"default": "all", "show_default": True,
                                    "help": "all or e.g. 0-3,7 (negative counts from the end)."}),
-    Flag("activations", ("--activations",), {"default": "all", "show_default": True,
-                                             "help": "Which ingested layers keep their activations: all | none | "
-                                                     "layers=0,5."}),
+    Flag("activations", ("--activations",), {"default": "auto", "show_default": True,
+                                             "help": "Which ingested layers keep their activations: auto (all layers "
+                                                     "of the last checkpoint of the run, none of the others; "
+                                                     "statistics for all) | all | none | layers=0,5."}),
     Flag("w_reference", ("--w-reference",), {"type": click.Choice(["exact", "sample"]), "default": "exact",
                                              "show_default": True,
                                              "help": "exact: analytic N(0,1) quantiles (deterministic); sample: the "
@@ -292,6 +293,9 @@ RESOURCE_FLAGS = [
     Flag("mem_budget_mb", ("--mem-budget",), {"default": 1024, "show_default": True, "type": int,
                                               "help": "Working-memory budget in MB for captured batches and "
                                                       "statistics blocks."}),
+    Flag("keep_weights", ("--keep-weights",), {"is_flag": True, "default": False,
+                                               "help": "Keep hub checkpoints this run downloads in the Hugging Face "
+                                                       "cache (default: remove each once ingested)."}),
 ]
 
 
@@ -299,12 +303,12 @@ def _resources(raw: dict[str, Any]) -> Any:
     from negdb.ingest.plan import Resources
 
     return Resources(device=raw["device"], batch_tokens=raw["batch_tokens"], mem_budget_mb=raw["mem_budget_mb"],
-                     compression=raw["compression"])
+                     compression=raw["compression"], keep_weights=bool(raw["keep_weights"]))
 
 
 def resource_options(*, only: tuple[str, ...] | None = None, helps: Mapping[str, str] | None = None,
                      **defaults: Any) -> Callable[[F], F]:
-    """``--device --compression --batch-tokens --mem-budget`` -> ``resources=Resources(...)``."""
+    """``--device --compression --batch-tokens --mem-budget --keep-weights`` -> ``resources=Resources(...)``."""
     return _group("resources", RESOURCE_FLAGS, _resources, only=only, defaults=defaults, helps=helps or {})
 
 

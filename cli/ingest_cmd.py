@@ -10,12 +10,21 @@ from negdb.cli.groups import ingest_options, resource_options
 @click.command()
 @ingest_options()
 @resource_options()
+@click.option("--dry-run", is_flag=True, help="Print the run's plan (checkpoints, downloads, bytes, disk, time) "
+                                               "and stop; offline for the Pythia aliases.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_obj
-def ingest(obj: dict, quiet: bool, ingest: object, resources: object) -> None:
-    """Stream MLP pre-activations of a model's checkpoints into Zarr and statistics into the catalog."""
-    from negdb.ingest.pipeline import ingest as run
+def ingest(obj: dict, quiet: bool, dry_run: bool, ingest: object, resources: object) -> None:
+    """Stream MLP pre-activations of a model's checkpoints into Zarr and statistics into the catalog.
 
+    The run's plan is printed first; a run the store's disk cannot hold is refused before anything is written.
+    """
+    from negdb.ingest.pipeline import ingest as run
+    from negdb.ingest.pipeline import plan
+
+    if dry_run:
+        click.echo(plan(ingest, store=obj["store"], resources=resources).render())  # type: ignore[arg-type]
+        return
     results = run(ingest, store=obj["store"], resources=resources, progress=not quiet)  # type: ignore[arg-type]
     done = sum(r.status != "already" for r in results)
     click.echo(f"{done} checkpoint(s) ingested, {len(results) - done} already in {obj['store']}")

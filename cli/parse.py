@@ -117,12 +117,12 @@ def percentages(text: str | None, flag: str = "--fractions") -> tuple[float, ...
 
 
 def activations(text: str) -> str | tuple[int, ...]:
-    """``--activations``: ``all``, ``none`` or ``layers=0,5`` (-> ``(0, 5)``)."""
+    """``--activations``: ``auto``, ``all``, ``none`` or ``layers=0,5`` (-> ``(0, 5)``)."""
     spec = text.strip()
-    if spec in ("all", "none"):
+    if spec in ("auto", "all", "none"):
         return spec
     if spec.startswith("layers="):
         got = layers(spec.removeprefix("layers="), "--activations layers=")
         if got is not None:
             return got
-    raise BadArgument(f"bad --activations '{text}': use all, none or layers=0,5")
+    raise BadArgument(f"bad --activations '{text}': use auto, all, none or layers=0,5")

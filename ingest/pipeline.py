@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,13 @@ from negdb.ingest.corpus import load_corpus
 from negdb.ingest.layerstats import PairPlan, layer_stats
 from negdb.ingest.plan import (IngestSpec, Resources, StatSpec, batch_windows, check_disk, estimate_bytes,
                                human_bytes, parse_activations, parse_layers, stat_spec)
+from negdb.ingest.runplan import RunPlan, activations_for, plan_run
 from negdb.ingest.publish import JobKeys, publish_activations, publish_metadata, publish_stats
 from negdb.ingest.slices import TokenSlice, make_slice
 from negdb.ingest.state import JobState
 from negdb.ingest.stream import StreamPlan, stream
 from negdb.models import checkpoints as ckpts
-from negdb.models import loading, registry
+from negdb.models import hub, loading, registry
 from negdb.models.families import act_name
 from negdb.stats.mapping import draw_pairs
 from negdb.store.arrays import layer_name, md_group_name, open_group, put_vector
@@ -64,7 +65,10 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
            progress: bool = True, log: Log = _stderr, **kwargs: object) -> list[CheckpointResult]:
     """Ingest every selected checkpoint of a model; returns one result per checkpoint.
 
-    ``spec``: what to ingest (or its fields as keyword arguments); ``resources``: device, batch, memory, codec.
+    ``spec``: what to ingest (or its fields as keyword arguments); ``resources``: device, batch, memory, codec,
+    ``keep_weights``. The run's plan (:mod:`negdb.ingest.runplan`) is logged first, and a run the disk cannot hold
+    is refused (:class:`negdb.errors.NotEnoughDisk`). Hub checkpoints are prefetched one ahead and, once ingested,
+    removed from the Hugging Face cache if this run downloaded them (unless ``resources.keep_weights``).
     """
     opts = spec or IngestSpec(**kwargs)  # type: ignore[arg-type]
     res = resources or Resources()
@@ -72,15 +76,49 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
     source = registry.resolve(opts.model)
     selected = ckpts.select(source, opts.checkpoint_spec)
     corpus = load_corpus(opts.dataset, text_field=opts.text_field)
+    run_plan = plan_run(opts, layout, source, selected, keep_weights=res.keep_weights)
+    log(run_plan.render())
+    run_plan.check_disk()
+    keep_specs = activations_for(opts, [c.revision for c in selected])
+    weights = hub.HubWeights(source.location if source.kind == "hub" else None, [c.revision for c in selected],
+                             keep=res.keep_weights)
     overall = tqdm(total=opts.tokens * len(selected), unit="tok", unit_scale=True, desc="all checkpoints",
                    disable=not progress or len(selected) == 1, position=0)
+    seen: dict[str, str] = {}
     results = []
     try:
-        for ckpt in selected:
-            results.append(_checkpoint(opts, res, layout, source, ckpt, corpus, overall, progress, log))
+        for i, (ckpt, cplan) in enumerate(zip(selected, run_plan.checkpoints)):
+            if cplan.stored_run is not None:
+                results.append(_stored_result(source, ckpt, cplan, log))
+                overall.update(opts.tokens)
+                continue
+            weights.prepare(i)
+            copts = replace(opts, activations=keep_specs[ckpt.revision])
+            results.append(_checkpoint(copts, res, layout, source, ckpt, corpus, overall, progress, log, seen))
+            freed = weights.finish(i)
+            if freed is not None:
+                log(f"{source.model_id}@{ckpt.revision}: removed from the Hugging Face cache "
+                    f"({human_bytes(freed)}; --keep-weights keeps downloaded checkpoints)")
     finally:
+        weights.close()
         overall.close()
     return results
+
+
+def plan(spec: IngestSpec | None = None, *, store: str | Path | None = None, resources: Resources | None = None,
+         **kwargs: object) -> RunPlan:
+    """The plan of an ingest without running it (``negdb ingest --dry-run``; offline for the Pythia aliases)."""
+    opts = spec or IngestSpec(**kwargs)  # type: ignore[arg-type]
+    res = resources or Resources()
+    source = registry.resolve(opts.model)
+    return plan_run(opts, StoreLayout(store_path(store)), source, ckpts.select(source, opts.checkpoint_spec),
+                    keep_weights=res.keep_weights)
+
+
+def _stored_result(source, ckpt, cplan, log: Log) -> CheckpointResult:
+    run_id, slice_id, spec_id, layers = cplan.stored_run
+    log(f"{source.model_id}@{ckpt.revision}: already ingested by run {run_id}; nothing to do")
+    return CheckpointResult(source.model_id, ckpt.revision, "already", None, 0, layers, 0.0, slice_id, spec_id)
 
 
 def _slice(opts: IngestSpec, corpus, lm, model_id: str, log: Log) -> TokenSlice:
@@ -121,10 +159,13 @@ def _missing(layout: StoreLayout, model_id: str, revision: str, slice_id: str, s
 
 
 def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, ckpt, corpus, overall: tqdm,
-                progress: bool, log: Log) -> CheckpointResult:
+                progress: bool, log: Log, seen: dict[str, str]) -> CheckpointResult:
     started = time.perf_counter()
     label = f"{source.model_id}@{ckpt.revision}"
     lm = loading.load(source, ckpt, device=res.device, dtype=getattr(torch, opts.dtype))
+    digest = _weights_digest(source, ckpt)
+    if digest is not None:
+        _warn_same_weights(layout, source.model_id, ckpt.revision, digest, seen, log)
     sl = _slice(opts, corpus, lm, source.model_id, log)
     spec = stat_spec(opts, sl.n_tokens)
     layers = parse_layers(opts.layer_text, lm.n_layers)
@@ -162,7 +203,8 @@ def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, c
         keys = JobKeys(source.model_id, ckpt.revision, sl.slice_id, spec.spec_id, state.run_id, job_key)
         run = RunRecord(run_id=state.run_id, kind="ingest", model_id=source.model_id, revision=ckpt.revision,
                         slice_id=sl.slice_id, spec_id=spec.spec_id, layers=state.layers,
-                        config={**opts.record(), **asdict(res), "activations_kept": keep, "slice": sl.meta()},
+                        config={**opts.record(), **asdict(res), "activations_kept": keep, "slice": sl.meta(),
+                                **_machine(lm)},
                         resumes=state.resumes, timings=state.timings)
         todo_keep = state.keep
         _announce(opts, lm, sl, state, todo_keep, label, log)
@@ -174,7 +216,7 @@ def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, c
             try:
                 if state.stats_layers or state.keep:
                     _run_job(opts, res, layout, lm, source, ckpt, sl, spec, state, keys, todo_keep, work, overall,
-                             progress, label)
+                             progress, label, digest)
                 else:
                     log(f"{label}: every layer of run {state.run_id} is in the store already (published by it "
                         "before it was interrupted, or by another run); nothing left to publish")
@@ -227,7 +269,7 @@ def _announce(opts: IngestSpec, lm, sl: TokenSlice, state: JobState, keep: list[
 
 def _run_job(opts: IngestSpec, res: Resources, layout: StoreLayout, lm, source, ckpt, sl: TokenSlice, spec,
              state: JobState, keys: JobKeys, keep: list[int], work: Path, overall: tqdm, progress: bool,
-             label: str) -> None:
+             label: str, digest: str | None) -> None:
     spool = work / "spool.zarr"
     a, b = draw_pairs(sl.n_tokens, spec.md_pairs, spec.md_seed)
     pairs = PairPlan(a=a, b=b, md_rows=np.unique(np.concatenate([a, b])))
@@ -254,7 +296,7 @@ def _run_job(opts: IngestSpec, res: Resources, layout: StoreLayout, lm, source, 
 
         stream(lm, sl.tokens, group, spool, plan, state, work, on_tokens)
     _stats_phase(res, group, pairs, spec, state, work, md_key, progress, label)
-    publish_metadata(layout, model=_model_row(source, lm), checkpoint=_checkpoint_row(source, ckpt, lm),
+    publish_metadata(layout, model=_model_row(source, lm), checkpoint=_checkpoint_row(source, ckpt, lm, digest),
                      slice_row=sl.meta() | {"slice_id": sl.slice_id}, spec=spec.row())
     crash_point("publish.after_metadata")
     # the lock of this checkpoint is held, so what the store lacks now is what this job publishes: a layer that
@@ -296,9 +338,39 @@ def _model_row(source, lm) -> dict:
             "config_json": json.dumps(cfg.to_dict(), sort_keys=True, default=str)}
 
 
-def _checkpoint_row(source, ckpt, lm) -> dict:
+def _checkpoint_row(source, ckpt, lm, digest: str | None) -> dict:
     return {"model_id": source.model_id, "revision": ckpt.revision, "step": ckpt.step,
-            "tokens_seen": ckpt.tokens_seen, "commit": lm.commit, "location": str(ckpt.location)}
+            "tokens_seen": ckpt.tokens_seen, "commit": lm.commit, "location": str(ckpt.location),
+            "weights_sha256": digest}
 
 
-__all__ = ["CheckpointResult", "IngestSpec", "Resources", "ingest"]
+def _machine(lm) -> dict:
+    """What the time estimates of later plans need: the device kind, parameters and MLP width of this run."""
+    return {"device_kind": loading.device_kind(lm.device), "n_params": sum(p.numel() for p in lm.model.parameters()),
+            "d_mlp": lm.d_mlp}
+
+
+def _weights_digest(source, ckpt) -> str | None:
+    """SHA-256 of the checkpoint's weight files (hub files: their LFS names; nothing is read)."""
+    if source.kind == "hub":
+        folder = hub.snapshot_dir(ckpt.location, ckpt.revision)
+        return hub.weights_sha256(folder) if folder is not None else None
+    return hub.weights_sha256(ckpt.location if source.kind != "gguf" else source.location)
+
+
+def _warn_same_weights(layout: StoreLayout, model_id: str, revision: str, digest: str, seen: dict[str, str],
+                       log: Log) -> None:
+    """Warn when another revision of the model (in this run or in the store) has the very same weights."""
+    same = [r for r, d in seen.items() if d == digest and r != revision]
+    seen[revision] = digest
+    if not same and layout.table_dir("checkpoints").is_dir():
+        with Catalog(layout.root) as cat:
+            if "weights_sha256" in cat.arrow("SELECT * FROM checkpoints LIMIT 0").column_names:
+                same = cat.arrow("SELECT revision FROM checkpoints WHERE model_id = ? AND weights_sha256 = ? "
+                                 "AND revision <> ?", [model_id, digest, revision]).column("revision").to_pylist()
+    if same:
+        log(f"warning: {model_id}@{revision} has the same weights as {', '.join(sorted(same))} "
+            f"(sha256 {digest[:12]}): the hub may serve one checkpoint under two names (EleutherAI/pythia#205)")
+
+
+__all__ = ["CheckpointResult", "IngestSpec", "Resources", "RunPlan", "ingest", "plan"]

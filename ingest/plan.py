@@ -39,7 +39,10 @@ class IngestSpec:
         tokens, seq_len, prepend_bos: the token slice (``prepend_bos``: the tokenizer's BOS before each window;
             ``--bos`` of ``negdb ingest``).
         layers: layers that get statistics (``None``: all; negative indices count from the end).
-        activations: ingested layers that keep their activations: ``"all"``, ``"none"`` or a list of layers.
+        activations: ingested layers that keep their activations: ``"auto"`` (all layers of the last checkpoint
+            of the run and none of the others: a multi-checkpoint run keeps statistics for every checkpoint but
+            activations for the final one only; :func:`negdb.ingest.runplan.activations_for`), ``"all"``,
+            ``"none"`` or a list of layers (these apply to every checkpoint).
         w_reference: ``exact`` (analytic N(0,1) quantiles) or ``sample`` (the authors' seeded sample).
         seed: seed of the md token pairs and of the W1 sample (recorded as ``md_seed``/``w_seed`` in
             ``stat_specs``).
@@ -55,7 +58,7 @@ class IngestSpec:
     seq_len: int = 512
     prepend_bos: bool = False
     layers: tuple[int, ...] | None = None
-    activations: Any = "all"
+    activations: Any = "auto"
     w_reference: str = "exact"
     seed: int = 0
     md_pairs: int = 50_000
@@ -78,10 +81,10 @@ class IngestSpec:
             raise BadArgument(f"prepend_bos must be True or False, got {self.prepend_bos!r}")
         object.__setattr__(self, "layers", layer_list(self.layers))
         act = self.activations
-        if not (isinstance(act, str) and act in ("all", "none")):
+        if not (isinstance(act, str) and act in ("auto", "all", "none")):
             kept = layer_list(act, "activations")
             if kept is None:
-                raise BadArgument("activations must be 'all', 'none' or a list of layers")
+                raise BadArgument("activations must be 'auto', 'all', 'none' or a list of layers")
             object.__setattr__(self, "activations", kept)
         _choice(self.w_reference, W_REFERENCES, "w_reference")
         object.__setattr__(self, "seed", as_int(self.seed, "seed", minimum=0))
@@ -112,18 +115,23 @@ class IngestSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    """How an ingest runs (never part of a key): device, forward batch, memory budget, codec of stored arrays."""
+    """How an ingest runs (never part of a key): device, forward batch, memory budget, codec of stored arrays,
+    and whether hub checkpoints this run downloads stay in the Hugging Face cache (``keep_weights``; default: each
+    is removed once ingested, checkpoints cached before the run are never removed)."""
 
     device: str = "auto"
     batch_tokens: int | None = None
     mem_budget_mb: int = 1024
     compression: str = "zstd"
+    keep_weights: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_tokens", as_int(self.batch_tokens, "batch_tokens", minimum=1,
                                                         optional=True))
         object.__setattr__(self, "mem_budget_mb", as_int(self.mem_budget_mb, "mem_budget_mb", minimum=64))
         _choice(self.compression, COMPRESSIONS, "compression")
+        if not isinstance(self.keep_weights, bool):
+            raise BadArgument(f"keep_weights must be True or False, got {self.keep_weights!r}")
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -147,9 +155,10 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 
 
 def parse_activations(spec: str, layers: list[int], n_layers: int) -> list[int]:
-    """Which of the ingested layers keep their activations: ``all``, ``none`` or ``layers=0,5``."""
+    """Which of the ingested layers keep their activations: ``all``, ``none`` or ``layers=0,5`` (``auto`` is
+    resolved per checkpoint first: :func:`negdb.ingest.runplan.activations_for`)."""
     spec = spec.strip()
-    if spec == "all":
+    if spec in ("all", "auto"):
         return list(layers)
     if spec == "none":
         return []
@@ -159,7 +168,7 @@ def parse_activations(spec: str, layers: list[int], n_layers: int) -> list[int]:
         if missing:
             raise BadArgument(f"--activations names layers {missing} that --layers does not ingest")
         return keep
-    raise BadArgument(f"bad --activations '{spec}': use all, none or layers=0,5")
+    raise BadArgument(f"bad --activations '{spec}': use auto, all, none or layers=0,5")
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,21 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     return dev
 
 
+def device_kind(device: torch.device) -> str:
+    """What a device is, for timings: ``cuda: NVIDIA H100 80GB HBM3`` or ``cpu: <model name> x<cores>``."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    return f"{device.type}: {name or platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
 def _offline() -> bool:
     from huggingface_hub import constants
 

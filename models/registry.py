@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from negdb.errors import UnknownModel
+from negdb.models.sizes import PYTHIA_ARCH, ModelSize
 
 Kind = Literal["hub", "local", "steps", "gguf"]
 
@@ -44,6 +45,7 @@ class ModelSource:
         checkpoints: the known revisions in training order (``None`` when unknown, e.g. an arbitrary hub id).
         final: the revision that is the fully trained model, where it differs from the hub default.
         bos: BOS policy overriding the family default (``None``: use the family's).
+        size: parameters, widths, layers and bytes of one checkpoint, where the alias table knows them (Pythia).
     """
 
     model_id: str
@@ -53,6 +55,7 @@ class ModelSource:
     checkpoints: tuple[str, ...] | None = None
     final: str | None = None
     bos: str | None = None
+    size: ModelSize | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Alias:
     kind: Kind
     location: str
     description: str
+    size: ModelSize | None = None
+    """Public sizes (Pythia: parameters, d_model, d_mlp, layers, bytes of one checkpoint's weights)."""
 
 
 def _pythia_aliases() -> list[Alias]:
@@ -70,7 +75,8 @@ def _pythia_aliases() -> list[Alias]:
     for size in PYTHIA_SIZES:
         for suffix, what in (("", "the Pile"), ("-deduped", "the deduplicated Pile")):
             name = f"pythia-{size}{suffix}"
-            out.append(Alias(name, "hub", f"EleutherAI/{name}", f"Pythia {size.upper()} on {what}, 154 checkpoints"))
+            out.append(Alias(name, "hub", f"EleutherAI/{name}", f"Pythia {size.upper()} on {what}, 154 checkpoints",
+                             PYTHIA_ARCH[size].size()))
     return out
 
 
@@ -114,6 +120,7 @@ def _pythia_source(alias: str, hub_id: str) -> ModelSource:
         tokens_per_step=PYTHIA_TOKENS_PER_STEP,
         checkpoints=PYTHIA_REVISIONS,
         final=f"step{PYTHIA_FINAL_STEP}",
+        size=ALIASES[alias].size,
     )
 
 

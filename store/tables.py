@@ -46,6 +46,7 @@ CHECKPOINTS = Table("checkpoints", "one row per stored model checkpoint", (
     ("tokens_seen", pa.int64(), "training tokens seen at this step (NULL if unknown)"),
     ("commit", pa.string(), "resolved hub commit hash (NULL for local files)"),
     ("location", pa.string(), "hub id or folder of this checkpoint"),
+    ("weights_sha256", pa.string(), "SHA-256 over the names and SHA-256s of the checkpoint's weight files"),
 ))
 
 SLICES = Table("slices", "one row per exact dataset slice (token windows) used for statistics", (
