@@ -115,6 +115,10 @@ def _register() -> None:
 
     main.add_command(check_cmd.check)
     main.add_command(check_cmd.repair)
+    from negdb.cli import merge_cmd
+
+    main.add_command(merge_cmd.merge_cmd)
+    main.add_command(merge_cmd.export_cmd)
     add_store_options(main)
 
 

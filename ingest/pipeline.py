@@ -335,7 +335,13 @@ def _model_row(source, lm) -> dict:
     return {"model_id": source.model_id, "kind": source.kind, "location": str(source.location),
             "family": lm.family.name, "model_type": cfg.model_type, "n_layers": lm.n_layers, "d_mlp": lm.d_mlp,
             "d_model": lm.d_model, "activation": act_name(cfg, lm.family),
-            "config_json": json.dumps(cfg.to_dict(), sort_keys=True, default=str)}
+            "config_json": json.dumps(_config_dict(cfg), sort_keys=True, default=str)}
+
+
+def _config_dict(cfg) -> dict:
+    """The model config without the fields that name where one checkpoint was read from (``_name_or_path``,
+    ``_commit_hash``): the model row is the same whichever checkpoint (or worker) writes it first."""
+    return {k: v for k, v in cfg.to_dict().items() if not k.startswith("_")}
 
 
 def _checkpoint_row(source, ckpt, lm, digest: str | None) -> dict:

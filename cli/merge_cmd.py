@@ -1,0 +1,34 @@
+"""``negdb merge`` and ``negdb export``: many stores, one catalog."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("merge")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--into", default=None, help="Destination store, created if missing (default: --store).")
+@click.option("--no-arrays", is_flag=True, help="Copy catalog segments only, not activation arrays.")
+@click.pass_obj
+def merge_cmd(obj: dict, sources: tuple[str, ...], into: str | None, no_arrays: bool) -> None:
+    """Copy what the store INTO lacks from each SOURCE store: idempotent, the first writer wins.
+
+    A segment stored in INTO under the same key with other content is reported and kept (exit code 2).
+    """
+    from negdb.store.merge import merge
+
+    into = into or obj["store"]
+    report = merge(list(sources), into, arrays=not no_arrays)
+    click.echo(f"merged {len(sources)} store(s) into {into}: {report.summary()}")
+
+
+@click.command("export")
+@click.option("--results", "out", required=True, type=click.Path(),
+              help="Write everything but activations here: a new store folder, or a .tar.gz of one.")
+@click.pass_obj
+def export_cmd(obj: dict, out: str) -> None:
+    """Export a small bundle of the store's results (statistics, sets, evaluations, analyses, runs)."""
+    from negdb.store.merge import export_results
+
+    report = export_results(obj["store"], out)
+    click.echo(f"exported {len(report.copied)} segment(s) of {obj['store']} to {out}")

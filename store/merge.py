@@ -1,0 +1,189 @@
+"""Many stores, one catalog: ``negdb merge SRC... --into DST`` and ``negdb export --results``.
+
+Merging copies every published segment and activation array of the sources that the destination lacks. It is
+idempotent and safe to interrupt, and it follows the store's publish protocol:
+
+- arrays first: each Zarr array's chunk files, then its ``zarr.json`` (an array whose metadata exists is
+  complete; one the destination already has is left alone: the first writer wins);
+- then the segments, detail tables before the rows that make them visible (``neuron_stats`` after
+  ``activations``, ``eval_results`` / ``analyses`` / ``ablations`` / ``neuron_sets`` after their details), each
+  created only if absent;
+- run records last; a run record is a mutable state, so the newer one (``updated_at``) is kept.
+
+A segment the destination already has under the same name with other bytes is compared by content: equal rows
+but for provenance columns (``run_id``, ``created_at``, ...: the same result computed by two workers) count as a
+duplicate and are skipped; anything else is a conflict, reported (:class:`negdb.errors.StoreConflict`), never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from negdb.errors import BadArgument, StoreConflict, StoreError
+from negdb.store.layout import StoreLayout
+from negdb.store.objects import LocalObjects
+
+PROVENANCE = frozenset({"run_id", "created_at", "updated_at", "seconds", "host", "pid"})
+"""Columns that say who computed a row and when, not what it is (ignored when telling a duplicate)."""
+HEAD_TABLES = ("neuron_stats", "neuron_sets", "eval_results", "ablations", "analyses")
+"""Tables whose rows make other rows visible: copied after every detail table, in this order."""
+
+
+@dataclass
+class MergeReport:
+    """What a merge did: object names copied, already present (same bytes or same content), in conflict."""
+
+    copied: list[str] = field(default_factory=list)
+    same: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    conflicts: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+    runs_updated: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{len(self.copied)} object(s) copied, {len(self.same)} already there, {len(self.duplicates)} "
+                f"duplicate segment(s) skipped, {len(self.runs_updated)} run record(s) updated, "
+                f"{len(self.conflicts)} conflict(s)")
+
+
+def _table_of(name: str) -> str:
+    return name.split("/")[1]
+
+
+def _segment_order(names: list[str]) -> list[str]:
+    def key(name: str) -> tuple[int, str]:
+        table = _table_of(name)
+        if table == "runs":
+            return (len(HEAD_TABLES) + 1, name)
+        return (HEAD_TABLES.index(table) + 1 if table in HEAD_TABLES else 0, name)
+
+    return sorted(names, key=key)
+
+
+def _content(data: bytes) -> pa.Table:
+    table = pq.read_table(io.BytesIO(data))
+    return table.drop_columns([c for c in table.column_names if c in PROVENANCE])
+
+
+def _newer_run(new: bytes, old: bytes) -> bool:
+    def updated(data: bytes):
+        return pq.read_table(io.BytesIO(data), columns=["updated_at"]).column(0)[0].as_py()
+
+    try:
+        return updated(new) > updated(old)
+    except (pa.ArrowException, IndexError, KeyError, TypeError):
+        return False
+
+
+def _arrays(src: LocalObjects, names: list[str]) -> dict[str, list[str]]:
+    """Zarr node folder -> its files, for the nodes under ``acts/`` (metadata ``zarr.json`` last)."""
+    nodes: dict[str, list[str]] = {}
+    metas = {n.rsplit("/", 1)[0] for n in names if n.endswith("/zarr.json")}
+    for name in names:
+        folder = name.rsplit("/", 1)[0]
+        node = folder
+        while node not in metas and "/" in node:  # chunk files sit in <array>/c/<i>/<j>
+            node = node.rsplit("/", 1)[0]
+        nodes.setdefault(node, []).append(name)
+    for files in nodes.values():
+        files.sort(key=lambda n: (n.endswith("/zarr.json"), n))
+    return nodes
+
+
+def _copy_arrays(src: LocalObjects, dst: LocalObjects, report: MergeReport) -> None:
+    names = src.list("acts")
+    for node, files in sorted(_arrays(src, names).items()):
+        meta = f"{node}/zarr.json"
+        if dst.exists(meta):
+            if meta in files and json.loads(src.read(meta)).get("shape") != json.loads(dst.read(meta)).get("shape"):
+                report.conflicts.append((node, "an array of another shape is stored under this name"))
+            else:
+                report.same.append(node)
+            continue
+        for name in files:  # chunks first, metadata last: a visible array is whole
+            if name == meta:
+                dst.put_new(name, src.read(name))
+            else:
+                dst.replace(name, src.read(name))
+        report.copied.append(node)
+
+
+def _copy_segment(src: LocalObjects, dst: LocalObjects, name: str, report: MergeReport) -> None:
+    data = src.read(name)
+    if dst.put_new(name, data):
+        report.copied.append(name)
+        return
+    old = dst.read(name)
+    if old == data:
+        report.same.append(name)
+    elif _table_of(name) == "runs":
+        if _newer_run(data, old):
+            dst.replace(name, data)
+            report.runs_updated.append(name)
+        else:
+            report.same.append(name)
+    else:
+        try:
+            dup = _content(data).equals(_content(old))
+        except pa.ArrowException:
+            dup = False
+        if dup:
+            report.duplicates.append(name)
+        else:
+            report.conflicts.append((name, "a segment with this key but other content is already stored"))
+
+
+def merge(sources: list[str | Path], into: str | Path, *, arrays: bool = True,
+          skip_tables: frozenset[str] = frozenset(), strict: bool = True) -> MergeReport:
+    """Copy what ``into`` lacks from each source store (see the module docstring).
+
+    With ``strict`` a conflict raises :class:`StoreConflict` after everything else is copied.
+    """
+    dst_layout = StoreLayout(Path(into)).init()
+    dst = LocalObjects(dst_layout.root)
+    report = MergeReport()
+    for source in sources:
+        layout = StoreLayout(Path(source))
+        if not layout.marker.exists():
+            raise StoreError(f"{source} is not a negdb store (no negdb.json): pass store folders to merge")
+        if layout.root.resolve() == dst_layout.root.resolve():
+            continue
+        StoreLayout(layout.root).init()  # refuses another format
+        src = LocalObjects(layout.root)
+        if arrays:
+            _copy_arrays(src, dst, report)
+        names = [n for n in src.list("tables") if _table_of(n) not in skip_tables]
+        for name in _segment_order(names):
+            _copy_segment(src, dst, name, report)
+    if strict and report.conflicts:
+        first = "; ".join(f"{n}: {why}" for n, why in report.conflicts[:3])
+        more = f" (and {len(report.conflicts) - 3} more)" if len(report.conflicts) > 3 else ""
+        raise StoreConflict(f"{len(report.conflicts)} conflict(s), kept the destination's: {first}{more}; "
+                            f"everything else was merged ({report.summary()})")
+    return report
+
+
+def export_results(store: str | Path, out: str | Path) -> MergeReport:
+    """A bundle of everything but activations (``negdb export --results``): a store folder without arrays and
+    without the ``activations`` table, or a ``.tar.gz`` of one when ``out`` ends so."""
+    out = Path(out)
+    if out.name.endswith((".tar.gz", ".tgz")):
+        with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+            bundle = Path(tmp) / out.name.removesuffix(".gz").removesuffix(".tar").removesuffix(".tgz")
+            report = merge([store], bundle, arrays=False, skip_tables=frozenset({"activations"}))
+            partial = out.with_name(f".{out.name}.partial")
+            with tarfile.open(partial, "w:gz") as tar:
+                tar.add(bundle, arcname=bundle.name)
+            partial.replace(out)
+        return report
+    if out.exists() and any(out.iterdir()) and not (out / "negdb.json").exists():
+        raise BadArgument(f"{out} exists and is not a negdb store: pass a new folder or a .tar.gz name")
+    return merge([store], out, arrays=False, skip_tables=frozenset({"activations"}))
