@@ -50,6 +50,9 @@ def test_merge_equals_one_store_and_is_idempotent(tmp_path: Path, stores: dict[s
     before = store_files(dst)
     again = merge([stores["a"], stores["b"]], dst)
     assert again.copied == [] and again.conflicts == [] and store_files(dst) == before
+    res = cli(dst, "merge", str(stores["a"]), str(stores["b"]))  # --into defaults to --store
+    assert res.exit_code == 0 and "0 object(s) copied" in res.output, res.output
+    assert store_files(dst) == before
 
 
 def test_a_conflicting_segment_is_reported_and_not_overwritten(tmp_path: Path, stores: dict[str, Path]) -> None:
