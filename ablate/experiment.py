@@ -100,8 +100,11 @@ def config(spec: AblateSpec, key: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(spec: AblateSpec, store: str | Path, *, device: str = "auto", progress: bool = True,
-        log: Callable[[str], None] = stderr) -> Experiment:
-    """Run (or read back) the experiment ``spec`` in ``store``; see the module docstring."""
+        log: Callable[[str], None] = stderr, record: bool = True) -> Experiment:
+    """Run (or read back) the experiment ``spec`` in ``store``; see the module docstring.
+
+    ``record=False`` stores the evaluations but not the experiment (one benchmark of a fanned-out experiment,
+    :mod:`negdb.cluster`)."""
     layout = StoreLayout(Path(store))
     check_store(layout, getattr(spec.neurons, "model", None) or "MODEL")
     benches = list(spec.benchmarks)
@@ -123,8 +126,9 @@ def run(spec: AblateSpec, store: str | Path, *, device: str = "auto", progress: 
         aid = ablation_id(key)
         if not (layout.table_dir(ABLATIONS.name) / f"{aid}.parquet").exists():
             aid = find_legacy(cat, rows, spec) or aid
-        _record(layout, aid, config(spec, key), rows)
-        cat.refresh()
+        if record:
+            _record(layout, aid, config(spec, key), rows)
+            cat.refresh()
         return Experiment(aid, main, cmp, got.match, engine.computed, engine.reused, got.all, got.skipped, spec)
 
 

@@ -13,9 +13,9 @@ The typed Python API (every ``negdb`` command is a thin parser over one of these
 
 Everything below is imported on first use (``import negdb`` loads no torch): ``open``/``Database``,
 ``intervene``, ``load`` (a model as negdb loads it), ``connect`` (the catalog), the option groups (``SetSpec``,
-``Controls``, ``Sampling``, ``Limits``, ``Scoring``, ``Bootstrap``, ``IngestSpec``, ``Resources``) and specs
-(``AblateSpec``, ``SweepSpec``, ``LayersSpec``, ``PosSpec``, ``TrainingSpec``, ``PairsSpec``), the intervention registry
-(``register_intervention``, ``Intervention``, ``make_intervention``, ``modes``) and the errors.
+``Controls``, ``Sampling``, ``Limits``, ``Scoring``, ``Bootstrap``, ``IngestSpec``, ``Resources``, ``Executor``)
+and specs (``AblateSpec``, ``SweepSpec``, ``LayersSpec``, ``PosSpec``, ``TrainingSpec``, ``PairsSpec``), the
+intervention registry (``register_intervention``, ``Intervention``, ``make_intervention``, ``modes``) and the errors.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _LAZY = {
     "Controls": "negdb.ablate.options", "ControlKind": "negdb.ablate.options", "AblateSpec": "negdb.ablate.options",
     "Sampling": "negdb.evals.options", "Limits": "negdb.evals.options", "Scoring": "negdb.evals.options",
     "BosPolicy": "negdb.evals.options", "Bootstrap": "negdb.evals.options",
-    "IngestSpec": "negdb.ingest.plan", "Resources": "negdb.ingest.plan",
+    "IngestSpec": "negdb.ingest.plan", "Resources": "negdb.ingest.plan", "Executor": "negdb.cluster.executor",
     "SweepSpec": "negdb.sweep.grid", "LayersSpec": "negdb.analyze.layers", "PosSpec": "negdb.analyze.pos",
     "TrainingSpec": "negdb.analyze.training", "PairsSpec": "negdb.analyze.pairs",
     "Intervention": "negdb.ablate.interventions", "register_intervention": "negdb.ablate.interventions",

@@ -228,16 +228,22 @@ class Database:
     # ------------------------------------------------------------------------------------------ ingest
 
     def ingest(self, model: str, *, checkpoints: Any = "final", tokens: int = 16384, resources: Any = None,
-               device: str | None = None, **spec: Any) -> list[Any]:
+               device: str | None = None, executor: Any = None, **spec: Any) -> list[Any]:
         """``negdb ingest``: statistics of ``model``'s ``checkpoints`` (a list of revisions, or ``all``,
         ``final``, ``every:K``, ``first:N``); further :class:`~negdb.ingest.plan.IngestSpec` fields as keywords
-        (``seq_len``, ``layers``, ``activations``, ``prepend_bos``, ``seed``, ...). Stored checkpoints are skipped."""
+        (``seq_len``, ``layers``, ``activations``, ``prepend_bos``, ``seed``, ...). Stored checkpoints are skipped.
+        ``executor``: a :class:`negdb.cluster.Executor`: one task per checkpoint (see :meth:`run`)."""
         from negdb.ingest.pipeline import ingest
         from negdb.ingest.plan import IngestSpec, Resources
 
         res = resources or Resources(device=self._device(device))
-        return ingest(IngestSpec(model, checkpoints=checkpoints, tokens=tokens, **spec), store=self.path,
-                      resources=res, progress=self.progress, log=self.log)
+        one = IngestSpec(model, checkpoints=checkpoints, tokens=tokens, **spec)
+        if executor is not None and executor.fanned_out:
+            from negdb.cluster import run as fan_out
+
+            return fan_out(one, self.path, executor, resources=res, progress=self.progress,  # type: ignore[no-any-return]
+                           log=self.log)
+        return ingest(one, store=self.path, resources=res, progress=self.progress, log=self.log)
 
     # ------------------------------------------------------------------------------------------ sets
 
@@ -310,7 +316,7 @@ class Database:
                limit: Any = None, sample_seed: int = 0, ppl_tokens: int | None = None, probe_tokens: int = 16384,
                tolerance: float = 0.05, resolution: float = 0.005, max_fraction: float = 0.9,
                scoring: Any = None, bootstrap: Any = None, save: str | None = None, model: str | None = None,
-               device: str | None = None) -> Experiment:
+               device: str | None = None, executor: Any = None) -> Experiment:
         """``negdb ablate``: ``neurons`` (a ``Selection``, ``NeuronSet``, ``SetSpec``, saved set's name, or a
         ``{layer: [neurons]}`` mapping with ``model``) under ``mode``, against the ``controls`` (kinds, or a whole
         :class:`~negdb.ablate.options.Controls`), on ``evals``.
@@ -328,16 +334,24 @@ class Database:
         spec = AblateSpec(self._neurons(neurons, model), mode=mode, evals=evals, controls=controls,
                           sampling=Sampling(limit=limit, ppl_tokens=ppl_tokens, seed=sample_seed),
                           scoring=scoring or Scoring(), bootstrap=bootstrap or Bootstrap(), save=save)
-        return self.run(spec, device=device)
+        return self.run(spec, device=device, executor=executor)  # type: ignore[no-any-return]
 
-    def run(self, spec: Any, *, device: str | None = None) -> Any:
+    def run(self, spec: Any, *, device: str | None = None, executor: Any = None) -> Any:
         """Run (or read back) a spec: ``AblateSpec``, ``SweepSpec``, ``LayersSpec``, ``PosSpec``,
-        ``TrainingSpec``, ``PairsSpec`` or ``IngestSpec``."""
+        ``TrainingSpec``, ``PairsSpec`` or ``IngestSpec``.
+
+        ``executor``: a :class:`negdb.cluster.Executor` (``Executor("dask", workers=4)``, a scheduler's
+        ``address``, or Slurm jobs) fans an ``IngestSpec``, ``AblateSpec``, ``SweepSpec`` or ``TrainingSpec`` out
+        as one task per checkpoint, grid point or benchmark; the result is the serial one's."""
         import importlib
 
         from negdb.ingest.plan import IngestSpec, Resources
 
         dev = self._device(device)
+        if executor is not None and executor.fanned_out:
+            from negdb.cluster import run as fan_out
+
+            return fan_out(spec, self.path, executor, device=dev, progress=self.progress, log=self.log)
         if isinstance(spec, IngestSpec):
             from negdb.ingest.pipeline import ingest
 
@@ -358,9 +372,11 @@ class Database:
               controls: Sequence[str] = ("random", "ppl-matched"), limit: Any = None, ppl_tokens: int | None = None,
               probe_tokens: int = 16384, tolerance: float = 0.05, resolution: float = 0.005,
               max_fraction: float = 0.9, layers: Sequence[int] | None = None, checkpoint: str | None = None,
-              scoring: Any = None, n_boot: int = 1000, device: str | None = None, dry_run: bool = False) -> Any:
+              scoring: Any = None, n_boot: int = 1000, device: str | None = None, dry_run: bool = False,
+              executor: Any = None) -> Any:
         """``negdb sweep``: every (selector, fraction, mode) point once per seed ``s`` of ``seeds`` (``s`` seeds
-        that run's item subsample, random control and bootstrap). ``dry_run``: the work estimate only."""
+        that run's item subsample, random control and bootstrap). ``dry_run``: the work estimate only;
+        ``executor``: a :class:`negdb.cluster.Executor`, one task per grid point (see :meth:`run`)."""
         from negdb.ablate.options import Controls
         from negdb.evals.options import Sampling, Scoring
         from negdb.sweep import SweepSpec, plan
@@ -374,7 +390,7 @@ class Database:
                          n_boot=n_boot)
         if dry_run:
             return plan(spec, self.path)
-        return self.run(spec, device=device)
+        return self.run(spec, device=device, executor=executor)
 
     def report(self, out: str | Path = "negdb-report", models: Sequence[str] | None = None, **kw: Any) -> Any:
         """``negdb report``: the HTML report drawn only from stored results (no model is loaded)."""

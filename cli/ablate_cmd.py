@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import polars as pl
 
-from negdb.cli.groups import (bootstrap_options, controls_options, device_option, evals_option, mode_option,
-                               sampling_options, scoring_options, seed_option, set_options)
+from negdb.cli.groups import (bootstrap_options, controls_options, device_option, evals_option, executor_options,
+                               mode_option, sampling_options, scoring_options, seed_option, set_options)
 from negdb.cli.options import emit, options
 
 
@@ -27,14 +27,21 @@ def _print(df: pl.DataFrame) -> None:
 @bootstrap_options()
 @seed_option("First random-control seed and bootstrap seed (unless --control-seed / --bootstrap-seed).")
 @device_option()
+@executor_options()
 @options("format", "out", "quiet", helps={"out": "Also write the comparison here."})
 @click.pass_obj
-def ablate(obj: dict, fmt: str, out: str | None, quiet: bool, device: str, **kw: object) -> None:
+def ablate(obj: dict, fmt: str, out: str | None, quiet: bool, device: str, executor: object, **kw: object) -> None:
     """Ablate a neuron set (sign-specific) against random and perplexity-matched controls; compare with CIs."""
     from negdb.ablate.experiment import run
     from negdb.ablate.options import AblateSpec
 
-    exp = run(AblateSpec(**kw), obj["store"], device=device, progress=not quiet)  # type: ignore[arg-type]
+    spec = AblateSpec(**kw)  # type: ignore[arg-type]
+    if executor.fanned_out:  # type: ignore[attr-defined]
+        from negdb.cluster import run as fan_out
+
+        exp = fan_out(spec, obj["store"], executor, device=device, progress=not quiet)
+    else:
+        exp = run(spec, obj["store"], device=device, progress=not quiet)
     emit(exp.comparison.render(fmt), out,
          f"ablation {exp.ablation_id}: {exp.computed} evaluations computed, {exp.reused} read from the store "
          f"({obj['store']})" if fmt == "table" else None)

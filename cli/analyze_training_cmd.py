@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from negdb.cli import parse
-from negdb.cli.groups import (bootstrap_options, controls_options, evals_option, ingest_options, mode_option,
-                              resource_options, sampling_options, scoring_options, seed_option)
+from negdb.cli.groups import (bootstrap_options, controls_options, evals_option, executor_options, ingest_options,
+                              mode_option, resource_options, sampling_options, scoring_options, seed_option)
 from negdb.cli.options import emit, options
 
 
@@ -40,14 +40,21 @@ from negdb.cli.options import emit, options
 @bootstrap_options()
 @seed_option("Seed of every random stream without a flag of its own given: the ingest (--ingest-seed), the "
              "random controls (--control-seed) and the bootstrap (--bootstrap-seed).")
+@executor_options()
 @options("format", "out", "quiet")
 @click.pass_obj
-def training(obj: dict, fmt: str, out: str | None, quiet: bool, top: str, resources: object, **kw: object) -> None:
+def training(obj: dict, fmt: str, out: str | None, quiet: bool, top: str, resources: object, executor: object,
+             **kw: object) -> None:
     """Across checkpoints: w_dist per layer, the final top-1% cohort, set overlaps, ablation vs random."""
     from negdb.analyze.training import TrainingSpec, render, run
 
     spec = TrainingSpec(top=parse.k(top), **kw)  # type: ignore[arg-type]
-    result = run(spec, obj["store"], resources=resources, progress=not quiet)
+    if executor.fanned_out:  # type: ignore[attr-defined]
+        from negdb.cluster import run as fan_out
+
+        result = fan_out(spec, obj["store"], executor, resources=resources, progress=not quiet)
+    else:
+        result = run(spec, obj["store"], resources=resources, progress=not quiet)
     what = ("read from the store" if result.reused else
             f"{len(result.ingested)} checkpoint(s) ingested, {result.evaluations_computed} evaluations computed, "
             f"{result.evaluations_reused} read from the store")

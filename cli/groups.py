@@ -312,6 +312,45 @@ def resource_options(*, only: tuple[str, ...] | None = None, helps: Mapping[str,
     return _group("resources", RESOURCE_FLAGS, _resources, only=only, defaults=defaults, helps=helps or {})
 
 
+EXECUTOR_FLAGS = [
+    Flag("kind", ("--executor",), {"type": click.Choice(["local", "dask", "slurm"]), "default": "local",
+                                   "show_default": True,
+                                   "help": "Where the work runs: this process, a Dask cluster (--address / "
+                                           "--scheduler-file, else a local cluster of --workers processes), or "
+                                           "Slurm jobs (dask-jobqueue)."}),
+    Flag("address", ("--address",), {"default": None,
+                                     "help": "--executor dask: the scheduler, e.g. tcp://10.0.0.5:8786."}),
+    Flag("scheduler_file", ("--scheduler-file",), {"default": None, "type": click.Path(dir_okay=False),
+                                                   "help": "--executor dask: the scheduler's file (dask scheduler "
+                                                           "--scheduler-file)."}),
+    Flag("workers", ("--workers",), {"default": None, "type": int,
+                                     "help": "Local cluster worker processes (default 2), or Slurm jobs "
+                                             "(default 1)."}),
+    Flag("gpus_per_job", ("--gpus-per-job",), {"default": 0, "show_default": True, "type": int,
+                                               "help": "--executor slurm: GPUs per job (--gres=gpu:N; tasks then "
+                                                       "ask for one GPU)."}),
+    Flag("partition", ("--partition",), {"default": None, "help": "--executor slurm: partition (sbatch -p)."}),
+    Flag("account", ("--account",), {"default": None, "help": "--executor slurm: account (sbatch -A)."}),
+    Flag("walltime", ("--walltime",), {"default": "04:00:00", "show_default": True,
+                                       "help": "--executor slurm: time per job."}),
+    Flag("memory", ("--job-memory",), {"default": "32GB", "show_default": True,
+                                       "help": "--executor slurm: memory per job."}),
+    Flag("cores", ("--job-cores",), {"default": 4, "show_default": True, "type": int,
+                                     "help": "--executor slurm: CPU cores per job."}),
+]
+
+
+def _executor(raw: dict[str, Any]) -> Any:
+    from negdb.cluster.executor import Executor
+
+    return Executor(**{f.key: raw[f.key] for f in EXECUTOR_FLAGS})
+
+
+def executor_options(**defaults: Any) -> Callable[[F], F]:
+    """``--executor local|dask|slurm`` and its options -> ``executor=Executor(...)``."""
+    return _group("executor", EXECUTOR_FLAGS, _executor, only=None, defaults=defaults, helps={})
+
+
 # ------------------------------------------------------------------------------------------ single flags
 
 def seed_option(help: str = "Seed of every random stream without a flag of its own given "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from negdb.cli import parse
-from negdb.cli.groups import controls_options, device_option, evals_option, sampling_options, scoring_options
+from negdb.cli.groups import (controls_options, device_option, evals_option, executor_options, sampling_options,
+                               scoring_options)
 from negdb.cli.options import emit, options
 
 
@@ -33,11 +34,12 @@ from negdb.cli.options import emit, options
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap draws of the CIs.")
 @device_option()
 @click.option("--dry-run", is_flag=True, help="Print the work estimate only.")
+@executor_options()
 @options("format", "out", "quiet",
          helps={"format": "table (compact tables), json (points, summaries, record) or csv (the summary rows)."})
 @click.pass_obj
 def sweep(obj: dict, dry_run: bool, fmt: str, out: str | None, quiet: bool, device: str, seeds: int, seed: int,
-          fractions: str, by: str, modes: str, layers: str | None, **kw: object) -> None:
+          fractions: str, by: str, modes: str, layers: str | None, executor: object, **kw: object) -> None:
     """Sweep selectors x fractions x modes x seeds: dose-response, selectivity, sign and selector contrasts."""
     from negdb.errors import BadArgument
     from negdb.sweep import SweepSpec, plan, run
@@ -50,7 +52,12 @@ def sweep(obj: dict, dry_run: bool, fmt: str, out: str | None, quiet: bool, devi
     if dry_run:
         emit(plan(spec, obj["store"]).text(), out)
         return
-    sw = run(spec, obj["store"], device=device, progress=not quiet)
+    if executor.fanned_out:  # type: ignore[attr-defined]
+        from negdb.cluster import run as fan_out
+
+        sw = fan_out(spec, obj["store"], executor, device=device, progress=not quiet)
+    else:
+        sw = run(spec, obj["store"], device=device, progress=not quiet)
     how = ("read back from the store" if sw.from_store
            else f"{sw.computed} evaluations computed, {sw.reused} read from the store")
     emit(sw.render(fmt), out, f"sweep {sw.analysis_id}: {how} ({obj['store']})")

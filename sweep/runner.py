@@ -184,6 +184,23 @@ def point_rows(point: GridPoint, direction: str, seed: int, base: Condition, con
     return out
 
 
+def run_points(spec: SweepSpec, store: str | Path, points: list[GridPoint], *, device: str = "auto",
+               progress: bool = False, log: Callable[[str], None] = stderr) -> tuple[int, int]:
+    """Evaluate every condition of ``points`` on every seed of ``spec`` into the store without publishing the
+    sweep (one chunk of a fanned-out sweep, :mod:`negdb.cluster`; the model is loaded once, only if something is
+    missing). Returns (evaluations computed, reused)."""
+    layout = StoreLayout(Path(store))
+    check_store(layout, spec.model)
+    with Catalog(layout.root) as cat:
+        st = setup(cat, spec)
+        runner = _Runner(layout, cat, spec, st, device=device, progress=progress, log=log)
+        for p in points:
+            main = save_auto(cat, selection(cat, spec, st.keys, p.by, p.fraction))
+            for s in spec.seeds:
+                runner.run_point(p, main, s)
+        return runner.engine.computed, runner.engine.reused
+
+
 def run(spec: SweepSpec, store: str | Path, *, device: str = "auto", progress: bool = True,
         log: Callable[[str], None] = stderr) -> Sweep:
     """Run (or read back) the sweep ``spec`` in ``store``; logs the work estimate first."""
