@@ -65,8 +65,10 @@ def __dir__() -> list[str]:
 
 
 def connect(path: str | None = None) -> "Catalog":
-    """Open the catalog of the store at ``path`` (default: ``$NEGDB_STORE`` or ``./negdb-store``)."""
+    """Open the catalog of the store at ``path`` (default: ``$NEGDB_STORE`` or ``./negdb-store``), a folder or an
+    fsspec URL (``s3://bucket/prefix``: read through DuckDB with the filesystem registered on the connection)."""
     from negdb.config import store_path
     from negdb.store.catalog import Catalog
+    from negdb.store.objects import is_url
 
-    return Catalog(store_path(path))
+    return Catalog(path if path is not None and is_url(path) else store_path(path))

@@ -119,6 +119,7 @@ def _register() -> None:
 
     main.add_command(merge_cmd.merge_cmd)
     main.add_command(merge_cmd.export_cmd)
+    main.add_command(merge_cmd.gc_cmd)
     add_store_options(main)
 
 

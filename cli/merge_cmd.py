@@ -32,3 +32,18 @@ def export_cmd(obj: dict, out: str) -> None:
 
     report = export_results(obj["store"], out)
     click.echo(f"exported {len(report.copied)} segment(s) of {obj['store']} to {out}")
+
+
+@click.command("gc")
+@click.option("--grace", default=3600.0, show_default=True, type=float,
+              help="Keep unreferenced array prefixes younger than this many seconds (publications in flight).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed.")
+@click.pass_obj
+def gc_cmd(obj: dict, grace: float, dry_run: bool) -> None:
+    """Remove array prefixes of an object-store store that no activations row names (lost or killed
+    publications)."""
+    from negdb.store.merge import gc
+
+    removed = gc(obj["store"], grace_s=grace, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(removed)} unreferenced array prefix(es)" + "".join(f"\n  {p}" for p in removed))

@@ -138,10 +138,13 @@ def sql(obj: dict, query: str, fmt: str, out: Path | None, max_rows: int, timeou
         query = sys.stdin.read()
     if fmt == "parquet" and out is None:
         raise BadArgument("--format parquet writes a binary file: add --out FILE.parquet")
-    store = Path(obj["store"])
-    if out is not None and _inside(out, store):
+    from negdb.store.objects import is_url, objects_for
+
+    remote = is_url(obj["store"])
+    store = obj["store"] if remote else Path(obj["store"])
+    if out is not None and not remote and _inside(out, store):
         raise BadArgument(f"--out {out} is inside the store {store}: write results outside the store folder")
-    if not store.is_dir():
+    if not (objects_for(store).exists("negdb.json") if remote else Path(store).is_dir()):
         raise StoreError(f"no store at {store}: run `negdb ingest` first or pass --store")
     with negdb.connect(str(store)) as cat:
         res = cat.query(query, max_rows=max_rows, timeout_s=timeout_s)

@@ -35,6 +35,7 @@ from negdb.store.catalog import Catalog
 from negdb.store.faults import crash_point
 from negdb.store.layout import StoreLayout, short_hash
 from negdb.store.locks import exclusive_lock
+from negdb.store.objects import is_url
 from negdb.store.runs import RunRecord, now
 from negdb.store.segments import disk_errors
 
@@ -72,6 +73,10 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
     """
     opts = spec or IngestSpec(**kwargs)  # type: ignore[arg-type]
     res = resources or Resources()
+    if store is not None and is_url(store):
+        from negdb.ingest.remote import ingest_to_url
+
+        return ingest_to_url(opts, str(store), resources=res, progress=progress, log=log)
     layout = StoreLayout(store_path(store))
     source = registry.resolve(opts.model)
     selected = ckpts.select(source, opts.checkpoint_spec)
@@ -111,8 +116,13 @@ def plan(spec: IngestSpec | None = None, *, store: str | Path | None = None, res
     opts = spec or IngestSpec(**kwargs)  # type: ignore[arg-type]
     res = resources or Resources()
     source = registry.resolve(opts.model)
-    return plan_run(opts, StoreLayout(store_path(store)), source, ckpts.select(source, opts.checkpoint_spec),
-                    keep_weights=res.keep_weights)
+    selected = ckpts.select(source, opts.checkpoint_spec)
+    if store is not None and is_url(store):
+        from negdb.ingest.remote import staging_dir
+
+        return plan_run(opts, StoreLayout(staging_dir(str(store))), source, selected,
+                        keep_weights=res.keep_weights, catalog=str(store))
+    return plan_run(opts, StoreLayout(store_path(store)), source, selected, keep_weights=res.keep_weights)
 
 
 def _stored_result(source, ckpt, cplan, log: Log) -> CheckpointResult:

@@ -282,12 +282,13 @@ def _gguf_size(path: Path) -> ModelSize | None:
 # -------------------------------------------------------------------------------------------------- the store
 
 
-def _done_runs(layout, model_id: str) -> list[dict]:
+def _done_runs(root: Path | str, model_id: str) -> list[dict]:
     from negdb.store.catalog import Catalog
+    from negdb.store.objects import is_url
 
-    if not layout.table_dir("runs").is_dir():
+    if not is_url(root) and not (Path(root) / "tables" / "runs").is_dir():
         return []
-    with Catalog(layout.root) as cat:
+    with Catalog(root) as cat:
         rows = cat.arrow("SELECT run_id, revision, slice_id, spec_id, layers, config_json, timings_json FROM runs WHERE kind = 'ingest' "
                          "AND status = 'done'" + (" AND model_id = ?" if model_id else ""),
                          [model_id] if model_id else None).to_pylist()
@@ -363,8 +364,11 @@ def disk_needs(store_root: Path, store_bytes: int, weights_bytes: int, hub_cache
 
 
 def plan_run(opts: IngestSpec, layout, source: ModelSource, selected: list[Checkpoint], *,
-             keep_weights: bool = False) -> RunPlan:
-    """The plan of ingesting ``selected`` checkpoints of ``source`` into the store at ``layout``."""
+             keep_weights: bool = False, catalog: Path | str | None = None) -> RunPlan:
+    """The plan of ingesting ``selected`` checkpoints of ``source`` into the store at ``layout``; ``catalog``: the
+    store whose runs say what is stored and how long ingests took, when not ``layout``'s (an object store whose
+    local staging folder is ``layout``)."""
+    catalog = catalog if catalog is not None else layout.root
     size = model_size(source, selected[-1])
     n_windows = opts.tokens // opts.seq_len
     if n_windows < 1:
@@ -374,7 +378,7 @@ def plan_run(opts: IngestSpec, layout, source: ModelSource, selected: list[Check
     layers = parse_layers(opts.layer_text, size.n_layers)
     md_rows = min(2 * min(opts.md_pairs, tokens // 2), tokens)
     specs = activations_for(opts, [c.revision for c in selected])
-    runs = _done_runs(layout, source.model_id)
+    runs = _done_runs(catalog, source.model_id)
     cached: dict[str, bool | None] = {}
     if source.kind == "hub":
         from negdb.models import hub
@@ -395,7 +399,7 @@ def plan_run(opts: IngestSpec, layout, source: ModelSource, selected: list[Check
             scratch_bytes=nbytes(len(layers)) - nbytes(keep)))
     plan = RunPlan(model_id=source.model_id, kind=source.kind, size=size, tokens=tokens, seq_len=opts.seq_len,
                    layers=len(layers), md_rows=md_rows, keep_weights=keep_weights, checkpoints=plans)
-    all_runs = _done_runs(layout, "") if layout.table_dir("runs").is_dir() else []
+    all_runs = _done_runs(catalog, "")
     times = estimate_times(all_runs, tokens=tokens, size=size, layers=len(layers), checkpoints=len(plan.todo))
     hub_cache = None
     if source.kind == "hub":

@@ -114,11 +114,11 @@ def _check_index(cat: Catalog, keys: Keys, layer: int, neuron: int | None) -> in
     return width[layer]
 
 
-def _array_path(cat: Catalog, keys: Keys, layer: int) -> Path:
+def _array_path(cat: Catalog, keys: Keys, layer: int) -> Path | str:
     rows = cat.arrow("SELECT array_path FROM activations WHERE model_id = ? AND revision = ? AND slice_id = ? "
                      "AND layer = ? LIMIT 1", [keys.model_id, keys.revision, keys.slice_id, layer]).to_pylist()
-    path = cat.layout.root / rows[0]["array_path"] if rows else None
-    if path is None or not path.exists():
+    path = cat.location(rows[0]["array_path"]) if rows else None
+    if path is None or (isinstance(path, Path) and not path.exists()):
         raise NotFound(f"the activations of layer {layer} of {keys.model_id}@{keys.revision} were not kept: "
                          "re-ingest with `--activations all` to store them (the statistics are still shown by "
                          "`negdb neuron`)")

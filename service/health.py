@@ -30,7 +30,7 @@ def health(state: State) -> dict[str, Any]:
         counts = row_counts(snap.listing, state.live.tables)
         now = time.time()
         return {
-            "status": "ok", "version": negdb.__version__, "store": str(state.root.resolve()),
+            "status": "ok", "version": negdb.__version__, "store": str(state.root if isinstance(state.root, str) else state.root.resolve()),
             "snapshot": {"taken_at": dt.datetime.fromtimestamp(snap.built_at, dt.timezone.utc).isoformat(),
                          "age_s": round(now - snap.built_at, 3),
                          "checked_s_ago": round(max(0.0, now - snap.checked_at), 3),

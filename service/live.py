@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -103,19 +104,32 @@ class LiveCatalog:
     """The service's shared, self-refreshing catalog snapshot (thread-safe)."""
 
     def __init__(self, root: Path | str, *, check_interval: float = 0.5) -> None:
-        self.root = Path(root)
-        self.layout = StoreLayout(self.root)
-        self.tables = self.root / "tables"
+        from negdb.store.objects import FsspecObjects, is_url
+
+        self._objects = FsspecObjects(str(root)) if is_url(root) else None
+        self.root: Path | str = str(root) if self._objects is not None else Path(root)
+        self.layout = StoreLayout(Path(root) if self._objects is None else Path("/nonexistent-object-store"))
+        self.tables = Path(root) / "tables" if self._objects is None else Path("/nonexistent-object-store")
         self.check_interval = check_interval
         self.rebuilds = 0
         self._lock = threading.Lock()          # guards _current and the user counts
         self._build_lock = threading.Lock()    # one check or rebuild at a time; readers never wait for it
         self._current = self._build()
 
+    def _fingerprint(self) -> Any:
+        if self._objects is not None:  # an object store: the listing (names, sizes, ETags) is the fingerprint
+            # (entry, 0): no timestamp races to fear, each entry names size and ETag
+            return tuple((f"{n}:{i.get('size')}:{i.get('ETag') or i.get('LastModified')}", 0)
+                         for n, i in self._objects.listing("tables"))
+        return _fingerprint(self.tables)
+
+    def _list(self) -> Any:
+        return self._fingerprint() if self._objects is not None else _listing(self.tables)
+
     def _build(self) -> Snapshot:
-        fingerprint = _fingerprint(self.tables)   # taken first: a change after this point changes it again
+        fingerprint = self._fingerprint()   # taken first: a change after this point changes it again
         listed_at = time.time()
-        listing = _listing(self.tables)
+        listing = self._list()
         return Snapshot(Catalog(self.root), listing, fingerprint, listed_at)
 
     @property
@@ -137,12 +151,12 @@ class LiveCatalog:
             if not force:
                 if time.time() - snap.checked_at < self.check_interval:
                     return False  # another thread just checked
-                fingerprint = _fingerprint(self.tables)
+                fingerprint = self._fingerprint()
                 if fingerprint == snap.fingerprint and not snap.racy:
                     snap.checked_at = time.time()
                     return False
                 listed_at = time.time()
-                if _listing(self.tables) == snap.listing:
+                if self._list() == snap.listing:
                     snap.fingerprint, snap.listed_at, snap.checked_at = fingerprint, listed_at, time.time()
                     return False
             new = self._build()

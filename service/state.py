@@ -31,7 +31,7 @@ DEFAULT_TIMEOUT_S = 10.0
 class ServiceState:
     """The store being served, its live catalog snapshot and the per-query limits."""
 
-    root: Path
+    root: Path | str
     live: LiveCatalog
     max_rows: int = DEFAULT_MAX_ROWS
     timeout_s: float = DEFAULT_TIMEOUT_S
@@ -42,8 +42,10 @@ class ServiceState:
     def open(cls, store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s: float = DEFAULT_TIMEOUT_S,
              check_interval: float = 0.5, max_concurrent_queries: int | None = None) -> ServiceState:
         """Check the arguments and open the store's live catalog (see ``create_app`` for their meaning)."""
-        root = Path(store).expanduser()
-        if not (root / "negdb.json").is_file():
+        from negdb.store.objects import is_url, objects_for
+
+        root: Path | str = str(store) if is_url(store) else Path(store).expanduser()
+        if not objects_for(root).exists("negdb.json"):
             raise StoreError(f"{root} is not a negdb store (no negdb.json): fill it with `negdb --store {root} "
                              "ingest` or pass the right --store")
         if max_rows < 1:

@@ -59,7 +59,7 @@ class QueryResult:
     truncated: bool
 
 
-def _sql_list(paths: list[Path]) -> str:
+def _sql_list(paths: list[Path] | list[str]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
@@ -89,15 +89,26 @@ class Catalog:
     """
 
     def __init__(self, root: Path | str, *, query_memory_limit: str | None = None) -> None:
-        self.layout = StoreLayout(Path(root))
-        self.layout.check()
+        from negdb.store.objects import FsspecObjects, is_url
+
+        self.url = str(root).rstrip("/") if is_url(root) else None
+        self._objects = FsspecObjects(self.url) if self.url else None
+        self.layout = StoreLayout(Path(root) if self.url is None else Path("/nonexistent-object-store"))
+        if self.url is None:
+            self.layout.check()
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET GLOBAL parquet_metadata_cache = true")
-        tables_dir = Path(root).expanduser().resolve() / "tables"
+        fs = None
+        if self._objects is not None:
+            fs = self._objects.fs
+            self.con.register_filesystem(fs)
+            tables_dir: Path | str = self._objects.uri("tables")
+        else:
+            tables_dir = Path(root).expanduser().resolve() / "tables"
         self._tables_dir = tables_dir
         self._memory_limit = query_memory_limit or default_memory_limit()
         self._memory_budget = size_bytes(self._memory_limit) + QUERY_MEMORY_HEADROOM_MIB * 2**20
-        self._safe = hardened_connection(tables_dir, self._memory_limit)
+        self._safe = hardened_connection(tables_dir, self._memory_limit, fs)
         self._safe_lock = threading.Lock()
         self._views: frozenset[str] = frozenset()
         self._listings: dict[str, Listing] = {}
@@ -116,7 +127,7 @@ class Catalog:
         with self._safe_lock:
             changed = set()
             for table in all_tables():
-                listing = segment_listing(self.layout.table_dir(table.name))
+                listing = self._listing(table.name)
                 old = self._listings.get(table.name)
                 if listing == old:
                     continue
@@ -134,9 +145,17 @@ class Catalog:
                 self._safe.execute(NEURONS_VIEW)
             self._views = frozenset(self._listings) | {"neurons"}
 
+    def _listing(self, table: str) -> Listing:
+        """(path or URL, size, modification stamp) of each published segment of ``table``."""
+        if self._objects is None:
+            return segment_listing(self.layout.table_dir(table))
+        return tuple((self._objects.uri(name), int(info.get("size") or 0), hash(str(info.get("ETag")
+                      or info.get("LastModified") or info.get("mtime") or info.get("created"))))
+                     for name, info in self._objects.listing(f"tables/{table}"))
+
     def _view(self, table: Table, listing: Listing, old: Listing | None) -> None:
         """Make ``table``'s view on both databases over the segments of ``listing`` (``old``: the last one)."""
-        segments = [Path(p) for p, _, _ in listing]
+        segments: list = [Path(p) if self._objects is None else p for p, _, _ in listing]
         if not segments:
             self.con.execute(f"DROP VIEW IF EXISTS {table.name}")
             self.con.register(f"_empty_{table.name}", table.schema.empty_table())
@@ -146,11 +165,13 @@ class Catalog:
         folder = self.layout.table_dir(table.name)
         hive = _HIVE if all("/model_id=" in str(p) for p in segments) else ""
         kept = set(old or ())
-        added = ([Path(e[0]) for e in listing if e not in kept]
+        added = ([segments[i] for i, e in enumerate(listing) if e not in kept]
                  if old and table.name in SMALL_TABLES and kept <= set(listing) else [])
-        def resolved(ps: list[Path]) -> list[Path]:
+        def resolved(ps: list) -> list:
             # the hardened database reads the same files by their resolved paths (inside allowed_directories)
-            return [self._tables_dir / p.relative_to(folder.parent) for p in ps]
+            if self._objects is not None:
+                return ps
+            return [self._tables_dir / p.relative_to(folder.parent) for p in ps]  # type: ignore[operator]
 
         # a layer held by two neuron_stats segments (an older negdb's resume could write one twice) is shown once
         repeated = duplicate_layers(self.con, list(listing)) if table.name == "neuron_stats" else {}
@@ -182,6 +203,10 @@ class Catalog:
             else:
                 once = ""
             con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _mem_{table.name}{once}")
+
+    def location(self, rel: str) -> Path | str:
+        """Where a stored object is: its path in a store folder, its URL in an object store (zarr opens both)."""
+        return self._objects.uri(rel) if self._objects is not None else self.layout.root / rel
 
     def view_names(self) -> frozenset[str]:
         """The views user SQL may read."""

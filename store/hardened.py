@@ -14,6 +14,7 @@ import re
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -77,8 +78,12 @@ def empty_select(table: Table) -> str:
     return f"SELECT {cols} WHERE false"
 
 
-def hardened_connection(tables_dir: Path | None, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
+def hardened_connection(tables_dir: Path | str | None, memory_limit: str | None,
+                        filesystem: Any = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that can read files only under ``tables_dir`` (none if None), locked.
+
+    ``filesystem``: an fsspec filesystem registered on the connection (an object-store store: ``tables_dir`` is
+    then its ``s3://bucket/prefix/tables`` URL, and ``allowed_directories`` fences it the same way).
 
     Settings (each checked by tests/test_sql_safety.py): no extension auto-install/auto-load, no
     community or unsigned extensions, no Python replacement scans (local variables as tables), no
@@ -97,6 +102,8 @@ def hardened_connection(tables_dir: Path | None, memory_limit: str | None) -> du
         "memory_limit": memory_limit or default_memory_limit(),
     })
     con.execute("SET GLOBAL parquet_metadata_cache = true")  # Parquet footers parsed once, for every cursor
+    if filesystem is not None:
+        con.register_filesystem(filesystem)
     if tables_dir is not None:
         # allowed_directories can only be set once the database runs; a trailing '/' keeps siblings out
         con.execute("SET allowed_directories = ?", [[str(tables_dir).rstrip("/") + "/"]])

@@ -29,8 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negdb.errors import BadArgument, StoreConflict, StoreError
-from negdb.store.layout import StoreLayout
-from negdb.store.objects import LocalObjects
+from negdb.store.layout import FORMAT_VERSION, StoreLayout
+from negdb.store.objects import FsspecObjects, LocalObjects, is_url, objects_for
+
+Objects = LocalObjects | FsspecObjects
 
 PROVENANCE = frozenset({"run_id", "created_at", "updated_at", "seconds", "host", "pid"})
 """Columns that say who computed a row and when, not what it is (ignored when telling a duplicate)."""
@@ -83,7 +85,7 @@ def _newer_run(new: bytes, old: bytes) -> bool:
         return False
 
 
-def _arrays(src: LocalObjects, names: list[str]) -> dict[str, list[str]]:
+def _arrays(src: Objects, names: list[str]) -> dict[str, list[str]]:
     """Zarr node folder -> its files, for the nodes under ``acts/`` (metadata ``zarr.json`` last)."""
     nodes: dict[str, list[str]] = {}
     metas = {n.rsplit("/", 1)[0] for n in names if n.endswith("/zarr.json")}
@@ -98,7 +100,7 @@ def _arrays(src: LocalObjects, names: list[str]) -> dict[str, list[str]]:
     return nodes
 
 
-def _copy_arrays(src: LocalObjects, dst: LocalObjects, report: MergeReport) -> None:
+def _copy_arrays(src: Objects, dst: Objects, report: MergeReport) -> None:
     names = src.list("acts")
     for node, files in sorted(_arrays(src, names).items()):
         meta = f"{node}/zarr.json"
@@ -116,7 +118,7 @@ def _copy_arrays(src: LocalObjects, dst: LocalObjects, report: MergeReport) -> N
         report.copied.append(node)
 
 
-def _copy_segment(src: LocalObjects, dst: LocalObjects, name: str, report: MergeReport) -> None:
+def _copy_segment(src: Objects, dst: Objects, name: str, report: MergeReport) -> None:
     data = src.read(name)
     if dst.put_new(name, data):
         report.copied.append(name)
@@ -141,23 +143,41 @@ def _copy_segment(src: LocalObjects, dst: LocalObjects, name: str, report: Merge
             report.conflicts.append((name, "a segment with this key but other content is already stored"))
 
 
+def open_store(store: str | Path, *, create: bool = False) -> Objects:
+    """The objects of a store folder or URL; refuses one that is not a negdb store (unless ``create``)."""
+    if not is_url(store):
+        layout = StoreLayout(Path(store).expanduser())
+        if not layout.marker.exists() and not create:
+            raise StoreError(f"{store} is not a negdb store (no negdb.json): pass store folders or URLs")
+        layout.init()  # refuses another format
+        return LocalObjects(layout.root)
+    objects = objects_for(store)
+    marker = json.dumps({"format": FORMAT_VERSION}).encode()
+    if create:
+        objects.put_new("negdb.json", marker)
+    if not objects.exists("negdb.json"):
+        raise StoreError(f"{store} is not a negdb store (no negdb.json): pass store folders or URLs")
+    fmt = json.loads(objects.read("negdb.json")).get("format")
+    if fmt != FORMAT_VERSION:
+        raise StoreError(f"{store} holds a negdb store of format {fmt}; this negdb reads format {FORMAT_VERSION}")
+    return objects
+
+
 def merge(sources: list[str | Path], into: str | Path, *, arrays: bool = True,
           skip_tables: frozenset[str] = frozenset(), strict: bool = True) -> MergeReport:
-    """Copy what ``into`` lacks from each source store (see the module docstring).
+    """Copy what ``into`` lacks from each source store, folders or URLs (see the module docstring).
 
     With ``strict`` a conflict raises :class:`StoreConflict` after everything else is copied.
     """
-    dst_layout = StoreLayout(Path(into)).init()
-    dst = LocalObjects(dst_layout.root)
+    for source in sources:
+        open_store(source)
+    dst = open_store(into, create=True)
     report = MergeReport()
     for source in sources:
-        layout = StoreLayout(Path(source))
-        if not layout.marker.exists():
-            raise StoreError(f"{source} is not a negdb store (no negdb.json): pass store folders to merge")
-        if layout.root.resolve() == dst_layout.root.resolve():
+        if str(source).rstrip("/") == str(into).rstrip("/") or (
+                not is_url(source) and not is_url(into) and Path(source).resolve() == Path(into).resolve()):
             continue
-        StoreLayout(layout.root).init()  # refuses another format
-        src = LocalObjects(layout.root)
+        src = open_store(source)
         if arrays:
             _copy_arrays(src, dst, report)
         names = [n for n in src.list("tables") if _table_of(n) not in skip_tables]
@@ -187,3 +207,79 @@ def export_results(store: str | Path, out: str | Path) -> MergeReport:
     if out.exists() and any(out.iterdir()) and not (out / "negdb.json").exists():
         raise BadArgument(f"{out} exists and is not a negdb store: pass a new folder or a .tar.gz name")
     return merge([store], out, arrays=False, skip_tables=frozenset({"activations"}))
+
+
+def _group_of(array_path: str) -> str:
+    """The acts group of a stored layer array (``acts/<m>/<r>/<slice>[/<publication>]``)."""
+    return array_path.split("/preact/", 1)[0]
+
+
+def publish(scratch: str | Path, into: str | Path, *, fail_after_arrays: bool = False) -> MergeReport:
+    """Publish a local store's results to an object store without renames (``negdb ingest --store s3://...``).
+
+    Each job's arrays are uploaded under a prefix unique to this publication (``<acts group>/<publication>/``,
+    whole objects: chunk and shard files, then each array's ``zarr.json``), and become visible only through the
+    ``activations`` segment naming them, created with a conditional PUT. A job someone else published first keeps
+    theirs: this publication's prefix is deleted again. A publication killed midway leaves only an unreferenced
+    prefix (``negdb gc`` removes it) and no visible row; the rest is :func:`merge`'s segment copy.
+    """
+    import uuid
+
+    src = open_store(scratch)
+    dst = open_store(into, create=True)
+    report = MergeReport()
+    for name in src.list("tables/activations"):
+        if dst.exists(name):
+            report.same.append(name)
+            continue
+        table = pq.read_table(io.BytesIO(src.read(name)))
+        groups = sorted({_group_of(p) for p in table.column("array_path").to_pylist()})
+        pub = uuid.uuid4().hex[:12]
+        moved = {g: f"{g}/{pub}" for g in groups}
+        for g in groups:
+            files = src.list(g)
+            for f in sorted(files, key=lambda n: (n.endswith("zarr.json"), -n.count("/"), n)):
+                dst.replace(moved[g] + f[len(g):], src.read(f))
+        if fail_after_arrays:
+            raise RuntimeError("publication stopped after the arrays (test hook)")
+        paths = [moved[_group_of(p)] + p[len(_group_of(p)):] for p in table.column("array_path").to_pylist()]
+        table = table.set_column(table.column_names.index("array_path"), "array_path", pa.array(paths))
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        if dst.put_new(name, buf.getvalue()):
+            report.copied.append(name)
+        else:  # another worker published this job first: ours is not referenced, remove it
+            for g in groups:
+                dst.delete_prefix(moved[g])  # type: ignore[union-attr]
+            report.duplicates.append(name)
+    names = [n for n in src.list("tables") if _table_of(n) != "activations"]
+    for name in _segment_order(names):
+        _copy_segment(src, dst, name, report)
+    return report
+
+
+def gc(store: str | Path, *, grace_s: float = 3600.0, dry_run: bool = False) -> list[str]:
+    """Remove array prefixes of an object store that no ``activations`` row names (publications that lost a race
+    or were killed), once older than ``grace_s``; returns the prefixes removed (or, with ``dry_run``, found)."""
+    import time
+
+    from negdb.store.catalog import Catalog
+
+    objects = open_store(store)
+    if not isinstance(objects, FsspecObjects):
+        return []
+    with Catalog(str(store)) as cat:
+        referenced = set(cat.arrow("SELECT DISTINCT array_path FROM activations").column(0).to_pylist())
+    groups = {_group_of(p) for p in referenced}
+    newest: dict[str, float] = {}
+    for name, info in objects.listing("acts"):
+        prefix = "/".join(name.split("/")[:5])  # acts/<model>/<revision>/<slice>/<publication>
+        when = info.get("LastModified") or info.get("mtime") or info.get("created")
+        stamp = when.timestamp() if hasattr(when, "timestamp") else float(when or 0)
+        newest[prefix] = max(newest.get(prefix, 0.0), stamp)
+    now = time.time()
+    stale = sorted(p for p, t in newest.items() if p not in groups and now - t >= grace_s)
+    if not dry_run:
+        for prefix in stale:
+            objects.delete_prefix(prefix)
+    return stale

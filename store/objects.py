@@ -53,3 +53,92 @@ class LocalObjects:
 
     def replace(self, name: str, data: bytes) -> None:
         atomic_write_bytes(self.root / name, data)
+
+
+def is_url(store: str | Path) -> bool:
+    """Whether ``store`` names an fsspec URL (``s3://bucket/prefix``, ``memory://x``) rather than a folder."""
+    text = str(store)
+    return "://" in text and not text.startswith("file://")
+
+
+class FsspecObjects:
+    """The objects of a store at an fsspec URL (S3 and others).
+
+    ``put_new`` is a conditional write (S3: ``PUT`` with ``If-None-Match: *``, through s3fs's ``mode="create"``):
+    of two writers of one name exactly one succeeds, with no rename and no lock. Objects are written whole.
+    """
+
+    def __init__(self, url: str, **storage_options: object) -> None:
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.fs, self.base = fsspec.core.url_to_fs(self.url, **storage_options)
+        self.base = self.base.rstrip("/")
+        self.protocol = self.url.split("://", 1)[0]
+
+    def __repr__(self) -> str:
+        return f"FsspecObjects({self.url!r})"
+
+    def full(self, name: str) -> str:
+        """The object's path as the filesystem names it (no protocol)."""
+        return f"{self.base}/{name}"
+
+    def uri(self, name: str) -> str:
+        """The object's URL (with the protocol), as DuckDB and zarr open it."""
+        return f"{self.protocol}://{self.full(name)}"
+
+    def list(self, prefix: str) -> list[str]:
+        return [name for name, _ in self.listing(prefix)]
+
+    def listing(self, prefix: str) -> list[tuple[str, dict]]:
+        """(name, details) of the published objects under ``prefix``, sorted by name."""
+        self.fs.invalidate_cache(self.full(prefix))
+        try:
+            found = self.fs.find(self.full(prefix), detail=True)
+        except FileNotFoundError:
+            return []
+        cut = len(self.base) + 1
+        out = []
+        for path, info in found.items():
+            name = path[cut:] if path.startswith(self.base + "/") else path
+            if not name.rsplit("/", 1)[-1].startswith(".") and info.get("type", "file") != "directory":
+                out.append((name, info))
+        return sorted(out, key=lambda e: e[0])
+
+    def exists(self, name: str) -> bool:
+        self.fs.invalidate_cache(self.full(name))
+        return bool(self.fs.exists(self.full(name)))
+
+    def read(self, name: str) -> bytes:
+        return self.fs.cat_file(self.full(name))
+
+    def size(self, name: str) -> int:
+        return int(self.fs.size(self.full(name)))
+
+    def put_new(self, name: str, data: bytes) -> bool:
+        """Create ``name`` unless it exists (a conditional PUT); True if this call created it."""
+        try:
+            self.fs.pipe_file(self.full(name), data, mode="create")
+            return True
+        except (FileExistsError, OSError) as err:
+            if self.exists(name):  # the condition failed: another writer was first
+                return False
+            raise err
+        except TypeError:  # a filesystem without mode="create": check, then write (not atomic)
+            if self.exists(name):
+                return False
+            self.fs.pipe_file(self.full(name), data)
+            return True
+
+    def replace(self, name: str, data: bytes) -> None:
+        self.fs.pipe_file(self.full(name), data)
+
+    def delete_prefix(self, prefix: str) -> None:
+        names = self.list(prefix)
+        if names:
+            self.fs.rm([self.full(n) for n in names])
+
+
+def objects_for(store: str | Path) -> LocalObjects | FsspecObjects:
+    """The objects of a store folder or URL."""
+    return FsspecObjects(str(store)) if is_url(store) else LocalObjects(Path(store).expanduser())

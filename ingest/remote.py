@@ -1,0 +1,62 @@
+"""``negdb ingest --store s3://bucket/prefix``: ingest in a local staging store, publish to the object store.
+
+Each checkpoint the object store lacks (its ``runs`` say what is stored) is ingested by the ordinary local
+pipeline into a staging store (``$NEGDB_CACHE/staging/<hash of the URL>``: resumable work folders, flushed whole
+shards), then published with conditional writes (:func:`negdb.store.merge.publish`: arrays under a prefix unique to
+the publication, visible only through the segment that names them; no renames). The staged arrays are removed once
+published. Two workers ingesting the same checkpoint both compute it, but only the first publication is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from negdb.config import cache_dir
+from negdb.store.layout import StoreLayout, short_hash
+
+Log = Callable[[str], None]
+
+
+def staging_dir(url: str) -> Path:
+    """The local staging store of an object-store URL."""
+    return cache_dir() / "staging" / short_hash("staging-v1", url.rstrip("/"), n=16)
+
+
+def ingest_to_url(opts: Any, url: str, *, resources: Any, progress: bool, log: Log) -> list[Any]:
+    """Ingest each selected checkpoint of the :class:`~negdb.ingest.plan.IngestSpec` ``opts`` into ``url`` (see the
+    module docstring), with ``resources``; one result per checkpoint."""
+    import shutil
+
+    from negdb.ingest import runplan
+    from negdb.ingest.corpus import load_corpus
+    from negdb.ingest.pipeline import CheckpointResult, ingest
+    from negdb.models import checkpoints as ckpts
+    from negdb.models import registry
+    from negdb.store.merge import open_store, publish
+
+    source = registry.resolve(opts.model)
+    selected = ckpts.select(source, opts.checkpoint_spec)
+    load_corpus(opts.dataset, text_field=opts.text_field)  # a bad --dataset fails before anything is written
+    open_store(url, create=True)
+    staging = StoreLayout(staging_dir(url))
+    plan = runplan.plan_run(opts, staging, source, selected, keep_weights=resources.keep_weights, catalog=url)
+    log(plan.render().replace("disk (store", "disk (staging") + f"\n  staging: {staging.root}, published to {url}")
+    plan.check_disk()
+    specs = runplan.activations_for(opts, [c.revision for c in selected])
+    results = []
+    for c, cp in zip(selected, plan.checkpoints):
+        if cp.stored_run is not None:
+            run_id, slice_id, spec_id, layers = cp.stored_run
+            log(f"{source.model_id}@{c.revision}: already in {url} (run {run_id}); nothing to do")
+            results.append(CheckpointResult(source.model_id, c.revision, "already", None, 0, layers, 0.0,
+                                            slice_id, spec_id))
+            continue
+        one = replace(opts, checkpoints=(c.revision,), activations=specs[c.revision])
+        (res,) = ingest(one, store=staging.root, resources=resources, progress=progress, log=log)
+        report = publish(staging.root, url)
+        log(f"{source.model_id}@{c.revision}: published to {url} ({report.summary()})")
+        shutil.rmtree(staging.root / "acts", ignore_errors=True)
+        results.append(res)
+    return results
