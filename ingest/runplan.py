@@ -314,6 +314,23 @@ def _stored(runs: list[dict], opts: IngestSpec, revision: str, keep: int
     return None
 
 
+def stored_run(catalog: Path | str, opts: IngestSpec, revision: str, keep: int
+               ) -> tuple[str, str, str, list[int]] | None:
+    """The done ingest run in the store at ``catalog`` (a folder or URL) that covers ``revision`` of ``opts``
+    with at least ``keep`` kept layers, as (run_id, slice_id, spec_id, layers); None if there is none yet."""
+    from negdb.models.registry import resolve
+
+    return _stored(_done_runs(catalog, resolve(opts.model).model_id), opts, revision, keep)
+
+
+def lease_key(model_id: str, revision: str, opts: IngestSpec) -> str:
+    """The lease of one checkpoint's ingest into an object store: the same arguments, the same lease."""
+    from negdb.store.layout import short_hash
+
+    record = opts.record()
+    return short_hash("ingest-lease-v1", model_id, revision, {k: record[k] for k in SAME_STATS_KEYS})
+
+
 def estimate_times(runs: list[dict], *, tokens: int, size: ModelSize, layers: int, checkpoints: int
                    ) -> list[TimeEstimate]:
     """Hours for ``checkpoints`` ingests per device kind, from stored done runs that recorded their device.

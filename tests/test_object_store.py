@@ -160,3 +160,27 @@ def test_serve_reads_an_object_store(url: str, local: dict[str, Path]) -> None:
         assert "384" in res.text
     with pytest.raises(NegdbError):
         create_app(f"{url}-missing")
+
+
+def test_two_workers_at_once_one_computes_under_the_lease(url: str, local: dict[str, Path], tmp_path: Path,
+                                                         s3: str) -> None:
+    """Two processes (their own staging folders) ingest one checkpoint into one S3 store at the same time: the
+    lease makes one compute and publish, the other wait and find it stored; nothing is computed twice."""
+    import subprocess
+    import sys
+
+    procs = []
+    for worker in ("w1", "w2"):
+        env = {**os.environ, **s3_env(s3), "NEGDB_CACHE": str(tmp_path / worker), "HF_HUB_OFFLINE": "1"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "negdb.cli", "--store", url, "ingest", "--model", str(local["run"]),
+             "--checkpoints", "step1000", "--tokens", "512", "--seq-len", "32", "--md-pairs", "100", "--quiet"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=500) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    said = sorted(out for out, _ in outs)
+    assert said[0].startswith("0 checkpoint(s) ingested, 1 already") and said[1].startswith("1 checkpoint(s)"), outs
+    objects = FsspecObjects(url)
+    assert len(objects.list("tables/neuron_stats")) == 1 and len(objects.list("tables/runs")) == 1
+    assert len({"/".join(n.split("/")[:5]) for n in objects.list("acts")}) == 1  # one publication, no loser
+    assert len(objects.list("leases")) == 1  # one lease generation: nobody took over

@@ -1,0 +1,93 @@
+"""Lease objects (negdb.store.lease), the object-store form of the per-checkpoint flock: one holder at a time,
+waiters see the work done or take over a released or expired lease, of two takers exactly one wins."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from negdb.store import lease
+from negdb.store.objects import LocalObjects
+
+
+def test_one_holder_at_a_time_and_the_next_generation_after_release(tmp_path: Path) -> None:
+    objects = LocalObjects(tmp_path)
+    inside: list[int] = []
+    overlaps: list[int] = []
+    waited: list[str] = []
+
+    def worker(i: int) -> None:
+        with lease.held(objects, "k", poll_s=0.02, on_wait=waited.append) as mine:
+            assert mine
+            inside.append(i)
+            if len(inside) > 1:
+                overlaps.append(i)
+            time.sleep(0.2)
+            inside.remove(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
+    assert len(waited) == 2  # each waiter is told once who holds it
+    names = objects.list("leases/k")
+    assert names == [f"leases/k/{g:08d}.json" for g in range(3)]  # one generation per holder
+    assert all(json.loads(objects.read(n))["released"] for n in names)
+
+
+def test_a_waiter_stops_when_the_work_is_done(tmp_path: Path) -> None:
+    objects = LocalObjects(tmp_path)
+    finished = threading.Event()
+    got: list[bool] = []
+
+    def waiter() -> None:
+        with lease.held(objects, "k", poll_s=0.02, done=finished.is_set) as mine:
+            got.append(mine)
+
+    with lease.held(objects, "k") as mine:
+        assert mine
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.1)
+        finished.set()  # the holder published: the waiter does not take the lease
+        t.join()
+    assert got == [False]
+    assert objects.list("leases/k") == ["leases/k/00000000.json"]
+
+
+def test_an_expired_lease_is_taken_over_by_exactly_one(tmp_path: Path) -> None:
+    objects = LocalObjects(tmp_path)
+    # a holder that died: its lease was never released and is no longer renewed
+    objects.put_new("leases/k/00000000.json", json.dumps({"owner": "dead:1", "expires": time.time() - 1,
+                                                         "released": False}).encode())
+    winners: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def taker(i: int) -> None:
+        barrier.wait()
+        with lease.held(objects, "k", poll_s=0.02) as mine:
+            assert mine
+            winners.append(i)
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=taker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(winners) == [0, 1]  # both ran, one after the other (generations 1 and 2)
+    assert objects.list("leases/k")[-1] == "leases/k/00000002.json"
+
+
+def test_a_holder_renews_its_lease(tmp_path: Path) -> None:
+    objects = LocalObjects(tmp_path)
+    with lease.held(objects, "k", ttl_s=0.3) as mine:
+        assert mine
+        first = json.loads(objects.read("leases/k/00000000.json"))["expires"]
+        time.sleep(0.5)
+        later = json.loads(objects.read("leases/k/00000000.json"))
+        assert later["expires"] > first and not later["released"]  # renewed, still live past the first expiry
