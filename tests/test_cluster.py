@@ -206,7 +206,7 @@ def test_slurm_job_script(tmp_path: Path) -> None:
 ])
 def test_bad_executor_options_are_one_line(tmp_path: Path, run_dir: Path, args: list[str], message: str) -> None:
     res = cli(tmp_path / "s", "ingest", "--model", str(run_dir), *args, "--quiet")
-    assert_one_error(res)
+    assert_one_error(res, BadArgument)
     assert message in res.stderr
     with pytest.raises(BadArgument):
         Executor(kind="ray")

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import negdb
-from negdb.errors import StoreConflict
+from negdb.errors import StoreConflict, StoreError
 from negdb.ingest import ingest
 from negdb.query import neuron
 from negdb.store.merge import export_results, merge
@@ -70,7 +70,7 @@ def test_a_conflicting_segment_is_reported_and_not_overwritten(tmp_path: Path, s
         merge([other], dst)
     assert (dst / seg.relative_to(other)).read_bytes() == kept
     res = cli(tmp_path / "x", "merge", str(other), "--into", str(dst))
-    assert_one_error(res)
+    assert_one_error(res, StoreConflict)
 
 
 def test_export_results_is_everything_but_activations(tmp_path: Path, stores: dict[str, Path]) -> None:
@@ -93,4 +93,5 @@ def test_export_results_is_everything_but_activations(tmp_path: Path, stores: di
 
 def test_merge_refuses_a_folder_that_is_not_a_store(tmp_path: Path) -> None:
     (tmp_path / "nostore").mkdir()
-    assert_one_error(cli(tmp_path / "x", "merge", str(tmp_path / "nostore"), "--into", str(tmp_path / "d")))
+    assert_one_error(cli(tmp_path / "x", "merge", str(tmp_path / "nostore"), "--into", str(tmp_path / "d")),
+                     StoreError)
