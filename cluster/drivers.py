@@ -59,7 +59,7 @@ def ingest(spec: Any, store: str | Path | None, executor: Executor, *, resources
            progress: bool = True, log: Log = _stderr) -> list[Any]:
     """``negdb ingest --executor ...``: one task per checkpoint; returns one result per checkpoint, in order."""
     from negdb.ingest import runplan
-    from negdb.ingest.pipeline import CheckpointResult
+    from negdb.ingest.result import CheckpointResult
     from negdb.ingest.plan import Resources
     from negdb.models import checkpoints as ckpts
     from negdb.models import registry

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,9 @@ from negdb.ingest.corpus import load_corpus
 from negdb.ingest.layerstats import PairPlan, layer_stats
 from negdb.ingest.plan import (IngestSpec, Resources, StatSpec, batch_windows, check_disk, estimate_bytes,
                                human_bytes, parse_activations, parse_layers, stat_spec)
-from negdb.ingest.runplan import RunPlan, activations_for, plan_run
 from negdb.ingest.publish import JobKeys, publish_activations, publish_metadata, publish_stats
+from negdb.ingest.result import CheckpointResult
+from negdb.ingest.runplan import RunPlan, activations_for, plan_run
 from negdb.ingest.slices import TokenSlice, make_slice
 from negdb.ingest.state import JobState
 from negdb.ingest.stream import StreamPlan, stream
@@ -40,22 +41,6 @@ from negdb.store.runs import RunRecord, now
 from negdb.store.segments import disk_errors
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class CheckpointResult:
-    """What happened to one checkpoint."""
-
-    model_id: str
-    revision: str
-    status: str  # ingested | resumed | already
-    run_id: str | None
-    n_tokens: int
-    layers: list[int]
-    seconds: float
-    slice_id: str | None = None
-    spec_id: str | None = None
-    """The statistics keys of this checkpoint's ingest (with model_id and revision: what neuron sets select from)."""
 
 
 def _stderr(msg: str) -> None:
@@ -76,7 +61,7 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
     if store is not None and is_url(store):
         from negdb.ingest.remote import ingest_to_url
 
-        return ingest_to_url(opts, str(store), resources=res, progress=progress, log=log)
+        return ingest_to_url(opts, str(store), resources=res, progress=progress, log=log, ingest_folder=ingest)
     layout = StoreLayout(store_path(store))
     source = registry.resolve(opts.model)
     selected = ckpts.select(source, opts.checkpoint_spec)

@@ -27,15 +27,16 @@ def staging_dir(url: str) -> Path:
     return cache_dir() / "staging" / short_hash("staging-v1", url.rstrip("/"), n=16)
 
 
-def ingest_to_url(opts: Any, url: str, *, resources: Any, progress: bool, log: Log, poll_s: float = 2.0
-                  ) -> list[Any]:
+def ingest_to_url(opts: Any, url: str, *, resources: Any, progress: bool, log: Log, ingest_folder: Callable[..., Any],
+                  poll_s: float = 2.0) -> list[Any]:
     """Ingest each selected checkpoint of the :class:`~negdb.ingest.plan.IngestSpec` ``opts`` into ``url`` (see the
-    module docstring), with ``resources``; one result per checkpoint."""
+    module docstring), with ``resources``; one result per checkpoint. ``ingest_folder``: the pipeline's ingest into
+    a store folder (:func:`negdb.ingest.pipeline.ingest`), run in the staging store."""
     import shutil
 
     from negdb.ingest import runplan
     from negdb.ingest.corpus import load_corpus
-    from negdb.ingest.pipeline import CheckpointResult, ingest
+    from negdb.ingest.result import CheckpointResult
     from negdb.models import checkpoints as ckpts
     from negdb.models import registry
     from negdb.store import lease
@@ -66,7 +67,7 @@ def ingest_to_url(opts: Any, url: str, *, resources: Any, progress: bool, log: L
 
             with lease.held(objects, key, done=published, on_wait=waiting, poll_s=poll_s) as mine:
                 if mine and not published():
-                    (res,) = ingest(one, store=staging.root, resources=resources, progress=progress, log=log)
+                    (res,) = ingest_folder(one, store=staging.root, resources=resources, progress=progress, log=log)
                     report = publish(staging.root, url)
                     log(f"{source.model_id}@{c.revision}: published to {url} ({report.summary()})")
                     shutil.rmtree(staging.root / "acts", ignore_errors=True)
