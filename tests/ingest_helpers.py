@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,3 +72,13 @@ def stats_frame(store: Path) -> pl.DataFrame:
 def store_files(store: Path) -> list[str]:
     """Every file under ``store`` except lock files (relative paths, sorted)."""
     return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file() and "locks" not in p.parts)
+
+
+def work_state(store: Path) -> dict | None:
+    """The ``state.json`` of an ingest in progress in ``store`` (its first work folder), or None."""
+    for path in (store / "work").glob("*/state.json") if (store / "work").exists() else []:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+    return None

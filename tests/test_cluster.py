@@ -21,7 +21,7 @@ from negdb.cluster.executor import Executor, slurm_cluster
 from negdb.errors import BadArgument
 from negdb.ingest import ingest
 from negdb.ingest.plan import IngestSpec, Resources
-from tests.ingest_helpers import assert_one_error, cli, stats_frame, store_files
+from tests.ingest_helpers import assert_one_error, cli, stats_frame, store_files, work_state
 from tests.tiny_models import save_step_run, save_tiny
 
 pytestmark = pytest.mark.timeout(600)
@@ -87,15 +87,6 @@ def test_duplicate_submissions_leave_one_segment(tmp_path: Path, cluster, run_di
         assert cat.sql("SELECT count(*) AS n FROM neuron_stats")["n"][0] == 192
 
 
-def _state(store: Path) -> dict | None:
-    for path in (store / "work").glob("*/state.json") if (store / "work").exists() else []:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-    return None
-
-
 def test_a_worker_killed_mid_task_loses_nothing_and_doubles_nothing(tmp_path: Path, cluster, spec: Executor,
                                                                     run_dir: Path) -> None:
     import threading
@@ -109,7 +100,7 @@ def test_a_worker_killed_mid_task_loses_nothing_and_doubles_nothing(tmp_path: Pa
     def killer() -> None:
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
-            state = _state(fanned)
+            state = work_state(fanned)
             if state is not None and state["batches_done"] >= 3:
                 busy = [w for w, tasks in client.processing().items() if tasks]
                 if busy:

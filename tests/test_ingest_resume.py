@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -13,7 +12,7 @@ import pytest
 import negdb
 from negdb.errors import NotEnoughDisk
 from negdb.ingest import ingest
-from tests.ingest_helpers import cli, cli_subprocess, stats_frame, store_files
+from tests.ingest_helpers import cli, cli_subprocess, stats_frame, store_files, work_state
 from tests.tiny_models import make_hub_cache, save_step_run, save_tiny
 
 SLOW = ["--tokens", "4096", "--seq-len", "32", "--batch-tokens", "64", "--md-pairs", "500", "--quiet"]
@@ -24,19 +23,10 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("m") / "neox", "gpt_neox", seed=5)
 
 
-def _state(store: Path) -> dict | None:
-    for path in (store / "work").glob("*/state.json") if (store / "work").exists() else []:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-    return None
-
-
 def _kill_when(proc, store: Path, ready, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        state = _state(store)
+        state = work_state(store)
         if state is not None and ready(state):
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
