@@ -42,7 +42,12 @@ def run(spec: Any, store: str | Path | None, executor: Executor, *, device: str 
 
     if not isinstance(executor, Executor):
         raise BadArgument(f"executor must be an Executor, got {type(executor).__name__}")
+    from negdb.store.objects import is_url
+
     res = resources or Resources(device=device)
+    if store is not None and is_url(store) and not isinstance(spec, IngestSpec):
+        raise BadArgument(f"{type(spec).__name__} writes sets and evaluations, which go to a store folder, not to "
+                          f"{store}: run it on a folder store and `negdb merge` that into the object store")
     if isinstance(spec, IngestSpec):
         return ingest(spec, store, executor, resources=res, progress=progress, log=log)
     if isinstance(spec, TrainingSpec):
@@ -57,23 +62,32 @@ def run(spec: Any, store: str | Path | None, executor: Executor, *, device: str 
 
 def ingest(spec: Any, store: str | Path | None, executor: Executor, *, resources: Any = None,
            progress: bool = True, log: Log = _stderr) -> list[Any]:
-    """``negdb ingest --executor ...``: one task per checkpoint; returns one result per checkpoint, in order."""
+    """``negdb ingest --executor ...``: one task per checkpoint; returns one result per checkpoint, in order.
+
+    ``store`` may be an object-store URL: each task then ingests in its worker's staging store and publishes
+    (:mod:`negdb.ingest.remote`)."""
     from negdb.ingest import runplan
-    from negdb.ingest.result import CheckpointResult
+    from negdb.ingest.pipeline import plan as plan_of
     from negdb.ingest.plan import Resources
+    from negdb.ingest.result import CheckpointResult
     from negdb.models import checkpoints as ckpts
     from negdb.models import registry
     from negdb.store.catalog import Catalog
+    from negdb.store.merge import open_store
+    from negdb.store.objects import is_url
 
     res = resources or Resources()
-    root = store_path(store)
-    layout = StoreLayout(root)
+    remote = store is not None and is_url(store)
+    root: Path | str = str(store).rstrip("/") if remote else store_path(store)
     source = registry.resolve(spec.model)
     selected = ckpts.select(source, spec.checkpoint_spec)
-    plan = runplan.plan_run(spec, layout, source, selected, keep_weights=res.keep_weights)
+    plan = plan_of(spec, store=root, resources=res)
     log(plan.render())
     plan.check_disk()
-    layout.init()
+    if remote:
+        open_store(root, create=True)
+    else:
+        StoreLayout(Path(root)).init()
     kept = runplan.activations_for(spec, [c.revision for c in selected])
     tasks, results = [], {}
     for c, cp in zip(selected, plan.checkpoints):

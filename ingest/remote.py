@@ -68,9 +68,10 @@ def ingest_to_url(opts: Any, url: str, *, resources: Any, progress: bool, log: L
             with lease.held(objects, key, done=published, on_wait=waiting, poll_s=poll_s) as mine:
                 if mine and not published():
                     (res,) = ingest_folder(one, store=staging.root, resources=resources, progress=progress, log=log)
-                    report = publish(staging.root, url)
+                    report = publish(staging.root, url, job=(source.model_id, c.revision))
                     log(f"{source.model_id}@{c.revision}: published to {url} ({report.summary()})")
-                    shutil.rmtree(staging.root / "acts", ignore_errors=True)
+                    for group in report.groups:  # this checkpoint's staged arrays only (others may be in flight)
+                        shutil.rmtree(staging.root / group, ignore_errors=True)
                     results.append(res)
                     continue
             cp = replace(cp, stored_run=runplan.stored_run(url, opts, c.revision, cp.keep_layers))

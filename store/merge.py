@@ -49,6 +49,7 @@ class MergeReport:
     duplicates: list[str] = field(default_factory=list)
     conflicts: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
     runs_updated: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # acts groups of the source that a publication covered
 
     def summary(self) -> str:
         return (f"{len(self.copied)} object(s) copied, {len(self.same)} already there, {len(self.duplicates)} "
@@ -214,7 +215,25 @@ def _group_of(array_path: str) -> str:
     return array_path.split("/preact/", 1)[0]
 
 
-def publish(scratch: str | Path, into: str | Path, *, fail_after_arrays: bool = False) -> MergeReport:
+def _of_job(src: Objects, name: str, job: tuple[str, str] | None) -> bool:
+    """Whether the segment ``name`` holds rows of the checkpoint ``job`` = (model_id, revision), or has no such
+    columns (models, slices, stat_specs: shared metadata); every segment when ``job`` is None."""
+    if job is None:
+        return True
+    if "/model_id=" in name:  # neuron_stats: hive folders name the checkpoint
+        from urllib.parse import unquote
+
+        parts = dict(p.split("=", 1) for p in name.split("/") if "=" in p)
+        return (unquote(parts.get("model_id", "")), unquote(parts.get("revision", ""))) == job
+    schema = pq.read_schema(io.BytesIO(src.read(name)))
+    if "model_id" not in schema.names or "revision" not in schema.names:
+        return True
+    rows = pq.read_table(io.BytesIO(src.read(name)), columns=["model_id", "revision"]).to_pylist()
+    return any((r["model_id"], r["revision"]) == job for r in rows)
+
+
+def publish(scratch: str | Path, into: str | Path, *, job: tuple[str, str] | None = None,
+            fail_after_arrays: bool = False) -> MergeReport:
     """Publish a local store's results to an object store without renames (``negdb ingest --store s3://...``).
 
     Each job's arrays are uploaded under a prefix unique to this publication (``<acts group>/<publication>/``,
@@ -222,6 +241,9 @@ def publish(scratch: str | Path, into: str | Path, *, fail_after_arrays: bool = 
     ``activations`` segment naming them, created with a conditional PUT. A job someone else published first keeps
     theirs: this publication's prefix is deleted again. A publication killed midway leaves only an unreferenced
     prefix (``negdb gc`` removes it) and no visible row; the rest is :func:`merge`'s segment copy.
+
+    ``job`` = (model_id, revision): publish only that checkpoint's segments (and the shared metadata), so that
+    several processes publishing from one staging store never publish each other's unfinished work.
     """
     import uuid
 
@@ -229,11 +251,14 @@ def publish(scratch: str | Path, into: str | Path, *, fail_after_arrays: bool = 
     dst = open_store(into, create=True)
     report = MergeReport()
     for name in src.list("tables/activations"):
-        if dst.exists(name):
-            report.same.append(name)
+        if not _of_job(src, name, job):
             continue
         table = pq.read_table(io.BytesIO(src.read(name)))
         groups = sorted({_group_of(p) for p in table.column("array_path").to_pylist()})
+        report.groups.extend(groups)
+        if dst.exists(name):
+            report.same.append(name)
+            continue
         pub = uuid.uuid4().hex[:12]
         moved = {g: f"{g}/{pub}" for g in groups}
         for g in groups:
@@ -252,7 +277,7 @@ def publish(scratch: str | Path, into: str | Path, *, fail_after_arrays: bool = 
             for g in groups:
                 dst.delete_prefix(moved[g])  # type: ignore[union-attr]
             report.duplicates.append(name)
-    names = [n for n in src.list("tables") if _table_of(n) != "activations"]
+    names = [n for n in src.list("tables") if _table_of(n) != "activations" and _of_job(src, n, job)]
     for name in _segment_order(names):
         _copy_segment(src, dst, name, report)
     return report

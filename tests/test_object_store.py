@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import negdb
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError
 from negdb.ingest import ingest
 from negdb.query import neuron
 from negdb.store import merge as merging
@@ -125,7 +125,7 @@ def test_a_publication_killed_midway_leaves_nothing_visible_and_resumes(url: str
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEGDB_CACHE", str(tmp_path / "w"))
     real = merging.publish
-    monkeypatch.setattr(merging, "publish", lambda s, u: real(s, u, fail_after_arrays=True))
+    monkeypatch.setattr(merging, "publish", lambda s, u, **kw: real(s, u, fail_after_arrays=True, **kw))
     with pytest.raises(RuntimeError, match="test hook"):
         ingest(model=str(local["run"]), checkpoints="step0", activations="all", store=url, **SMALL)
     objects = FsspecObjects(url)
@@ -184,3 +184,22 @@ def test_two_workers_at_once_one_computes_under_the_lease(url: str, local: dict[
     assert len(objects.list("tables/neuron_stats")) == 1 and len(objects.list("tables/runs")) == 1
     assert len({"/".join(n.split("/")[:5]) for n in objects.list("acts")}) == 1  # one publication, no loser
     assert len(objects.list("leases")) == 1  # one lease generation: nobody took over
+
+
+def test_fanned_out_ingest_into_s3_equals_the_folder_store(url: str, local: dict[str, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two Dask workers on one machine share a staging store; each publishes only its own checkpoint."""
+    from negdb.cluster import Executor, run
+    from negdb.ingest.plan import IngestSpec
+
+    monkeypatch.setenv("NEGDB_CACHE", str(tmp_path / "cache"))  # the workers inherit it
+    spec = IngestSpec(str(local["run"]), checkpoints="all", tokens=512, seq_len=32, md_pairs=100)
+    res = run(spec, url, Executor("dask", workers=2), progress=False, log=lambda _m: None)
+    assert sorted(r.status for r in res) == ["ingested", "ingested"]
+    assert stats_frame(url).equals(stats_frame(local["store"]))
+    with negdb.connect(url) as cat, negdb.connect(str(local["store"])) as ref:
+        got = neuron.activations(cat, str(local["run"]), "step1000", layer=2)
+        np.testing.assert_array_equal(got, neuron.activations(ref, str(local["run"]), "step1000", layer=2))
+        assert cat.sql("SELECT DISTINCT revision FROM activations")["revision"].to_list() == ["step1000"]
+    with pytest.raises(BadArgument, match="negdb merge"):
+        run(negdb.SweepSpec(str(local["run"])), url, Executor("dask"))
