@@ -2,7 +2,9 @@
 
 ``with seaweedfs(tmp) as endpoint:`` starts ``weed server -s3`` (master, volume, filer and S3 gateway, nothing
 else: no IAM, WebDAV, SFTP, message queue or telemetry), waits until the S3 port answers and stops the server on
-exit. Credentials are not checked (no identities configured): any key works.
+exit. Every port is a free one on 127.0.0.1 or disabled (the S3 gateway's Iceberg and Lance listeners would take
+fixed ports, so a second server at once would die). Credentials are not checked (no identities configured): any
+key works.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def seaweedfs(folder: Path, timeout: float = 90.0) -> Iterator[str]:
            f"-volume.port.grpc={volume_g}", f"-filer.port={filer}", f"-filer.port.grpc={filer_g}",
            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_g}", f"-metricsPort={metrics}",
            "-master.telemetry=false", "-iam=false", "-webdav=false", "-sftp=false", "-mq.broker=false",
-           "-mq.agent=false", "-master.volumeSizeLimitMB=64", "-volume.max=0"]
+           "-mq.agent=false", "-master.volumeSizeLimitMB=64", "-volume.max=0",
+           "-s3.port.iceberg=0", "-s3.port.lance=0"]  # no listeners on fixed ports (8181, 9101): two servers at once
     log = (folder / "weed.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
                             env={**os.environ, "HOME": str(folder)}, start_new_session=True)
