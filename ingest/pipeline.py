@@ -52,7 +52,8 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
     """Ingest every selected checkpoint of a model; returns one result per checkpoint.
 
     ``spec``: what to ingest (or its fields as keyword arguments); ``resources``: device, batch, memory, codec,
-    ``keep_weights``. The run's plan (:mod:`negdb.ingest.runplan`) is logged first, and a run the disk cannot hold
+    ``keep_weights``. The run's plan (:mod:`negdb.ingest.runplan`) is logged first (for a run of several
+    checkpoints or with downloads; one local checkpoint says its size as it starts), and a run the disk cannot hold
     is refused (:class:`negdb.errors.NotEnoughDisk`). Hub checkpoints are prefetched one ahead and, once ingested,
     removed from the Hugging Face cache if this run downloaded them (unless ``resources.keep_weights``).
     """
@@ -66,8 +67,10 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
     source = registry.resolve(opts.model)
     selected = ckpts.select(source, opts.checkpoint_spec)
     corpus = load_corpus(opts.dataset, text_field=opts.text_field)
+    layout.check()
     run_plan = plan_run(opts, layout, source, selected, keep_weights=res.keep_weights)
-    log(run_plan.render())
+    if run_plan.worth_showing:
+        log(run_plan.render())
     run_plan.check_disk()
     keep_specs = activations_for(opts, [c.revision for c in selected])
     weights = hub.HubWeights(source.location if source.kind == "hub" else None, [c.revision for c in selected],

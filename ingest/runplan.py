@@ -144,6 +144,12 @@ class RunPlan:
 
     # ---------------------------------------------------------------------------------------------- output
 
+    @property
+    def worth_showing(self) -> bool:
+        """Whether an ingest logs this plan before it starts: several checkpoints or downloads (one local
+        checkpoint announces its size when it starts, and its errors stay one line)."""
+        return len(self.checkpoints) > 1 or bool(self.downloads)
+
     def as_dict(self) -> dict:
         out = asdict(self)
         out.update(download_bytes=self.download_bytes(), weights_peak=self.weights_peak(),
@@ -289,10 +295,11 @@ def _done_runs(root: Path | str, model_id: str) -> list[dict]:
     if not is_url(root) and not (Path(root) / "tables" / "runs").is_dir():
         return []
     with Catalog(root) as cat:
-        rows = cat.arrow("SELECT run_id, revision, slice_id, spec_id, layers, config_json, timings_json FROM runs WHERE kind = 'ingest' "
-                         "AND status = 'done'" + (" AND model_id = ?" if model_id else ""),
-                         [model_id] if model_id else None).to_pylist()
+        rows = cat.arrow("SELECT run_id, model_id, revision, slice_id, spec_id, layers, config_json, timings_json "
+                         "FROM runs WHERE kind = 'ingest' AND status = 'done'"
+                         + (" AND model_id = ?" if model_id else ""), [model_id] if model_id else None).to_pylist()
     for r in rows:
+        r["root"] = root
         r["config"] = json.loads(r.pop("config_json") or "{}")
         r["timings"] = json.loads(r.pop("timings_json") or "{}")
     return rows
@@ -309,9 +316,37 @@ def _stored(runs: list[dict], opts: IngestSpec, revision: str, keep: int
     for r in runs:
         cfg = r["config"]
         if r["revision"] == revision and all(same(cfg, k) for k in SAME_STATS_KEYS) \
-                and len(cfg.get("activations_kept", [])) >= keep:
+                and len(cfg.get("activations_kept", [])) >= keep and _arrays_intact(r, keep):
             return r["run_id"], r["slice_id"], r["spec_id"], list(r["layers"] or [])
     return None
+
+
+def _arrays_intact(run: dict, keep: int) -> bool:
+    """Whether a folder store still holds ``keep`` whole activation arrays of the run's checkpoint and slice, with
+    their token vectors and md inputs (``negdb repair`` quarantines damaged ones: the ingest then restores them, so
+    such a checkpoint is not stored). Object stores publish arrays immutably: always intact."""
+    from negdb.store.arrays import layer_name, md_group_name
+    from negdb.store.catalog import Catalog
+    from negdb.store.layout import StoreLayout
+    from negdb.store.objects import is_url
+
+    if keep == 0 or is_url(run["root"]):
+        return True
+    layout = StoreLayout(Path(run["root"]))
+    with Catalog(layout.root) as cat:
+        rows = cat.arrow("SELECT layer, array_path FROM activations WHERE model_id = ? AND revision = ? AND "
+                         "slice_id = ?", [run["model_id"], run["revision"], run["slice_id"]]).to_pylist()
+        spec = cat.arrow("SELECT md_pairs, md_seed FROM stat_specs WHERE spec_id = ? LIMIT 1",
+                         [run["spec_id"]]).to_pylist()
+    if not spec:
+        return False
+    group = layout.acts_group(run["model_id"], run["revision"], run["slice_id"])
+    md = Path("md") / md_group_name(spec[0]["md_pairs"], spec[0]["md_seed"])
+    if not all((group / v / "zarr.json").exists() for v in ("token_ids", "window", "position", md / "pairs")):
+        return False
+    whole = {r["layer"] for r in rows if (layout.root / r["array_path"] / "zarr.json").exists()
+             and (group / md / layer_name(r["layer"]) / "zarr.json").exists()}
+    return len(whole) >= keep
 
 
 def stored_run(catalog: Path | str, opts: IngestSpec, revision: str, keep: int

@@ -114,15 +114,21 @@ def _dims(config: Any) -> tuple[int, int, int]:
 
 
 def size_from_folder(folder: Path) -> ModelSize | None:
-    """Size of a model folder from its ``config.json`` and weight files (``None`` without a config)."""
+    """Size of a model folder from its ``config.json`` and weight files (``None`` without a config); a config or
+    safetensors header that cannot be read is a :class:`~negdb.errors.ModelLoadError` naming the folder."""
     if not (folder / "config.json").is_file():
         return None
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(folder))
-    layers, width, mlp = _dims(config)
-    files = weight_files(folder)
-    n_bytes = sum(p.stat().st_size for p in files) if files else None
-    st = [p for p in files if p.suffix == ".safetensors"]
-    params = sum(safetensors_params(p) for p in st) if st else None
+    from negdb.errors import ModelLoadError, one_line
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+        layers, width, mlp = _dims(config)
+        files = weight_files(folder)
+        n_bytes = sum(p.stat().st_size for p in files) if files else None
+        st = [p for p in files if p.suffix == ".safetensors"]
+        params = sum(safetensors_params(p) for p in st) if st else None
+    except (OSError, ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"cannot read the model in {folder}: {one_line(err)}") from None
     return ModelSize(params, layers, width, mlp, n_bytes)
