@@ -82,7 +82,7 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
     try:
         for i, (ckpt, cplan) in enumerate(zip(selected, run_plan.checkpoints)):
             if cplan.stored_run is not None:
-                results.append(_stored_result(source, ckpt, cplan, log))
+                results.append(_stored_result(layout, source, ckpt, cplan, log))
                 overall.update(opts.tokens)
                 continue
             weights.prepare(i)
@@ -113,10 +113,24 @@ def plan(spec: IngestSpec | None = None, *, store: str | Path | None = None, res
     return plan_run(opts, StoreLayout(store_path(store)), source, selected, keep_weights=res.keep_weights)
 
 
-def _stored_result(source, ckpt, cplan, log: Log) -> CheckpointResult:
+def _stored_result(layout: StoreLayout, source, ckpt, cplan, log: Log) -> CheckpointResult:
     run_id, slice_id, spec_id, layers = cplan.stored_run
     log(f"{source.model_id}@{ckpt.revision}: already ingested by run {run_id}; nothing to do")
+    _clear_done_work(layout, run_id)
     return CheckpointResult(source.model_id, ckpt.revision, "already", None, 0, layers, 0.0, slice_id, spec_id)
+
+
+def _clear_done_work(layout: StoreLayout, run_id: str) -> None:
+    """Remove the work folder of a run recorded done (stopped after its record, before its clean-up): nothing in
+    it is needed any more."""
+    work = layout.root / "work"
+    for state in work.glob("*/state.json") if work.is_dir() else []:
+        try:
+            done = json.loads(state.read_text()).get("run_id") == run_id
+        except (OSError, ValueError):
+            continue
+        if done:
+            shutil.rmtree(state.parent, ignore_errors=True)
 
 
 def _slice(opts: IngestSpec, corpus, lm, model_id: str, log: Log) -> TokenSlice:
