@@ -164,10 +164,14 @@ def _grid(arr: zarr.Array) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def array_files(path: Path, arr: zarr.Array | None = None) -> list[Path]:
-    """Every chunk (or shard) file of the array at ``path``, stored or not."""
+    """Every chunk (or shard) file of the array at ``path``, stored or not (for an array at an object-store URL,
+    ``path`` is the URL string and so are the files)."""
     arr = arr if arr is not None else _open(path)
     counts, _ = _grid(arr)
-    return [path / arr.metadata.encode_chunk_key(idx) for idx in itertools.product(*(range(n) for n in counts))]
+    keys = [arr.metadata.encode_chunk_key(idx) for idx in itertools.product(*(range(n) for n in counts))]
+    if isinstance(path, str):
+        return [f"{path.rstrip('/')}/{k}" for k in keys]  # type: ignore[misc]
+    return [path / k for k in keys]
 
 
 def missing_files(path: Path, arr: zarr.Array | None = None) -> list[Path]:
@@ -175,7 +179,15 @@ def missing_files(path: Path, arr: zarr.Array | None = None) -> list[Path]:
     arr = arr if arr is not None else _open(path)
     if not arr.attrs.get(ALL_CHUNKS) and arr.ndim < 2:
         return []  # an array of an older store, written without its fill-valued chunks: absence is no damage
-    return [p for p in array_files(path, arr) if not p.is_file()]
+    files = array_files(path, arr)
+    if isinstance(path, str):  # an object store: one listing of the array's prefix
+        import fsspec
+
+        fs, base = fsspec.core.url_to_fs(path)
+        found = {p.rstrip("/") for p in fs.find(base)}
+        cut = len(path.rstrip("/")) - len(base.rstrip("/"))
+        return [f for f in files if str(f)[cut:] not in found]
+    return [p for p in files if not p.is_file()]
 
 
 def _damaged_file(path: Path, arr: zarr.Array, *, probe: bool = False) -> Path | None:
