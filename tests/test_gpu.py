@@ -24,7 +24,7 @@ import torch
 
 import negdb
 from negdb.ablate.evaluate import Target, evaluate
-from negdb.ablate.interventions import Intervention
+from negdb.ablate.interventions import make_intervention
 from negdb.evals import registry
 from negdb.evals.run import ScoringRule
 from negdb.models.loading import from_model
@@ -123,7 +123,7 @@ def test_evaluation_on_cuda_equals_cpu(tmp_path: Path, bench: str, monkeypatch: 
     model = tiny_model("llama", seed=7)
     cpu = from_model(model, tiny_tokenizer())
     gpu = from_model(tiny_model("llama", seed=7).to(DEV), tiny_tokenizer())
-    iv = Intervention("neg", {0: [1, 5, 9], 2: [3]})
+    iv = make_intervention("neg", {0: [1, 5, 9], 2: [3]})
     for target in (Target("tiny", "final", None, None, None), Target("tiny", "final", None, iv, "s")):
         a = evaluate(StoreLayout(tmp_path / "cpu").init(), target, bench, ScoringRule(), get_lm=lambda: cpu,
                      limit=3 if bench != "wikitext2" else 300, progress=False)
