@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from negdb.errors import BadArgument, NegdbError
+from negdb.errors import BadArgument
 
 from .compute import BLOCK_COLUMNS
 from .mapping import pair_plan
@@ -71,16 +71,16 @@ def block_stats_torch(x: torch.Tensor | np.ndarray, *, reference: Reference = "e
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if x.dim() != 2:
-        raise NegdbError(f"x must be a 2-D (n_tokens, k) array, got shape {tuple(x.shape)}")
+        raise BadArgument(f"x must be a 2-D (n_tokens, k) array, got shape {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
-        raise NegdbError(f"x must hold floating-point values, got dtype {x.dtype}")
+        raise BadArgument(f"x must hold floating-point values, got dtype {x.dtype}")
     n, k = x.shape
     if n == 0:
-        raise NegdbError(f"x has no tokens (shape {tuple(x.shape)})")
+        raise BadArgument(f"x has no tokens (shape {tuple(x.shape)})")
     if reference not in ("exact", "sample"):
-        raise NegdbError(f"reference must be 'exact' or 'sample', got {reference!r}")
+        raise BadArgument(f"reference must be 'exact' or 'sample', got {reference!r}")
     if reference == "sample" and sampler is None:
-        raise NegdbError("reference='sample' needs a NormalSampler (seed, layer) for reproducible draws")
+        raise BadArgument("reference='sample' needs a NormalSampler (seed, layer) for reproducible draws")
     plan = None if pairs is None else pair_plan(pairs, d_in, n)
     out = {name: np.empty(k, dtype=np.float64) for name in BLOCK_COLUMNS}
     out["n"] = np.full(k, n, dtype=np.int64)
@@ -117,7 +117,7 @@ def _chunk(cols: torch.Tensor, tables: dict[str, torch.Tensor] | None,
     rows = torch.float64 if cols.dtype == torch.float64 else torch.float32  # as the numpy kernel
     xs = torch.sort(cols.t().to(rows), dim=1).values  # (r, n), ascending
     if not bool(torch.isfinite(xs[:, 0]).all() & torch.isfinite(xs[:, -1]).all()):
-        raise NegdbError("pre-activations contain NaN or infinite values; statistics need finite values")
+        raise BadArgument("pre-activations contain NaN or infinite values; statistics need finite values")
     n_neg = (xs < 0).sum(dim=1)
     n_le = (xs <= 0).sum(dim=1)
     col = torch.arange(n, device=xs.device)

@@ -13,7 +13,7 @@ from negdb.ablate.evaluate import Target, evaluate, make_key
 from negdb.ablate.experiment import ablation_key
 from negdb.ablate.options import AblateSpec
 from negdb.query.setspec import SetSpec
-from negdb.errors import BadArgument, NegdbError
+from negdb.errors import BadArgument
 from negdb.evals.options import Scoring
 from negdb.evals import registry
 from negdb.evals.run import ScoringRule
@@ -78,5 +78,5 @@ def test_bfloat16_result_is_another_result_and_records_its_dtype(tmp_path) -> No
 
 def test_a_model_in_another_dtype_than_the_rule_is_refused(tmp_path) -> None:
     layout = StoreLayout(tmp_path / "s").init()
-    with pytest.raises(NegdbError, match="loaded in bfloat16"):
+    with pytest.raises(BadArgument, match="loaded in bfloat16"):
         evaluate(layout, BASE, "copa", ScoringRule(), get_lm=lambda: _lm(torch.bfloat16), limit=2, progress=False)
