@@ -118,10 +118,12 @@ def d_mlp(cat: Catalog, model_id: str) -> int:
 
 
 class Loader:
-    """Loads ``model_id@revision`` the first time it is called (``device``: ``auto``, ``cpu``, ``cuda:N``)."""
+    """Loads ``model_id@revision`` the first time it is called (``device``: ``auto``, ``cpu``, ``cuda:N``;
+    ``dtype``: the forward dtype of the scoring, ``float32`` unless :class:`Scoring` says otherwise)."""
 
-    def __init__(self, model_id: str, revision: str, device: str = "auto", log: Log = stderr) -> None:
-        self.model_id, self.revision, self.device, self.log = model_id, revision, device, log
+    def __init__(self, model_id: str, revision: str, device: str = "auto", log: Log = stderr,
+                 dtype: str = "float32") -> None:
+        self.model_id, self.revision, self.device, self.log, self.dtype = model_id, revision, device, log, dtype
         self.lm: LoadedModel | None = None
 
     def __call__(self) -> LoadedModel:
@@ -136,7 +138,7 @@ class Loader:
             found = select(source, self.revision)
             ckpt = next((c for c in found if c.revision == self.revision), found[0])
             self.log(f"loading {self.model_id}@{self.revision} ...")
-            self.lm = load(source, ckpt, device=self.device, dtype=torch.float32)
+            self.lm = load(source, ckpt, device=self.device, dtype=getattr(torch, self.dtype))
         return self.lm
 
 

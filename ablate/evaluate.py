@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from negdb.ablate.interventions import Intervention, apply
 from negdb.evals import registry
-from negdb.evals.run import ScoringRule, primary, score_items, score_windows, summarize
+from negdb.errors import BadArgument
+from negdb.evals.run import ScoringRule, dtype_key, primary, score_items, score_windows, summarize
 from negdb.evals.windows import plan_windows
 from negdb.models.loading import LoadedModel
 from negdb.store.layout import StoreLayout
@@ -62,6 +63,7 @@ def make_key(target: Target, benchmark: str, rule: ScoringRule, limit: int | Non
     """The key of ``benchmark`` on ``target`` (``limit``: items per group, or tokens for perplexity)."""
     ppl = registry.get(benchmark).kind == "perplexity"
     scoring = (("bos", rule.bos), ("window", rule.window)) if ppl else (("bos", rule.bos),)
+    scoring += tuple(dtype_key(rule.dtype).items())
     sampled = limit is not None and not ppl  # perplexity keeps the first `limit` tokens: no sampling
     return EvalKey(target.model_id, target.revision, target.commit, target.mode, target.set_id, benchmark,
                    registry.spec_hash(benchmark), scoring, limit, seed if sampled else 0)
@@ -101,7 +103,17 @@ def evaluate(layout: StoreLayout, target: Target, benchmark: str, rule: ScoringR
         found = lookup(layout, rid)
         if found is not None:
             return found
-        return _compute(layout, target, key, rule, get_lm(), limit, seed, batch_tokens, progress, label)
+        lm = get_lm()
+        _check_dtype(lm, rule)
+        return _compute(layout, target, key, rule, lm, limit, seed, batch_tokens, progress, label)
+
+
+def _check_dtype(lm: LoadedModel, rule: ScoringRule) -> None:
+    """The model runs in the dtype the result's key says (a float32 key never labels bfloat16 numbers)."""
+    dtype = getattr(getattr(lm, "model", None), "dtype", None)
+    if dtype is not None and str(dtype).removeprefix("torch.") != rule.dtype:
+        raise BadArgument(f"the model is loaded in {str(dtype).removeprefix('torch.')} but the scoring rule says "
+                          f"{rule.dtype}: load it with dtype={rule.dtype}")
 
 
 def _compute(layout: StoreLayout, target: Target, key: EvalKey, rule: ScoringRule, lm: LoadedModel,

@@ -114,7 +114,8 @@ def run(spec: AblateSpec, store: str | Path, *, device: str = "auto", progress: 
         revision = resolve_revision(cat, main, getattr(spec.neurons, "checkpoint", None))
         ck = checkpoint_row(cat, model_id, revision)
         width = d_mlp(cat, model_id)
-        engine = Engine(layout, cat, ck, spec.scoring, get_lm=Loader(model_id, revision, device, log),
+        engine = Engine(layout, cat, ck, spec.scoring,
+                        get_lm=Loader(model_id, revision, device, log, spec.scoring.dtype),
                         progress=progress, log=log)
         log(f"{model_id}@{revision}: {spec.mode} ablation of {main.n_members} neurons (set {main.name}, "
             f"{100 * main_fraction(main, width):.2f}% of its layers), evals {', '.join(benches)}")

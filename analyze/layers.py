@@ -36,6 +36,7 @@ from negdb.errors import BadArgument, NotFound
 from negdb.evals import registry
 from negdb.evals.metrics import DECISION_COLUMN, paired_bootstrap
 from negdb.evals.options import Bootstrap, Sampling, Scoring, benchmarks
+from negdb.evals.run import dtype_key
 from negdb.query import sets as setlib
 from negdb.query.setspec import SetSpec
 from negdb.query.setstore import NeuronSet
@@ -260,7 +261,7 @@ def _config(spec: LayersSpec, main: NeuronSet, ck: dict[str, Any], benches: list
             "benchmarks": {b: registry.spec_hash(b) for b in benches}, "limits": spec.sampling.limits(benches),
             "ppl_tokens": spec.sampling.ppl_tokens, "sample_seed": spec.sampling.seed,
             "bos": spec.scoring.bos_policy.value, "window": spec.scoring.window, "n_boot": spec.bootstrap.n_boot,
-            "seed": spec.bootstrap.seed, "group_cis": True}
+            "seed": spec.bootstrap.seed, "group_cis": True, **dtype_key(spec.scoring.dtype)}
 
 
 def _stored_rows(layout: StoreLayout, aid: str) -> list[dict[str, Any]]:
@@ -292,7 +293,8 @@ def run(spec: LayersSpec, store: str | Path, *, device: str = "auto", progress: 
         if stored is not None:
             return LayerAnalysis(aid, model_id, revision, groups, _stored_rows(layout, aid), config,
                                  json.loads(stored["summary_json"]), from_store=True)
-        engine = Engine(layout, cat, ck, spec.scoring, get_lm=Loader(model_id, revision, device, log),
+        engine = Engine(layout, cat, ck, spec.scoring,
+                        get_lm=Loader(model_id, revision, device, log, spec.scoring.dtype),
                         progress=progress, log=log)
         plan = plan_groups(cat, main, groups, list(spec.variants))
         log(f"{model_id}@{revision}: {spec.mode} ablation of {main.n_members} neurons (set {main.name}) in "

@@ -335,7 +335,7 @@ def _options(spec: PosSpec) -> dict[str, Any]:
     c = spec.controls
     return {**asked, "mode": spec.mode, "controls": c.describe(), "seeds": c.seeds, "control_seed": c.seed,
             "probe_tokens": c.probe_tokens, "ppl_tokens": spec.ppl_tokens,
-            "bos_policy": spec.scoring.bos_policy.value, "window": spec.scoring.window,
+            "bos_policy": spec.scoring.bos_policy.value, "window": spec.scoring.window, "dtype": spec.scoring.dtype,
             "n_boot": spec.bootstrap.n_boot, "bootstrap_seed": spec.bootstrap.seed}
 
 

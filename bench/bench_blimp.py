@@ -85,8 +85,9 @@ def float64_reference(lm, reqs, sample: list[int]) -> np.ndarray:
     with torch.inference_mode():
         for i in sample:
             ids = [tok.bos_token_id] + tok(reqs[i][1], add_special_tokens=False)["input_ids"]
-            logp = torch.log_softmax(model(torch.tensor([ids[:-1]])).logits[0], dim=-1)
-            out.append(float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum()))
+            logp = torch.log_softmax(model(torch.tensor([ids[:-1]], device=lm.device)).logits[0], dim=-1)
+            rows = torch.arange(len(ids) - 1, device=logp.device)
+            out.append(float(logp[rows, torch.tensor(ids[1:], device=logp.device)].sum()))
     del model
     return np.array(out)
 
@@ -102,6 +103,8 @@ def main() -> None:
     ap.add_argument("--float64-sample", type=int, default=200,
                     help="sentences scored by a float64 copy of the model as the accuracy reference (0: none)")
     ap.add_argument("--json", help="also write the numbers to this file")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both systems run there)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the model's dtype")
     args = ap.parse_args()
     try:
         import lm_eval
@@ -114,13 +117,15 @@ def main() -> None:
 
     load_avg_start = os.getloadavg()
     source = registry.resolve(args.model)
-    lm = loading.load(source, checkpoints.select(source, "final")[0], device="cpu", dtype=torch.float32)
+    lm = loading.load(source, checkpoints.select(source, "final")[0], device=args.device,
+                      dtype=getattr(torch, args.dtype))
     items = load_items("blimp", limit=args.limit, seed=args.seed)
     reqs = lm_eval_requests(items)
     ours = [req for it in items for req in it.requests]
     assert ours == reqs, "negdb's BLiMP requests differ from lm-eval's template"
     sizes = [int(b) for b in args.lm_eval_batch_sizes.split(",")]
-    hflms = {b: HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=b, device="cpu") for b in sizes}
+    hflms = {b: HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=b, device=str(lm.device))
+             for b in sizes}
     prefix = {hflms[b].prefix_token_id for b in sizes}
 
     # warm-up on a few requests (first-call costs: negdb's one-time model probe, allocator, lm-eval set-up)
@@ -174,7 +179,7 @@ def main() -> None:
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"- command: {' '.join(['.venv/bin/python'] + sys.argv)}")
-    print(f"- model {source.model_id} float32 CPU; {len(items)} pairs ({args.limit} per paradigm, seed {args.seed}) = "
+    print(f"- model {source.model_id} {args.dtype} on {lm.device}; {len(items)} pairs ({args.limit} per paradigm, seed {args.seed}) = "
           f"{n} sentences; negdb batch_tokens={args.batch_tokens}, bos=None; {args.rounds} alternating rounds")
     print(f"- prefix token for the empty context: lm-eval {sorted(prefix)}, negdb {sorted(negdb_prefix)}"
           f" ({'same' if prefix == negdb_prefix else 'DIFFERENT'})")
@@ -197,8 +202,13 @@ def main() -> None:
         f64 = f"{r['float64_err_max']:.1e} / {r['float64_err_median']:.1e}" if sample else ""
         print(f"| {r['system']} | {r['sent_s_mean']:.1f} | {r['sent_s_best']:.1f} | {wall} | {cpu} | {speed_w} | "
               f"{speed_b} | {speed_c} | {r['accuracy']:.4f} | {differ} | {delta} | {f64} |")
+    best = max((r for r in rows if r["system"] != "negdb"), key=lambda r: r["sent_s_best"], default=None)
+    if best is not None:
+        print(f"\nlm-eval at its best batch size here ({best['system']}): negdb is {best['speedup_wall_best']:.2f}x "
+              f"faster (best rounds), {best['decisions_differing']} decisions differing")
     if args.json:
-        meta = {"model": source.model_id, "sentences": n, "limit": args.limit, "seed": args.seed,
+        meta = {"model": source.model_id, "device": str(lm.device), "dtype": args.dtype,
+                "best_lm_eval": None if best is None else best["system"], "sentences": n, "limit": args.limit, "seed": args.seed,
                 "batch_tokens": args.batch_tokens, "lm_eval": lm_eval.__version__, "torch": torch.__version__,
                 "transformers": transformers.__version__, "threads": torch.get_num_threads(),
                 "prefix_token_ids": {"lm_eval": sorted(prefix), "negdb": sorted(negdb_prefix)},

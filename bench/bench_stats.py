@@ -10,15 +10,21 @@ then times in one run, alternating rounds so that both see the same machine load
     ``percentile_rank``; (a'') also with md from a separate ``mapping_difficulty(x[a], x[b], d_in)`` call;
 (b) the authors' approach on the first ``--baseline-neurons`` neurons, extrapolated per neuron.
 
+(c) the torch kernel (``negdb.stats.torch_block``) on the same blocks: on the CPU (``--torch-cpu``, to show why
+    negdb keeps numpy there) and on ``--device cuda`` (blocks already on the GPU, as the ingest keeps them; and
+    with the host-to-device copy of the float16 blocks included).
+
 It also checks that negdb's sample mode, given the same seeded draws, equals scipy's values (to 1e-6) and
 that md equals the per-neuron loop. Times are the best of ``--rounds`` (wall clock; process CPU time too).
 
     python bench/bench_stats.py --tokens 16384 --neurons 1536 --seed 0
+    python3 bench/bench_stats.py --device cuda --neurons 46080 --threads 16 --json stats.json   # on a GPU machine
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -37,6 +43,7 @@ import scipy.stats
 from negdb.stats.compute import block_stats
 from negdb.stats.mapping import draw_pairs, input_distances, mapping_difficulty, percentile_rank
 from negdb.stats.rows import to_rows
+from negdb.stats.torch_block import block_stats_torch
 from negdb.stats.wasserstein import NormalSampler
 
 LAYER = 0
@@ -127,6 +134,9 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts for negdb")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, help="also time the torch kernel on this device (cuda)")
+    ap.add_argument("--torch-cpu", action="store_true", help="also time the torch kernel on the CPU")
+    ap.add_argument("--json", help="also write the numbers to this file")
     ap.add_argument("--blas-threads", action="store_true",
                     help="leave OpenBLAS at its default thread count (default here: OPENBLAS_NUM_THREADS=1)")
     args = ap.parse_args()
@@ -146,6 +156,7 @@ def main() -> None:
     print(f"block: {n} tokens x {k} neurons (float16 -> float32 column blocks of {args.block}), "
           f"md over {p} pairs; baseline on the first {nb} neurons")
 
+    exact_all = negdb_all(blocks, a, b, d_in, max(threads))
     # correctness: sample mode with the same draws vs scipy, md vs the loop
     ref_w, ref_md = authors(x32, a, b, d_in, nb, args.seed)
     samp = negdb_all(blocks[: -(-nb // args.block)], a, b, d_in, threads[0], "sample", args.seed)
@@ -162,6 +173,18 @@ def main() -> None:
         raise SystemExit("values differ: benchmark invalid")
 
     runs: dict[str, list[tuple[float, float]]] = {}  # name -> (wall, cpu) seconds per neuron, one per round
+    x16_blocks = [np.ascontiguousarray(x16[:, c0:c0 + args.block]) for c0 in range(0, k, args.block)]
+    dev_blocks = None
+    if args.device:
+        import torch
+
+        dev = torch.device(args.device)
+        dev_blocks = [torch.from_numpy(b).to(dev) for b in x16_blocks]
+        got = torch_all(dev_blocks, a, b, d_in, dev)
+        dmax = max(float(np.nanmax(np.abs(got[c] - exact_all[c]))) for c in got if c != "n")
+        print(f"check: torch kernel on {dev} vs numpy, all {k} neurons: max |difference| {dmax:.2e} (must be < 1e-6)")
+        if not dmax < 1e-6:
+            raise SystemExit("torch kernel differs from numpy: benchmark invalid")
 
     def record(name: str, per: int, fn, *fn_args, **fn_kwargs) -> None:
         wall, cpu, _ = timed(fn, *fn_args, **fn_kwargs)
@@ -176,6 +199,16 @@ def main() -> None:
         record(f"negdb block_stats + separate mapping_difficulty, threads={threads[0]}", k, negdb_all, blocks, a, b,
                d_in, threads[0], fused=False)
         record("floor: transpose + sort only, threads=1", k, transpose_and_sort, blocks, a, b)
+        if args.torch_cpu:
+            import torch
+
+            record(f"torch kernel on the CPU ({torch.get_num_threads()} torch threads)", k, torch_all,
+                   [torch.from_numpy(x) for x in x16_blocks], a, b, d_in, torch.device("cpu"))
+        if dev_blocks is not None:
+            record(f"torch kernel on {args.device}, blocks already there", k, torch_all, dev_blocks, a, b, d_in,
+                   dev_blocks[0].device)
+            record(f"torch kernel on {args.device}, incl. host-to-device copy", k, torch_all, x16_blocks, a, b, d_in,
+                   dev_blocks[0].device)
 
     def best(name: str) -> tuple[float, float]:
         return min(w for w, _ in runs[name]), min(c for _, c in runs[name])
@@ -192,6 +225,28 @@ def main() -> None:
         print(f"(a) {name}: {wall * 1e6:,.1f} us/neuron wall ({cpu * 1e6:,.1f} us CPU), {wall * k:.2f} s for {k} "
               f"neurons; speed-up {base_wall / wall:,.1f}x (medians of rounds: {base_median / median:,.1f}x)")
     print(f"times are the best of {args.rounds} alternating rounds; load average at end {os.getloadavg()}")
+    if args.json:
+        table = {name: {"us_per_neuron_wall": best(name)[0] * 1e6, "us_per_neuron_cpu": best(name)[1] * 1e6,
+                        "speedup_vs_authors": base_wall / best(name)[0]} for name in runs}
+        meta = {"tokens": n, "neurons": k, "block": args.block, "pairs": p, "baseline_neurons": nb,
+                "rounds": args.rounds, "cpu": cpu_model(), "cores": os.cpu_count(), "load_avg_end": os.getloadavg(),
+                "check_sample_vs_scipy": float(dw), "check_md_rel": float(dmd)}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "per_neuron": table}, f, indent=2)
+
+
+def torch_all(blocks: list, a: np.ndarray, b: np.ndarray, d_in: np.ndarray, device) -> dict[str, np.ndarray]:
+    """The torch kernel over every block on ``device`` (numpy blocks are copied there first), then percentiles."""
+    import torch
+
+    parts: dict[str, list[np.ndarray]] = {}
+    for x in blocks:
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(x).to(device, non_blocking=True)
+        for name, values in block_stats_torch(t, pairs=(a, b), d_in=d_in).items():
+            parts.setdefault(name, []).append(values)
+    data = {name: np.concatenate(v) for name, v in parts.items()}
+    data["w_pct"] = percentile_rank(data["w_dist"])
+    return data
 
 
 def transpose_and_sort(blocks: list[np.ndarray], a: np.ndarray, b: np.ndarray) -> None:

@@ -14,7 +14,7 @@ from negdb.cli.options import emit, options
 @mode_option()
 @controls_options(only=("kinds", "seeds", "seed", "probe_tokens"), seeds=1)
 @click.option("--ppl-tokens", default=None, type=int, help="WikiText-2 test tokens analysed (default: all).")
-@scoring_options(only=("window", "bos_policy"))
+@scoring_options(only=("window", "bos_policy", "dtype"))
 @bootstrap_options(helps={"n_boot": "Bootstrap draws of the CIs (windows)."})
 @seed_option("First random-control seed and bootstrap seed (unless --control-seed / --bootstrap-seed).")
 @device_option()

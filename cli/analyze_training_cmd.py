@@ -36,7 +36,7 @@ from negdb.cli.options import emit, options
                          "probe_tokens": "WikiText-2 tokens of each perplexity-matching probe (--controls "
                                          "ppl-matched)."})
 @sampling_options(helps={"limit": "Items per group (BLiMP paradigm, TSE phenomenon), as `negdb ablate`."})
-@scoring_options(bos_aliases=("--eval-bos",))
+@scoring_options(bos_aliases=("--eval-bos",), only=("bos_policy", "window", "batch_tokens"))
 @bootstrap_options()
 @seed_option("Seed of every random stream without a flag of its own given: the ingest (--ingest-seed), the "
              "random controls (--control-seed) and the bootstrap (--bootstrap-seed).")

@@ -178,18 +178,23 @@ def _scoring_flags(bos_aliases: tuple[str, ...]) -> list[Flag]:
                                        "help": "Perplexity window in tokens (default: the model's context)."}),
         Flag("batch_tokens", ("--batch-tokens",), {"default": 8192, "show_default": True, "type": int,
                                                    "help": "Padded tokens per forward pass (speed only)."}),
+        Flag("dtype", ("--dtype",), {"default": "float32", "show_default": True,
+                                     "type": click.Choice(["float32", "bfloat16", "float16"]),
+                                     "help": "Forward dtype of the evaluations (bfloat16 for GPUs); part of every "
+                                             "result's key when not float32."}),
     ]
 
 
 def _scoring(raw: dict[str, Any]) -> Any:
     from negdb.evals.options import Scoring
 
-    return Scoring(bos_policy=raw["bos_policy"], window=raw["window"], batch_tokens=raw["batch_tokens"])
+    return Scoring(bos_policy=raw["bos_policy"], window=raw["window"], batch_tokens=raw["batch_tokens"],
+                   dtype=raw.get("dtype", "float32"))
 
 
 def scoring_options(*, bos_aliases: tuple[str, ...] = ("--bos",), only: tuple[str, ...] | None = None,
                     helps: Mapping[str, str] | None = None, **defaults: Any) -> Callable[[F], F]:
-    """``--bos-policy`` (alias ``--bos``) ``--window --batch-tokens`` -> ``scoring=Scoring(...)``."""
+    """``--bos-policy`` (alias ``--bos``) ``--window --batch-tokens --dtype`` -> ``scoring=Scoring(...)``."""
     return _group("scoring", _scoring_flags(bos_aliases), _scoring, only=only, defaults=defaults,
                   helps=helps or {})
 
@@ -250,7 +255,9 @@ INGEST_FLAGS = [
     Flag("md_pairs", ("--md-pairs",), {"default": 50_000, "show_default": True, "type": int,
                                        "help": "Token pairs for mapping difficulty (at most tokens/2)."}),
     Flag("dtype", ("--dtype",), {"type": click.Choice(["float32", "bfloat16", "float16"]), "default": "float32",
-                                 "show_default": True, "help": "Dtype of the model's forward pass."}),
+                                 "show_default": True,
+                                 "help": "Dtype of the model's forward pass (bfloat16 for GPUs, with --activations "
+                                         "none); part of the statistics' spec when not float32."}),
     Flag("store_dtype", ("--store-dtype",), {"type": click.Choice(["float16", "float32"]), "default": "float16",
                                              "show_default": True,
                                              "help": "Dtype of stored pre-activations (statistics are computed from "
@@ -296,6 +303,13 @@ RESOURCE_FLAGS = [
     Flag("keep_weights", ("--keep-weights",), {"is_flag": True, "default": False,
                                                "help": "Keep hub checkpoints this run downloads in the Hugging Face "
                                                        "cache (default: remove each once ingested)."}),
+    Flag("stats_backend", ("--stats-backend",), {"type": click.Choice(["auto", "numpy", "torch"]),
+                                                 "default": "auto", "show_default": True,
+                                                 "help": "Statistics kernel: auto = torch on the model's GPU, "
+                                                         "numpy on CPUs (faster there)."}),
+    Flag("overlap", ("--overlap/--no-overlap",), {"default": True, "show_default": True,
+                                                  "help": "Compute a checkpoint's statistics while the next "
+                                                          "checkpoint streams."}),
 ]
 
 
@@ -303,7 +317,8 @@ def _resources(raw: dict[str, Any]) -> Any:
     from negdb.ingest.plan import Resources
 
     return Resources(device=raw["device"], batch_tokens=raw["batch_tokens"], mem_budget_mb=raw["mem_budget_mb"],
-                     compression=raw["compression"], keep_weights=bool(raw["keep_weights"]))
+                     compression=raw["compression"], stats_backend=raw.get("stats_backend", "auto"),
+                     overlap=raw.get("overlap", True), keep_weights=bool(raw.get("keep_weights", False)))
 
 
 def resource_options(*, only: tuple[str, ...] | None = None, helps: Mapping[str, str] | None = None,

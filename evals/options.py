@@ -22,7 +22,7 @@ from typing import Any
 
 from negdb.errors import BadArgument
 from negdb.evals import registry
-from negdb.evals.run import ScoringRule
+from negdb.evals.run import DTYPES, ScoringRule, dtype_key
 from negdb.values import as_int, as_names
 
 
@@ -56,11 +56,14 @@ class Scoring:
         bos_policy: :class:`BosPolicy` (``"lm-eval"`` or ``"model"``).
         window: perplexity window in tokens (``None``: the model's context).
         batch_tokens: padded tokens per forward pass (speed only: scores do not depend on it, no key holds it).
+        dtype: the model's forward dtype (``float32``, or ``bfloat16`` on GPUs): part of every key when it is not
+            float32, recorded with every result.
     """
 
     bos_policy: BosPolicy = BosPolicy.LM_EVAL
     window: int | None = None
     batch_tokens: int = 8192
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         try:
@@ -73,13 +76,15 @@ class Scoring:
             raise BadArgument(f"window must be at least 2 tokens, got {window}")
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "batch_tokens", as_int(self.batch_tokens, "batch_tokens", minimum=1))
+        if self.dtype not in DTYPES:
+            raise BadArgument(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     def rule(self) -> ScoringRule:
         """The scoring conventions that enter a result's key."""
-        return ScoringRule(self.bos_policy.value, self.window)
+        return ScoringRule(self.bos_policy.value, self.window, self.dtype)
 
     def key(self) -> dict[str, Any]:
-        return {"bos": self.bos_policy.value, "window": self.window}
+        return {"bos": self.bos_policy.value, "window": self.window, **dtype_key(self.dtype)}
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,19 @@ from __future__ import annotations
 import inspect
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from negdb.models.loading import LoadedModel
 
 __all__ = ["LOGSOFTMAX_ROWS", "MAX_SHARED_ROW", "ROW_TOKENS", "Caps", "Row", "additive_mask", "capabilities",
            "logits_at", "model_dtype", "pack_rows", "padded_batches", "sliding_window"]
 
 
-def _forward_logits(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def _forward_logits(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         out = lm.model(input_ids=input_ids, attention_mask=attention_mask)
     return out.logits if hasattr(out, "logits") else out[0]
@@ -55,7 +58,7 @@ class Caps:
 _CAPS: weakref.WeakKeyDictionary[Any, tuple[str, Caps]] = weakref.WeakKeyDictionary()
 
 
-def logits_at(lm: Any, caps: Caps, ids: torch.Tensor, attn: torch.Tensor | None, pos: torch.Tensor | None,
+def logits_at(lm: LoadedModel, caps: Caps, ids: torch.Tensor, attn: torch.Tensor | None, pos: torch.Tensor | None,
           keep: torch.Tensor) -> torch.Tensor:
     """Logits ``(keep.sum(), vocab)`` at the ``True`` positions of ``keep`` (row-major), from one forward pass."""
     kw: dict[str, Any] = {"input_ids": ids, "attention_mask": attn}
@@ -83,7 +86,7 @@ def model_dtype(model: Any) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
-def _probe(lm: Any, caps: Caps) -> bool:
+def _probe(lm: LoadedModel, caps: Caps) -> bool:
     """Whether ``caps`` reproduces plain one-sequence forward passes on a small packed example."""
     model = lm.model
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -125,7 +128,7 @@ def _probe(lm: Any, caps: Caps) -> bool:
     return float((got - want).abs().max()) <= tol
 
 
-def capabilities(lm: Any) -> Caps:
+def capabilities(lm: LoadedModel) -> Caps:
     """The :class:`Caps` of ``lm.model`` (signature check plus a probe on a tiny input; cached per model)."""
     model = lm.model
     impl = str(getattr(getattr(model, "config", None), "_attn_implementation", None))
@@ -217,7 +220,7 @@ def pack_rows(
     return rows, cols
 
 
-def sliding_window(lm: Any) -> int | None:
+def sliding_window(lm: LoadedModel) -> int | None:
     value = getattr(lm.config, "sliding_window", None)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 

@@ -28,6 +28,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from negdb.models.loading import LoadedModel
 
 BOS_POLICIES = ("lm-eval", "model")
+DTYPES = ("float32", "bfloat16", "float16")
+"""Dtypes of the forward pass (weights and activations); float32 is the default and the reference."""
+
+
+def dtype_key(dtype: str) -> dict[str, str]:
+    """What a key holds of the forward dtype: nothing for float32 (keys written before dtypes stay valid)."""
+    return {} if dtype == "float32" else {"dtype": dtype}
 
 
 
@@ -40,16 +47,21 @@ class ScoringRule:
             as lm-evaluation-harness does; ``"model"``: the model family's BOS policy (``LoadedModel.bos``) is
             applied to every request and window.
         window: perplexity window in tokens (``None``: the model's context).
+        dtype: the model's forward dtype (``float32``; ``bfloat16`` on GPUs): results in another dtype are
+            other results. Device and batch size are not part of it (scores do not depend on them).
     """
 
     bos: str = "lm-eval"
     window: int | None = None
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.bos not in BOS_POLICIES:
             raise BadArgument(f"unknown BOS policy {self.bos!r}: use {' or '.join(BOS_POLICIES)}")
         if self.window is not None and self.window < 2:
             raise BadArgument(f"--window must be at least 2 tokens, got {self.window}")
+        if self.dtype not in DTYPES:
+            raise BadArgument(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     def bos_id(self, lm: LoadedModel) -> int | None:
         """The token prepended to every request under this rule, for ``lm`` (``None`` for lm-eval's)."""
@@ -69,7 +81,7 @@ class ScoringRule:
     def describe(self, lm: LoadedModel, spec: BenchmarkSpec) -> dict[str, Any]:
         """The conventions in force for ``spec`` on ``lm`` (stored as ``scoring_json``)."""
         bos_id = self.bos_id(lm)
-        out: dict[str, Any] = {"bos_policy": self.bos, "bos_token_id": bos_id,
+        out: dict[str, Any] = {"dtype": self.dtype, "bos_policy": self.bos, "bos_token_id": bos_id,
                                "bos_token": None if bos_id is None else lm.tokenizer.convert_ids_to_tokens(bos_id)}
         if spec.kind == "perplexity":
             out.update(window=self.window_for(lm), rule="exp(mean NLL) over non-overlapping windows")

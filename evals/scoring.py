@@ -35,7 +35,7 @@ import torch
 from negdb.errors import BadArgument
 from negdb.evals.packing import (LOGSOFTMAX_ROWS, MAX_SHARED_ROW, ROW_TOKENS, additive_mask, capabilities, logits_at,
                                  model_dtype, pack_rows, padded_batches, sliding_window)
-from negdb.models.loading import max_context
+from negdb.models.loading import LoadedModel, max_context
 
 DEFAULT_BATCH_TOKENS = 8192
 
@@ -155,7 +155,7 @@ def encode_requests(
 
 
 def score_continuations(
-    lm: Any,
+    lm: LoadedModel,
     requests: Sequence[tuple[str, str]],
     *,
     bos: str | int | None,
@@ -334,7 +334,7 @@ def score_continuations(
 
 
 def perplexity(
-    lm: Any,
+    lm: LoadedModel,
     text: str,
     *,
     bos: str | int | None,

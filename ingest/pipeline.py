@@ -6,9 +6,12 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, replace
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,7 +21,7 @@ from tqdm.auto import tqdm
 from negdb.config import store_path
 from negdb.errors import BadArgument, NotEnoughDisk, StoreDamaged
 from negdb.ingest.corpus import load_corpus
-from negdb.ingest.layerstats import PairPlan, layer_stats
+from negdb.ingest.layerstats import Kernel, PairPlan, layer_stats
 from negdb.ingest.plan import (IngestSpec, Resources, StatSpec, batch_windows, check_disk, estimate_bytes,
                                human_bytes, parse_activations, parse_layers, stat_spec)
 from negdb.ingest.publish import JobKeys, publish_activations, publish_metadata, publish_stats
@@ -31,6 +34,8 @@ from negdb.models import checkpoints as ckpts
 from negdb.models import hub, loading, registry
 from negdb.models.families import act_name
 from negdb.stats.mapping import draw_pairs
+from negdb.stats.rows import available_threads
+from negdb.stats.torch_block import backend_for
 from negdb.store.arrays import layer_name, md_group_name, open_group, put_vector
 from negdb.store.catalog import Catalog
 from negdb.store.faults import crash_point
@@ -42,6 +47,11 @@ from negdb.store.segments import disk_errors
 
 Log = Callable[[str], None]
 
+RESIDENT_SHARE = 0.5
+"""Largest share of a GPU's free memory that the device copies of the captured pre-activations may take."""
+DEVICE_STATS_SHARE = 0.25
+"""Share of a GPU's free memory one statistics chunk may use."""
+
 
 def _stderr(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
@@ -52,10 +62,13 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
     """Ingest every selected checkpoint of a model; returns one result per checkpoint.
 
     ``spec``: what to ingest (or its fields as keyword arguments); ``resources``: device, batch, memory, codec,
-    ``keep_weights``. The run's plan (:mod:`negdb.ingest.runplan`) is logged first (for a run of several
-    checkpoints or with downloads; one local checkpoint says its size as it starts), and a run the disk cannot hold
-    is refused (:class:`negdb.errors.NotEnoughDisk`). Hub checkpoints are prefetched one ahead and, once ingested,
-    removed from the Hugging Face cache if this run downloaded them (unless ``resources.keep_weights``).
+    statistics kernel, overlap, ``keep_weights``. With ``resources.overlap`` (the default) the statistics and
+    publishing of a checkpoint run in a worker thread while the next checkpoint streams; the results are the same
+    as one after the other (``overlap=False``). The run's plan (:mod:`negdb.ingest.runplan`) is logged first (for a
+    run of several checkpoints or with downloads; one local checkpoint says its size as it starts), and a run the
+    disk cannot hold is refused (:class:`negdb.errors.NotEnoughDisk`). Hub checkpoints are prefetched one ahead
+    and, once streamed, removed from the Hugging Face cache if this run downloaded them (unless
+    ``resources.keep_weights``). ``store`` may be an object-store URL (:mod:`negdb.ingest.remote`).
     """
     opts = spec or IngestSpec(**kwargs)  # type: ignore[arg-type]
     res = resources or Resources()
@@ -78,20 +91,39 @@ def ingest(spec: IngestSpec | None = None, *, store: str | Path | None = None, r
     overall = tqdm(total=opts.tokens * len(selected), unit="tok", unit_scale=True, desc="all checkpoints",
                    disable=not progress or len(selected) == 1, position=0)
     seen: dict[str, str] = {}
-    results = []
+    results: list[CheckpointResult] = []
+    pending: Future | None = None
     try:
-        for i, (ckpt, cplan) in enumerate(zip(selected, run_plan.checkpoints)):
-            if cplan.stored_run is not None:
-                results.append(_stored_result(layout, source, ckpt, cplan, log))
-                overall.update(opts.tokens)
-                continue
-            weights.prepare(i)
-            copts = replace(opts, activations=keep_specs[ckpt.revision])
-            results.append(_checkpoint(copts, res, layout, source, ckpt, corpus, overall, progress, log, seen))
-            freed = weights.finish(i)
-            if freed is not None:
-                log(f"{source.model_id}@{ckpt.revision}: removed from the Hugging Face cache "
-                    f"({human_bytes(freed)}; --keep-weights keeps downloaded checkpoints)")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="negdb-stats") as pool:
+            for i, (ckpt, cplan) in enumerate(zip(selected, run_plan.checkpoints)):
+                if cplan.stored_run is not None:
+                    job: CheckpointResult | _Finish = _stored_result(layout, source, ckpt, cplan, log)
+                    overall.update(opts.tokens)
+                else:
+                    weights.prepare(i)
+                    copts = replace(opts, activations=keep_specs[ckpt.revision])
+                    job = _checkpoint(copts, res, layout, source, ckpt, corpus, overall, progress, log, seen,
+                                      background=pending is not None)
+                    freed = weights.finish(i)  # streamed: the weights are no longer needed
+                    if freed is not None:
+                        log(f"{source.model_id}@{ckpt.revision}: removed from the Hugging Face cache "
+                            f"({human_bytes(freed)}; --keep-weights keeps downloaded checkpoints)")
+                if pending is not None:  # the previous checkpoint's statistics ran while this one streamed
+                    try:
+                        results.append(pending.result())
+                    except BaseException:
+                        if isinstance(job, _Finish):
+                            job.abandon("stopped: the statistics of the previous checkpoint failed")
+                        raise
+                    pending = None
+                if isinstance(job, CheckpointResult):
+                    results.append(job)
+                elif res.overlap and i + 1 < len(selected):
+                    pending = pool.submit(job, True)
+                else:
+                    results.append(job(False))
+            if pending is not None:
+                results.append(pending.result())
     finally:
         weights.close()
         overall.close()
@@ -171,13 +203,21 @@ def _missing(layout: StoreLayout, model_id: str, revision: str, slice_id: str, s
 
 
 def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, ckpt, corpus, overall: tqdm,
-                progress: bool, log: Log, seen: dict[str, str]) -> CheckpointResult:
+                progress: bool, log: Log, seen: dict[str, str] | None = None,
+                background: bool = False) -> CheckpointResult | _Finish:
+    """Stream one checkpoint; return its result if there was nothing to do, else the job that finishes it.
+
+    The returned job (statistics, publishing, the run record; ``job(overlapped)``) holds the checkpoint's lock
+    until it is done, so it may run in another thread while the next checkpoint streams. ``background``: a
+    previous checkpoint's statistics are running now (the streaming then leaves them one core).
+    """
     started = time.perf_counter()
     label = f"{source.model_id}@{ckpt.revision}"
     lm = loading.load(source, ckpt, device=res.device, dtype=getattr(torch, opts.dtype))
+    load_s = time.perf_counter() - started
     digest = _weights_digest(source, ckpt)
     if digest is not None:
-        _warn_same_weights(layout, source.model_id, ckpt.revision, digest, seen, log)
+        _warn_same_weights(layout, source.model_id, ckpt.revision, digest, {} if seen is None else seen, log)
     sl = _slice(opts, corpus, lm, source.model_id, log)
     spec = stat_spec(opts, sl.n_tokens)
     layers = parse_layers(opts.layer_text, lm.n_layers)
@@ -188,8 +228,11 @@ def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, c
         check_disk(layout.root, _needed_bytes(opts, lm, sl, layers))
     layout.init()
     group_name = f"{source.model_id}|{ckpt.revision}|{sl.slice_id}"
-    with exclusive_lock(layout.lock_file(group_name),
-                        on_wait=lambda who: log(f"{label}: waiting for {who}, which is writing the same checkpoint")):
+    held = ExitStack()
+    held.enter_context(exclusive_lock(
+        layout.lock_file(group_name),
+        on_wait=lambda who: log(f"{label}: waiting for {who}, which is writing the same checkpoint")))
+    try:
         # what the store holds now: other jobs of this checkpoint may have published layers since this job began
         stats_todo, acts_todo = _missing(layout, source.model_id, ckpt.revision, sl.slice_id, spec, layers, keep)
         state = _load_state(work, log, label)
@@ -199,6 +242,7 @@ def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, c
                 log(f"{label}: already ingested ({len(layers)} layers, slice {sl.slice_id}, spec {spec.spec_id}); "
                     "nothing to do")
                 overall.update(sl.n_tokens)
+                held.close()
                 return CheckpointResult(source.model_id, ckpt.revision, "already", None, sl.n_tokens, layers, 0.0,
                                         sl.slice_id, spec.spec_id)
             state = JobState(started_at=now().isoformat(), layers=todo, stats_layers=stats_todo, keep=acts_todo)
@@ -212,47 +256,101 @@ def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, c
             state.keep = [l for l in state.keep if l in acts_todo]
             log(f"{label}: resuming run {state.run_id} ({state.batches_done} batches and "
                 f"{len(state.stats_done)} layers of statistics already done)")
+        state.timings["load_s"] = state.timings.get("load_s", 0.0) + load_s
         keys = JobKeys(source.model_id, ckpt.revision, sl.slice_id, spec.spec_id, state.run_id, job_key)
         run = RunRecord(run_id=state.run_id, kind="ingest", model_id=source.model_id, revision=ckpt.revision,
                         slice_id=sl.slice_id, spec_id=spec.spec_id, layers=state.layers,
                         config={**opts.record(), **asdict(res), "activations_kept": keep, "slice": sl.meta(),
                                 **_machine(lm)},
                         resumes=state.resumes, timings=state.timings)
-        todo_keep = state.keep
-        _announce(opts, lm, sl, state, todo_keep, label, log)
+        _announce(opts, lm, sl, state, state.keep, label, log)
         with disk_errors(work):
             work.mkdir(parents=True, exist_ok=True)
         state.save(work)
         run.save(layout, "running")
-        with run.reserve_failure(layout):
+        held.enter_context(run.reserve_failure(layout))
+        kernel = _kernel(res, lm)
+        try:
+            if state.stats_layers or state.keep:
+                with _fewer_threads(background):
+                    done = _stream_job(opts, res, layout, lm, source, ckpt, sl, spec, state, keys, work, overall,
+                                       progress, label, kernel, digest)
+            else:
+                log(f"{label}: every layer of run {state.run_id} is in the store already (published by it "
+                    "before it was interrupted, or by another run); nothing left to publish")
+                overall.update(sl.n_tokens)
+                done = _nothing_left
+        except BaseException as err:
+            _failed(run, layout, err, work)
+    except BaseException:
+        held.close()
+        raise
+    del lm  # the finishing job needs no model: the next checkpoint may load its own meanwhile
+    return _Finish(layout, run, state, work, held, done, kernel, log,
+                   CheckpointResult(source.model_id, ckpt.revision, status, state.run_id, sl.n_tokens, state.layers,
+                                    0.0, sl.slice_id, spec.spec_id), started, label)
+
+
+@dataclass
+class _Finish:
+    """The rest of a streamed checkpoint's job: statistics, publishing, the run record; it holds the lock."""
+
+    layout: StoreLayout
+    run: RunRecord
+    state: JobState
+    work: Path
+    held: ExitStack
+    done: Callable[[Kernel], None]
+    kernel: Kernel
+    log: Log
+    result: CheckpointResult
+    started: float
+    label: str
+
+    def __call__(self, overlapped: bool) -> CheckpointResult:
+        """Finish the job (``overlapped``: while another checkpoint streams, so numpy gets one thread)."""
+        kernel = replace(self.kernel, threads=1) if overlapped and self.kernel.backend == "numpy" else self.kernel
+        try:
             try:
-                if state.stats_layers or state.keep:
-                    _run_job(opts, res, layout, lm, source, ckpt, sl, spec, state, keys, todo_keep, work, overall,
-                             progress, label, digest)
-                else:
-                    log(f"{label}: every layer of run {state.run_id} is in the store already (published by it "
-                        "before it was interrupted, or by another run); nothing left to publish")
-                    overall.update(sl.n_tokens)
-            except KeyboardInterrupt:
-                run.save_quietly(layout, "interrupted", "interrupted; run the same command again to resume")
-                raise
-            except NotEnoughDisk as err:
-                run.save_quietly(layout, "failed", str(err))
-                raise NotEnoughDisk(f"the disk is full while writing {getattr(err, 'what', 'the store')}: free "
-                                    f"space or use another --store; the unfinished ingest is kept in {work} and "
-                                    "resumes when you run the same command again") from err
+                self.done(kernel)
             except BaseException as err:
-                run.save_quietly(layout, "failed", f"{type(err).__name__}: {err}")
-                raise
-        run.timings = state.timings
-        run.save(layout, "done")
-        crash_point("publish.after_done")
-        shutil.rmtree(work, ignore_errors=True)
-    seconds = time.perf_counter() - started
-    log(f"{label}: {status} {sl.n_tokens:,} tokens x {len(state.layers)} layers in {seconds:.1f} s "
-        f"(run {state.run_id})")
-    return CheckpointResult(source.model_id, ckpt.revision, status, state.run_id, sl.n_tokens, state.layers, seconds,
-                            sl.slice_id, spec.spec_id)
+                _failed(self.run, self.layout, err, self.work)
+            self.run.timings = self.state.timings
+            self.run.save(self.layout, "done")
+            crash_point("publish.after_done")
+            shutil.rmtree(self.work, ignore_errors=True)
+        finally:
+            self.held.close()
+        seconds = time.perf_counter() - self.started
+        r = self.result
+        self.log(f"{self.label}: {r.status} {r.n_tokens:,} tokens x {len(r.layers)} layers in {seconds:.1f} s "
+                 f"(run {r.run_id})")
+        return replace(r, seconds=seconds)
+
+    def abandon(self, why: str) -> None:
+        """Leave the job for a later run to resume (its streamed batches are kept) and release the lock."""
+        try:
+            self.run.save_quietly(self.layout, "interrupted", f"{why}; run the same command again to resume")
+        finally:
+            self.held.close()
+
+
+def _failed(run: RunRecord, layout: StoreLayout, err: BaseException, work: Path) -> NoReturn:
+    """Record why the job stopped (it resumes from ``work`` when the same command runs again) and raise."""
+    if isinstance(err, KeyboardInterrupt):
+        run.save_quietly(layout, "interrupted", "interrupted; run the same command again to resume")
+        raise err
+    if isinstance(err, NotEnoughDisk):
+        run.save_quietly(layout, "failed", str(err))
+        raise NotEnoughDisk(f"the disk is full while writing {getattr(err, 'what', 'the store')}: free space or use "
+                            f"another --store; the unfinished ingest is kept in {work} and resumes when you run the "
+                            "same command again") from err
+    run.save_quietly(layout, "failed", f"{type(err).__name__}: {err}")
+    raise err
+
+
+def _nothing_left(kernel: Kernel) -> None:
+    """The finishing job of a resumed run whose layers other runs have published meanwhile."""
 
 
 def _load_state(work: Path, log: Log, label: str) -> JobState | None:
@@ -264,6 +362,33 @@ def _load_state(work: Path, log: Log, label: str) -> JobState | None:
         log(f"{label}: {err}; starting the job over")
         shutil.rmtree(work, ignore_errors=True)
         return None
+
+
+def _kernel(res: Resources, lm) -> Kernel:
+    """The statistics kernel for this checkpoint: torch on the model's GPU, numpy on CPUs (``--stats-backend``)."""
+    backend = backend_for(lm.device, res.stats_backend)
+    device = str(lm.device) if backend == "torch" else "cpu"
+    return Kernel(backend=backend, device=device, device_budget_mb=_device_budget_mb(res, device))
+
+
+def _device_budget_mb(res: Resources, device: str) -> int:
+    """Device memory for one statistics chunk: ``--mem-budget`` on the CPU, a quarter of what is free on a GPU."""
+    if torch.device(device).type != "cuda":
+        return res.mem_budget_mb
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return max(res.mem_budget_mb, int(free * DEVICE_STATS_SHARE) // 2**20)
+
+
+@contextmanager
+def _fewer_threads(background: bool) -> Iterator[None]:
+    """While another checkpoint's statistics run in the background, torch's forward pass leaves them a core."""
+    before = torch.get_num_threads()
+    if background and before > 1 and available_threads() <= before:
+        torch.set_num_threads(before - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _needed_bytes(opts: IngestSpec, lm, sl: TokenSlice, layers: list[int]) -> int:
@@ -279,9 +404,10 @@ def _announce(opts: IngestSpec, lm, sl: TokenSlice, state: JobState, keep: list[
         f"needs up to {human_bytes(need)} of disk")
 
 
-def _run_job(opts: IngestSpec, res: Resources, layout: StoreLayout, lm, source, ckpt, sl: TokenSlice, spec,
-             state: JobState, keys: JobKeys, keep: list[int], work: Path, overall: tqdm, progress: bool,
-             label: str, digest: str | None) -> None:
+def _stream_job(opts: IngestSpec, res: Resources, layout: StoreLayout, lm, source, ckpt, sl: TokenSlice, spec,
+                state: JobState, keys: JobKeys, work: Path, overall: tqdm, progress: bool, label: str,
+                kernel: Kernel, digest: str | None = None) -> Callable[[Kernel], None]:
+    """Stream the remaining batches; return the rest of the job (statistics and publishing) as a function."""
     spool = work / "spool.zarr"
     a, b = draw_pairs(sl.n_tokens, spec.md_pairs, spec.md_seed)
     pairs = PairPlan(a=a, b=b, md_rows=np.unique(np.concatenate([a, b])))
@@ -300,35 +426,68 @@ def _run_job(opts: IngestSpec, res: Resources, layout: StoreLayout, lm, source, 
                       compression=res.compression, md_rows=pairs.md_rows, md_key=md_key)
     done_tokens = min(state.batches_done * wpb * sl.seq_len, sl.n_tokens)
     overall.update(done_tokens)
+    resident = _resident(opts, res, lm, sl, state, kernel)
     with tqdm(total=sl.n_tokens, initial=done_tokens, unit="tok", unit_scale=True, desc=label, leave=False,
               disable=not progress, position=1 if not overall.disable else 0) as bar:
         def on_tokens(n: int) -> None:
             bar.update(n)
             overall.update(n)
 
-        stream(lm, sl.tokens, group, spool, plan, state, work, on_tokens)
-    _stats_phase(res, group, pairs, spec, state, work, md_key, progress, label)
-    publish_metadata(layout, model=_model_row(source, lm), checkpoint=_checkpoint_row(source, ckpt, lm, digest),
-                     slice_row=sl.meta() | {"slice_id": sl.slice_id}, spec=spec.row())
-    crash_point("publish.after_metadata")
-    # the lock of this checkpoint is held, so what the store lacks now is what this job publishes: a layer that
-    # another job published while this one was interrupted (or this job before it was) is never published twice
-    stats_todo, acts_todo = _missing(layout, keys.model_id, keys.revision, keys.slice_id, spec, state.stats_layers,
-                                     keep)
-    publish_activations(layout, keys, spool, acts_todo, md_key, n_tokens=sl.n_tokens, d_mlp=lm.d_mlp,
-                        dtype=opts.store_dtype)
-    publish_stats(layout, keys, {l: work / "stats" / f"L{l:03d}.parquet" for l in stats_todo})
-    crash_point("publish.after_stats")
+        stream(lm, sl.tokens, group, spool, plan, state, work, on_tokens, resident=resident)
+    rows = {"model": _model_row(source, lm), "checkpoint": _checkpoint_row(source, ckpt, lm, digest),
+            "slice_row": sl.meta() | {"slice_id": sl.slice_id}, "spec": spec.row()}
+    keep, d_mlp = state.keep, lm.d_mlp
+
+    def finish(k: Kernel) -> None:
+        _stats_phase(res, group, pairs, spec, state, work, md_key, progress, label, k, resident)
+        resident.clear()  # frees the device copies
+        publish_metadata(layout, **rows)
+        crash_point("publish.after_metadata")
+        # the lock of this checkpoint is held, so what the store lacks now is what this job publishes: a layer that
+        # another job published while this one was interrupted (or this job before it was) is never published twice
+        stats_todo, acts_todo = _missing(layout, keys.model_id, keys.revision, keys.slice_id, spec, state.stats_layers,
+                                         keep)
+        publish_activations(layout, keys, spool, acts_todo, md_key, n_tokens=sl.n_tokens, d_mlp=d_mlp,
+                            dtype=opts.store_dtype)
+        publish_stats(layout, keys, {l: work / "stats" / f"L{l:03d}.parquet" for l in stats_todo})
+        crash_point("publish.after_stats")
+
+    return finish
+
+
+def _resident(opts: IngestSpec, res: Resources, lm, sl: TokenSlice, state: JobState,
+              kernel: Kernel) -> dict[int, torch.Tensor]:
+    """Device buffers that receive every captured batch of the layers needing statistics, when they fit.
+
+    Used with the torch kernel when this run streams every batch (not a resume part-way): on a GPU when the
+    buffers take at most ``RESIDENT_SHARE`` of its free memory, on the CPU when they fit ``--mem-budget``.
+    """
+    todo = [l for l in state.stats_layers if l not in state.stats_done]
+    if kernel.backend != "torch" or state.batches_done or not todo:
+        return {}
+    dtype = getattr(torch, opts.store_dtype)
+    if not _fits(sl.n_tokens * lm.d_mlp * len(todo) * torch.finfo(dtype).bits // 8, lm.device, res.mem_budget_mb):
+        return {}
+    return {l: torch.empty((sl.n_tokens, lm.d_mlp), dtype=dtype, device=lm.device) for l in todo}
+
+
+def _fits(need: int, device: torch.device, mem_budget_mb: int) -> bool:
+    """Whether ``need`` bytes of device copies fit: ``RESIDENT_SHARE`` of a GPU's free memory, half the budget on
+    the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return need <= RESIDENT_SHARE * free
+    return need <= mem_budget_mb * 2**20 // 2
 
 
 def _stats_phase(res: Resources, group, pairs: PairPlan, spec, state: JobState, work: Path, md_key: str,
-                 progress: bool, label: str) -> None:
+                 progress: bool, label: str, kernel: Kernel, resident: dict[int, torch.Tensor]) -> None:
     started = time.perf_counter()
     remaining = [l for l in state.stats_layers if l not in state.stats_done]
     for layer in tqdm(remaining, desc=f"{label} statistics", unit="layer", leave=False, disable=not progress):
         name = f"L{layer:03d}"
         table = layer_stats(group["preact"][name], group["md"][md_key][name], pairs, spec, layer,
-                            res.mem_budget_mb)
+                            res.mem_budget_mb, kernel, resident.pop(layer, None))
         out = work / "stats" / f"{name}.parquet"
         out.parent.mkdir(exist_ok=True)
         tmp = out.with_suffix(".partial")
@@ -356,7 +515,7 @@ def _config_dict(cfg) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if not k.startswith("_")}
 
 
-def _checkpoint_row(source, ckpt, lm, digest: str | None) -> dict:
+def _checkpoint_row(source, ckpt, lm, digest: str | None = None) -> dict:
     return {"model_id": source.model_id, "revision": ckpt.revision, "step": ckpt.step,
             "tokens_seen": ckpt.tokens_seen, "commit": lm.commit, "location": str(ckpt.location),
             "weights_sha256": digest}

@@ -17,6 +17,7 @@ _RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+))?$")
 W_REFERENCES = ("exact", "sample")
 COMPRESSIONS = ("zstd", "none")
 DTYPES = ("float32", "bfloat16", "float16")
+STATS_BACKENDS = ("auto", "numpy", "torch")
 
 
 def _choice(value: Any, allowed: tuple[str, ...], what: str) -> str:
@@ -91,6 +92,10 @@ class IngestSpec:
         object.__setattr__(self, "md_pairs", as_int(self.md_pairs, "md_pairs", minimum=1))
         _choice(self.dtype, DTYPES, "dtype")
         _choice(self.store_dtype, STORE_DTYPES, "store_dtype")
+        if self.dtype != "float32" and self.activations != "none":
+            raise BadArgument(f"dtype {self.dtype}: activations are stored only from a float32 forward pass (the "
+                              "store keys them by model, checkpoint and token slice); use activations 'none' "
+                              "(--activations none); statistics of this dtype are kept apart by their spec")
 
     @property
     def checkpoint_spec(self) -> str:
@@ -116,13 +121,17 @@ class IngestSpec:
 @dataclass(frozen=True)
 class Resources:
     """How an ingest runs (never part of a key): device, forward batch, memory budget, codec of stored arrays,
-    and whether hub checkpoints this run downloads stay in the Hugging Face cache (``keep_weights``; default: each
-    is removed once ingested, checkpoints cached before the run are never removed)."""
+    the statistics kernel (``stats_backend``: ``auto`` = torch on the model's GPU, numpy on CPUs; the values agree
+    to rounding), whether a checkpoint's statistics run while the next one streams (``overlap``; the same
+    values), and whether hub checkpoints this run downloads stay in the Hugging Face cache (``keep_weights``;
+    default: each is removed once ingested, checkpoints cached before the run are never removed)."""
 
     device: str = "auto"
     batch_tokens: int | None = None
     mem_budget_mb: int = 1024
     compression: str = "zstd"
+    stats_backend: str = "auto"
+    overlap: bool = True
     keep_weights: bool = False
 
     def __post_init__(self) -> None:
@@ -130,6 +139,9 @@ class Resources:
                                                         optional=True))
         object.__setattr__(self, "mem_budget_mb", as_int(self.mem_budget_mb, "mem_budget_mb", minimum=64))
         _choice(self.compression, COMPRESSIONS, "compression")
+        _choice(self.stats_backend, STATS_BACKENDS, "stats_backend")
+        if not isinstance(self.overlap, bool):
+            raise BadArgument(f"overlap must be True or False, got {self.overlap!r}")
         if not isinstance(self.keep_weights, bool):
             raise BadArgument(f"keep_weights must be True or False, got {self.keep_weights!r}")
 
@@ -180,10 +192,14 @@ class StatSpec:
     md_pairs: int
     md_seed: int
     value_dtype: str
+    forward_dtype: str = "float32"
 
     @property
     def spec_id(self) -> str:
-        return short_hash("stat-spec-v1", asdict(self))
+        fields = asdict(self)
+        if self.forward_dtype == "float32":  # the default keeps the spec_id of stores written before the field
+            del fields["forward_dtype"]
+        return short_hash("stat-spec-v1", fields)
 
     def row(self) -> dict:
         return {"spec_id": self.spec_id, **asdict(self)}
@@ -196,6 +212,7 @@ def stat_spec(opts: IngestSpec, n_tokens: int) -> StatSpec:
         md_pairs=min(opts.md_pairs, n_tokens // 2),
         md_seed=opts.seed,
         value_dtype=opts.store_dtype,
+        forward_dtype=opts.dtype,
     )
 
 

@@ -74,8 +74,12 @@ def verify_done(group_dir: Path, plan: StreamPlan, state: JobState, shard_rows: 
 
 
 def stream(lm, tokens: np.ndarray, group: zarr.Group, group_dir: Path, plan: StreamPlan, state: JobState,
-           work: Path, on_tokens: Callable[[int], None]) -> None:
-    """Run every remaining batch; each batch is durable (written and flushed) before it counts as done."""
+           work: Path, on_tokens: Callable[[int], None], resident: dict[int, torch.Tensor] | None = None) -> None:
+    """Run every remaining batch; each batch is durable (written and flushed) before it counts as done.
+
+    ``resident`` (layer -> an ``(n_tokens, d_mlp)`` tensor on the model's device, in the store dtype) also
+    receives each batch's captured values there, so that statistics can be computed on the device afterwards.
+    """
     n_windows, seq_len = tokens.shape
     preacts, inputs = _prepare(group, plan, n_tokens=n_windows * seq_len, seq_len=seq_len,
                                d_mlp=lm.d_mlp, d_model=lm.d_model)
@@ -94,7 +98,10 @@ def stream(lm, tokens: np.ndarray, group: zarr.Group, group_dir: Path, plan: Str
             rows = torch.from_numpy(plan.md_rows[j0:j1] - r0)
             ids = torch.from_numpy(tokens[w0:w1].astype(np.int64)).to(lm.device)
             captured = run_batch(lm, ids, plan.layers, input_rows=rows,
-                                 out_dtype=getattr(torch, plan.store_dtype))
+                                 out_dtype=getattr(torch, plan.store_dtype), keep_on_device=resident is not None)
+            for layer, buf in (resident or {}).items():
+                buf[r0:r1].copy_(captured.device_preacts[layer], non_blocking=True)
+            captured.device_preacts.clear()
             if pending is not None:
                 _finish(pending, state, work, on_tokens)
             future = pool.submit(_write, preacts, inputs, captured, r0, r1, int(j0), int(j1), group_dir,

@@ -28,9 +28,12 @@ class Captured:
             row-major order: row ``b * seq + t``).
         inputs: layer -> ``(len(input_rows), d_model)`` float32 MLP inputs on CPU for the requested rows.
         input_rows: the flat token rows the ``inputs`` belong to (``None`` if none were requested).
+        device_preacts: with ``keep_on_device``, layer -> the same ``out_dtype`` values still on the model's
+            device (the very tensors the CPU copies were made from).
     """
 
     preacts: dict[int, torch.Tensor] = field(default_factory=dict)
+    device_preacts: dict[int, torch.Tensor] = field(default_factory=dict)
     inputs: dict[int, torch.Tensor] = field(default_factory=dict)
     input_rows: torch.Tensor | None = None
 
@@ -55,6 +58,7 @@ def run_batch(
     layers: Sequence[int],
     input_rows: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float16,
+    keep_on_device: bool = False,
 ) -> Captured:
     """Run one forward pass over ``input_ids`` ``(B, T)`` and capture the requested layers.
 
@@ -64,6 +68,9 @@ def run_batch(
         layers: layer indices to capture (any order; duplicates ignored).
         input_rows: flat token indices ``b * T + t`` whose MLP input ``h`` to record, or ``None``.
         out_dtype: dtype of the returned pre-activations (float16 by default; float32 is exact).
+        keep_on_device: also return the ``out_dtype`` pre-activations on the model's device
+            (``Captured.device_preacts``): on a GPU, statistics can then be computed there from exactly the
+            values that are stored, without a round trip through the CPU.
 
     Returns:
         A :class:`Captured` with CPU tensors that are ordinary (not inference-mode) tensors.
@@ -92,11 +99,15 @@ def run_batch(
             # Leave inference mode so the stored tensors are ordinary ones callers may modify in place.
             with torch.inference_mode(False):
                 x = output.reshape(n_rows, d_mlp)
-                out.preacts[layer] = (
-                    torch.empty((n_rows, d_mlp), dtype=out_dtype).copy_(x)
-                    if on_cpu
-                    else x.to(dtype=out_dtype).to("cpu", non_blocking=True)
-                )
+                if on_cpu:
+                    out.preacts[layer] = torch.empty((n_rows, d_mlp), dtype=out_dtype).copy_(x)
+                    if keep_on_device:
+                        out.device_preacts[layer] = out.preacts[layer]
+                else:
+                    xd = x.to(dtype=out_dtype)  # rounded once, on the device: the stored values
+                    out.preacts[layer] = xd.to("cpu", non_blocking=True)
+                    if keep_on_device:
+                        out.device_preacts[layer] = xd
                 if rows_dev is not None:
                     h = args[0].reshape(n_rows, d_in).index_select(0, rows_dev)
                     out.inputs[layer] = h.to(device="cpu", dtype=torch.float32, non_blocking=not on_cpu)

@@ -391,7 +391,7 @@ def load_tokenizer(source: ModelSource, checkpoint: Checkpoint, *,
         raise ModelLoadError(f"{folder} has no loadable tokenizer ({type(err).__name__})") from err
 
 
-def max_context(lm: Any) -> int:
+def max_context(lm: LoadedModel) -> int:
     """The model's context length in tokens (``max_position_embeddings`` or the like)."""
     cfg = lm.config
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):

@@ -69,6 +69,7 @@ STAT_SPECS = Table("stat_specs", "how a set of statistics was computed", (
     ("md_pairs", pa.int64(), "token pairs drawn for mapping difficulty"),
     ("md_seed", pa.int64(), "seed of the token pairs"),
     ("value_dtype", pa.string(), "dtype of the stored pre-activations the statistics were computed from"),
+    ("forward_dtype", pa.string(), "dtype of the forward pass that produced them (float32, bfloat16, float16)"),
 ))
 
 ACTIVATIONS = Table("activations", "stored pre-activation arrays, one row per layer", (

@@ -28,6 +28,7 @@ from negdb.ablate.conditions import Engine, Loader, check_store, stderr
 from negdb.ablate.controls import MatchResult, save_auto
 from negdb.analyze.record import Timer, analysis_id, lookup, publish
 from negdb.evals import registry
+from negdb.evals.run import dtype_key
 from negdb.query.setstore import NeuronSet
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
@@ -109,7 +110,7 @@ def config(spec: SweepSpec, st: Setup) -> dict[str, Any]:
             "benchmarks": {b: registry.spec_hash(b) for b in st.benches}, "limits": st.limits,
             "ppl_tokens": spec.sampling.ppl_tokens, "probe_tokens": c.probe_tokens, "tolerance": c.tolerance,
             "resolution": c.resolution, "max_fraction": c.max_fraction, "bos": spec.scoring.bos_policy.value,
-            "window": spec.scoring.window, "n_boot": spec.n_boot}
+            "window": spec.scoring.window, "n_boot": spec.n_boot, **dtype_key(spec.scoring.dtype)}
 
 
 def _read_rows(layout: StoreLayout, table: Any, aid: str) -> list[dict[str, Any]]:
@@ -136,8 +137,8 @@ class _Runner:
                  progress: bool, log: Callable[[str], None]) -> None:
         self.cat, self.spec, self.st = cat, spec, st
         self.engine = Engine(layout, cat, st.ckpt, spec.scoring,
-                             get_lm=Loader(st.keys.model_id, st.keys.revision, device, log), progress=progress,
-                             log=lambda _msg: None)
+                             get_lm=Loader(st.keys.model_id, st.keys.revision, device, log, spec.scoring.dtype),
+                             progress=progress, log=lambda _msg: None)
         self.base: dict[int, contrasts.Scores] = {}
         self.data: dict[contrasts.PointKey, contrasts.Scores] = {}
         self.points: list[dict[str, Any]] = []
