@@ -27,7 +27,7 @@ STATS_BYTES_PER_NEURON = 160
 """A neuron_stats row as stored (zstd Parquet): 138 B measured on SmolLM2-135M, rounded up."""
 
 SAME_STATS_KEYS = ("dataset", "text_field", "tokens", "seq_len", "prepend_bos", "layers", "w_reference", "seed",
-                   "md_pairs", "store_dtype")
+                   "md_pairs", "store_dtype", "dtype")
 """Fields of an earlier done ingest's record that must match for a checkpoint to count as stored."""
 
 _LEGACY_KEYS = {"prepend_bos": "bos"}

@@ -159,7 +159,7 @@ def test_downloaded_checkpoints_are_prefetched_then_removed(tmp_path: Path, hub_
             events.append(msg.split(":")[0])
 
     res = ingest(model="pythia-70m", checkpoints="step0,step1000,step2000", store=tmp_path / "store",
-                 progress=False, log=log, **SMALL)
+                 resources=Resources(overlap=False), progress=False, log=log, **SMALL)  # serial: ordered logs
     assert [r.status for r in res] == ["ingested"] * 3
     # step1000 and step2000 were downloaded, each before the previous checkpoint was ingested
     assert events == ["fetch step1000", "pythia-70m@step0", "fetch step2000", "pythia-70m@step1000",
