@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +30,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start(store: Path, *args: str) -> tuple[subprocess.Popen, httpx.Client]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "negdb.cli", "--store", str(store), "serve", "--host", "127.0.0.1",
-                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), *args], stdout=subprocess.DEVNULL,
+                            stderr=tempfile.TemporaryFile())  # not a pipe: nobody reads it, a full one would block
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0)
     deadline = time.monotonic() + 120
     while True:
