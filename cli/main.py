@@ -115,6 +115,9 @@ def _register() -> None:
 
     main.add_command(check_cmd.check)
     main.add_command(check_cmd.repair)
+    from negdb.cli import duckdb_cmd
+
+    main.add_command(duckdb_cmd.duckdb_cmd)
     add_store_options(main)
 
 

@@ -93,6 +93,8 @@ class Catalog:
         self.layout.check()
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET GLOBAL parquet_metadata_cache = true")
+        # relative paths in negdb's own SQL resolve against the store, as in the views file (store/duckfile.py)
+        self.con.execute("SET file_search_path = ?", [str(Path(root).expanduser().resolve())])
         tables_dir = Path(root).expanduser().resolve() / "tables"
         self._tables_dir = tables_dir
         self._memory_limit = query_memory_limit or default_memory_limit()

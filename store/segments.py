@@ -90,7 +90,12 @@ def write_segment(path: Path, table: pa.Table, *, exclusive: bool = True, row_gr
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         crash_point("segment.before_link")
-        return _publish(tmp, path, exclusive)
+        written = _publish(tmp, path, exclusive)
+    if written:
+        from negdb.store.duckfile import segment_published
+
+        segment_published(path)  # the store's negdb.duckdb gains a view when a table gets its first segment
+    return written
 
 
 def list_segments(folder: Path) -> list[Path]:
