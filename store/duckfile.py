@@ -30,7 +30,6 @@ each refresh; the file cannot (it holds no data), so its views read those few sm
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import threading
@@ -144,13 +143,15 @@ def spec_for(shapes: dict[str, tuple[str, ...]]) -> Spec:
     return Spec(tuple(sorted(shapes.items())), tuple(statements), digest)
 
 
-def _comments() -> list[str]:
-    """COMMENT statements: each view's and each column's meaning (``duckdb_views()``, ``duckdb_columns()``)."""
+def _documentation() -> list[str]:
+    """Each view's meaning as its comment (``duckdb_views()``, shown by SQL clients), and a view ``negdb_columns``
+    of every column's meaning (one statement: a comment per column would cost a catalog change each)."""
     from negdb.store.catalog import Catalog
 
     out = [f"COMMENT ON VIEW {_ident(v)} IS {_literal(doc)}" for v, doc in Catalog.view_docs().items()]
-    for table in all_tables():
-        out += [f"COMMENT ON COLUMN {_ident(table.name)}.{_ident(c)} IS {_literal(m)}" for c, _, m in table.columns]
+    rows = ", ".join(f"({_literal(t.name)}, {_literal(c)}, {_literal(m)})" for t in all_tables() for c, _, m in t.columns)
+    out.append(f"CREATE VIEW negdb_columns AS SELECT * FROM (VALUES {rows}) AS c(view_name, column_name, meaning)")
+    out.append("COMMENT ON VIEW negdb_columns IS 'the meaning of every column of every table view'")
     out.append("COMMENT ON VIEW negdb_info IS 'the negdb views file: format, hash of the view definitions, writer'")
     return out
 
@@ -158,11 +159,35 @@ def _comments() -> list[str]:
 # ------------------------------------------------------------------------------------------ read / write
 
 
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}
+"""(device, inode, size, mtime) of a views file -> its digest: a file is never changed in place, only replaced."""
+
+
+def _stat_key(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def current_digest(root: Path | str) -> str | None:
     """The ``views_hash`` recorded in the store's file, or None when there is none or it cannot be read."""
     path = file_path(root)
-    if not path.is_file():
+    key = _stat_key(path)
+    if key is None:
         return None
+    with _KNOWN_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    digest = _read_digest(path)
+    if digest is not None:
+        with _KNOWN_LOCK:
+            _DIGESTS[key] = digest
+    return digest
+
+
+def _read_digest(path: Path) -> str | None:
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error:  # another version's file, damaged, or locked by a writable session
@@ -189,20 +214,25 @@ def _write(root: Path, spec: Spec) -> None:
         try:
             # views are bound when made: their relative globs must resolve against the store
             con.execute("SET file_search_path = ?", [str(root.resolve())])
+            con.execute("BEGIN TRANSACTION")  # one commit (one write to disk) for every view and comment
             for statement in spec.statements:
                 con.execute(statement)
             con.execute(f"CREATE VIEW negdb_info AS SELECT {FORMAT} AS format, {_literal(spec.digest)} AS "
                         f"views_hash, {_literal(negdb.__version__)} AS negdb_version")
-            for statement in _comments():
-                with contextlib.suppress(duckdb.Error):  # a column a view lacks (none today)
-                    con.execute(statement)
+            for statement in _documentation():
+                con.execute(statement)
+            con.execute("COMMIT")
             con.execute("CHECKPOINT")
         finally:
             con.close()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        key = _stat_key(tmp)
         os.replace(tmp, final)
         fsync_dir(root)
+        if key is not None:
+            with _KNOWN_LOCK:
+                _DIGESTS[key] = spec.digest
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)

@@ -66,17 +66,19 @@ def test_a_new_store_has_every_view_typed_and_empty(tmp_path: Path) -> None:
     store = tmp_path / "s"
     assert (store / "negdb.duckdb").is_file()
     views = {r["view_name"] for r in shell(store, "SELECT view_name FROM duckdb_views() WHERE NOT internal")}
-    assert views == {t.name for t in all_tables()} | {"neurons", "negdb_info"}
+    assert views == {t.name for t in all_tables()} | {"neurons", "negdb_info", "negdb_columns"}
     with negdb.connect(store) as cat:
         expected = {(v, c, t) for v, c, t, _ in cat.describe()}
     for view in ("neurons", "eval_results", "neuron_stats", "runs"):
         rows = shell(store, f"DESCRIBE {view}")
         assert {(view, r["column_name"], r["column_type"]) for r in rows} == {e for e in expected if e[0] == view}
         assert shell(store, f"SELECT count(*) AS n FROM {view}") == [{"n": 0}]
-    # the meanings are comments, for the shell and for tools like DBeaver
-    comments = shell(store, "SELECT comment FROM duckdb_columns() WHERE table_name = 'eval_results' "
-                            "AND column_name = 'set_id'")
-    assert "neuron set" in comments[0]["comment"]
+    # the meanings: each view's as its comment (SQL clients show it), each column's in negdb_columns
+    comments = shell(store, "SELECT comment FROM duckdb_views() WHERE view_name = 'eval_results'")
+    assert "one row per stored evaluation" in comments[0]["comment"]
+    meaning = shell(store, "SELECT meaning FROM negdb_columns WHERE view_name = 'eval_results' AND "
+                           "column_name = 'set_id'")
+    assert "neuron set" in meaning[0]["meaning"]
 
 
 def test_the_cli_sees_what_the_catalog_sees(store: Path) -> None:
