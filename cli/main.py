@@ -118,6 +118,9 @@ def _register() -> None:
     from negdb.cli import duckdb_cmd
 
     main.add_command(duckdb_cmd.duckdb_cmd)
+    from negdb.cli import lmeval_cmd
+
+    main.add_command(lmeval_cmd.lm_eval_cmd)
     add_store_options(main)
 
 
