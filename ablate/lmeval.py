@@ -280,6 +280,39 @@ def make_key(target: Target, task: str, thash: str, opts: LmEvalOptions) -> Eval
                    opts.scoring(), opts.limit, 0)
 
 
+def blimp_tasks(folder: str | Path, paradigms: list[str] | None = None, limit: int | None = None) -> list[str]:
+    """Write lm-eval YAML tasks over negdb's bundled BLiMP items into ``folder``; return the task names.
+
+    One task ``negdb_blimp_<paradigm>`` per paradigm (all 67 by default), with the first ``limit`` items in file
+    order and lm-eval's own BLiMP template (empty context, the two sentences as choices, accuracy), reading a
+    local JSON file: the items negdb scores as ``blimp``, for ``--include-path``.
+    """
+    from negdb.evals import registry
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    by: dict[str, list[Any]] = {}
+    for it in registry.load_items("blimp"):
+        by.setdefault(str(it.group), []).append(it)
+    names = []
+    for p in paradigms or sorted(by):
+        if p not in by:
+            raise BadArgument(f"unknown BLiMP paradigm {p!r}: use one of {', '.join(sorted(by)[:5])}, ...")
+        data = (folder / f"{p}.jsonl").resolve()
+        with data.open("w") as fh:
+            for it in by[p][:limit]:
+                fh.write(json.dumps({"sentence_good": it.choices[0], "sentence_bad": it.choices[1], "pairID": it.id,
+                                     "UID": it.group}) + "\n")
+        name = f"negdb_blimp_{p}"
+        (folder / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    train: {json.dumps(str(data))}\n"
+            "output_type: multiple_choice\ntest_split: train\ndoc_to_text: \"\"\ndoc_to_target: 0\n"
+            "doc_to_choice: \"{{[sentence_good, sentence_bad]}}\"\nnum_fewshot: 0\n"
+            "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\nmetadata:\n  version: 1.0\n")
+        names.append(name)
+    return names
+
+
 # ------------------------------------------------------------------------------------------ storing
 
 
@@ -377,7 +410,15 @@ def evaluate_tasks(layout: StoreLayout, target: Target, get_lm: Callable[[], Any
     if missing:
         import lm_eval
 
-        lm = NegdbLM(lm=get_lm(), intervention=target.intervention, batch_size=opts.batch_size)
+        import logging
+
+        quiet = logging.getLogger("lm_eval")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # its warning about a pre-initialised model is expected here
+        try:
+            lm = NegdbLM(lm=get_lm(), intervention=target.intervention, batch_size=opts.batch_size)
+        finally:
+            quiet.setLevel(level)
         cache = layout.root / "cache" / "lm-eval" / intervention_id(target, opts)
         cache.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()

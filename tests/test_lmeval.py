@@ -35,29 +35,9 @@ def blimp_items(paradigm: str, n: int = N_ITEMS) -> list[registry.Item]:
 
 def write_blimp_tasks(folder: Path, paradigms=PARADIGMS, n: int = N_ITEMS) -> list[str]:
     """lm-eval YAML tasks over the same bundled items: lm-eval's own BLiMP template, local JSON data."""
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for p in paradigms:
-        data = folder / f"{p}.jsonl"
-        with data.open("w") as fh:
-            for it in blimp_items(p, n):
-                fh.write(json.dumps({"sentence_good": it.choices[0], "sentence_bad": it.choices[1],
-                                     "pairID": it.id, "UID": it.group}) + "\n")
-        name = f"negdb_blimp_{p}"
-        (folder / f"{name}.yaml").write_text(
-            f"task: {name}\n"
-            "dataset_path: json\n"
-            f"dataset_kwargs:\n  data_files:\n    train: {data}\n"
-            "output_type: multiple_choice\n"
-            "test_split: train\n"
-            'doc_to_text: ""\n'
-            "doc_to_target: 0\n"
-            'doc_to_choice: "{{[sentence_good, sentence_bad]}}"\n'
-            "num_fewshot: 0\n"
-            "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-            "metadata:\n  version: 1.0\n")
-        names.append(name)
-    return names
+    from negdb.ablate.lmeval import blimp_tasks
+
+    return blimp_tasks(folder, list(paradigms), n)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +56,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
 def tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     folder = tmp_path_factory.mktemp("tasks")
     return folder, write_blimp_tasks(folder)
+
+
+@pytest.fixture(scope="module")
+def store(tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model ingested, with its top 10% per layer saved as ``w10``."""
+    folder, _ = tiny
+    store = tmp_path_factory.mktemp("lmeval-store") / "store"
+    assert cli(store, "ingest", "--model", str(folder), *TINY).exit_code == 0
+    assert cli(store, "select", "--model", str(folder), "--top", "10%", "--save", "w10").exit_code == 0
+    return store
 
 
 def _lm_eval_samples(lm, intervention, folder: Path, names: list[str]) -> dict[str, list[dict]]:
@@ -140,7 +130,7 @@ def test_the_intervention_changes_forward_passes_and_generations(tiny) -> None:
     assert torch.equal(lm.model(ids).logits, base_logits)
 
 
-def test_lm_eval_model_by_name_reads_the_store(tiny, tasks_dir, tmp_path: Path) -> None:
+def test_lm_eval_model_by_name_reads_the_store(tiny, tasks_dir, store: Path) -> None:
     """``simple_evaluate(model="negdb", model_args="store=...,model=...,set=...")`` builds the intervention."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -148,9 +138,6 @@ def test_lm_eval_model_by_name_reads_the_store(tiny, tasks_dir, tmp_path: Path) 
     import negdb.ablate.lmeval_model  # noqa: F401  (registers "negdb")
 
     folder, _ = tiny
-    store = tmp_path / "store"
-    assert cli(store, "ingest", "--model", str(folder), *TINY).exit_code == 0
-    assert cli(store, "select", "--model", str(folder), "--top", "10%", "--save", "w10").exit_code == 0
     tdir, names = tasks_dir
     res = lm_eval.simple_evaluate(model="negdb", model_args=f"store={store},model={folder},set=w10,mode=neg",
                                   tasks=names[:1], task_manager=TaskManager(include_path=str(tdir)),
@@ -158,12 +145,10 @@ def test_lm_eval_model_by_name_reads_the_store(tiny, tasks_dir, tmp_path: Path) 
     assert res["results"][names[0]]["acc,none"] is not None
 
 
-def test_negdb_lm_eval_stores_results_joinable_with_neurons(tiny, tasks_dir, tmp_path: Path) -> None:
+def test_negdb_lm_eval_stores_results_joinable_with_neurons(tiny, tasks_dir, store: Path) -> None:
     folder, _ = tiny
     tdir, names = tasks_dir
-    store = tmp_path / "store"
-    assert cli(store, "ingest", "--model", str(folder), *TINY).exit_code == 0
-    args = ["lm-eval", "--model", str(folder), "--top", "10%", "--mode", "neg", "--tasks", ",".join(names[:2]),
+    args = ["lm-eval", "--model", str(folder), "--set", "w10", "--mode", "neg", "--tasks", ",".join(names[:2]),
             "--include-path", str(tdir), "--limit", "6", "--batch-size", "4", "--format", "json"]
     res = cli(store, *args)
     assert res.exit_code == 0, res.output
@@ -176,7 +161,7 @@ def test_negdb_lm_eval_stores_results_joinable_with_neurons(tiny, tasks_dir, tmp
                        "FROM eval_results r JOIN neuron_set_members m USING (set_id) "
                        "WHERE r.benchmark LIKE 'lm-eval:%' GROUP BY ALL ORDER BY 1").to_dicts()
         assert [r["benchmark"] for r in rows] == [f"lm-eval:{n}" for n in sorted(names[:2])]
-        n_members = cat.sql("SELECT n_members FROM neuron_sets")["n_members"][0]
+        n_members = cat.sql("SELECT n_members FROM neuron_sets WHERE name = 'w10'")["n_members"][0]
         assert all(r["mode"] == "neg" and r["n_items"] == 6 and r["members"] == n_members for r in rows)
         # the neurons of the set, with their statistics, next to the task's accuracy
         joined = cat.sql("SELECT r.primary_value, avg(n.w_dist) AS w FROM eval_results r "
@@ -195,12 +180,10 @@ def test_negdb_lm_eval_stores_results_joinable_with_neurons(tiny, tasks_dir, tmp
     assert again.exit_code == 0 and "0 task result(s) computed, 4 read" in again.stderr
 
 
-def test_bad_arguments_are_one_line_errors(tiny, tmp_path: Path) -> None:
+def test_bad_arguments_are_one_line_errors(tiny, store: Path) -> None:
     from tests.ingest_helpers import assert_one_error
 
     folder, _ = tiny
-    store = tmp_path / "store"
-    assert cli(store, "ingest", "--model", str(folder), *TINY).exit_code == 0
     assert_one_error(cli(store, "lm-eval", "--model", str(folder), "--top", "1%", "--tasks", "no_such_task_xyz"))
     assert_one_error(cli(store, "lm-eval", "--model", str(folder), "--top", "1%", "--set", "x", "--tasks", "a"))
     assert_one_error(cli(store, "lm-eval", "--model", str(folder), "--mode", "zap", "--tasks", "a"))
