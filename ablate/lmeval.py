@@ -27,15 +27,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from negdb.ablate.evaluate import Target
-from negdb.ablate.interventions import MODES
-from negdb.errors import BadArgument, NegdbError
+from negdb.errors import BadArgument, NegdbError, NotFound
+from negdb.query.setspec import SetSpec
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 from negdb.store.results import EvalKey, StoredResult, lookup, publish
@@ -47,28 +46,29 @@ PREFIX = "lm-eval:"
 
 @dataclass(frozen=True)
 class Selection:
-    """The checkpoint and the neurons (``negdb ablate``'s options); no ``set_name``/``where``/``top``: baseline."""
+    """What to evaluate: a checkpoint of ``model`` and, with ``neurons``, the intervention ``mode`` on them.
+
+    ``neurons`` is a :class:`~negdb.query.setspec.SetSpec` (a saved set, a ``where`` or a ``top`` pick, as for
+    ``negdb ablate``; a picked selection is saved as ``save``, default ``auto-<hash>``), or ``None``: the unablated
+    checkpoint only.
+    """
 
     model: str
     checkpoint: str | None = None
-    set_name: str | None = None
-    where: str | None = None
-    top: str | None = None
-    by: str = "w_dist"
-    layers: str | None = None
-    save: str | None = None
+    neurons: SetSpec | None = None
     mode: str = "neg"
+    save: str | None = None
 
     @property
     def baseline_only(self) -> bool:
-        return not (self.set_name or self.where or self.top)
+        return self.neurons is None
 
     def validate(self) -> None:
-        given = [n for n, v in (("--where", self.where), ("--set", self.set_name), ("--top", self.top)) if v]
-        if len(given) > 1:
-            raise BadArgument(f"choose the neurons with one of --where, --set or --top (got {', '.join(given)})")
-        if self.mode not in MODES:
-            raise BadArgument(f"unknown --mode {self.mode!r}: use one of {', '.join(MODES)}")
+        from negdb.ablate.interventions import get_intervention
+
+        get_intervention(self.mode)
+        if self.neurons is not None and self.neurons.model != self.model:
+            raise BadArgument(f"the neurons are picked on {self.neurons.model}, not {self.model}")
 
 
 @dataclass(frozen=True)
@@ -195,28 +195,26 @@ def resolve_target(store: str | Path | None, sel: Selection, *, device: str = "a
                    log: Callable[[str], None] | None = None) -> tuple[Target, Any]:
     """``(Target, loader)`` for ``sel``: the checkpoint under ``sel.mode`` on the picked set (saved), or the
     unablated checkpoint; ``loader()`` loads the model once."""
+    from negdb.ablate.conditions import Loader, checkpoint_row, main_set, resolve_revision, stderr
     from negdb.ablate.controls import intervention_for
-    from negdb.ablate.experiment import AblateOptions, Loader, checkpoint_row, main_set, resolve_revision
     from negdb.config import store_path
     from negdb.query import sets as setlib
 
     sel.validate()
     root = store_path(store)
     if not StoreLayout(root).marker.exists():
-        raise NegdbError(f"{root} is not a negdb store: run `negdb ingest --model {sel.model}` first")
+        raise NotFound(f"{root} is not a negdb store: run `negdb ingest --model {sel.model}` first")
     with Catalog(root) as cat:
-        if sel.baseline_only:
+        if sel.neurons is None:
             keys = setlib.resolve_keys(cat, sel.model, sel.checkpoint)
             ck = checkpoint_row(cat, keys.model_id, keys.revision)
             target = Target(keys.model_id, keys.revision, ck["commit"], None, None)
         else:
-            ns = main_set(cat, AblateOptions(model=sel.model, checkpoint=sel.checkpoint, where=sel.where,
-                                             set_name=sel.set_name, top=sel.top, by=sel.by, layers=sel.layers,
-                                             save=sel.save, mode=sel.mode))
+            ns = main_set(cat, sel.neurons, sel.save)
             revision = resolve_revision(cat, ns, sel.checkpoint)
             ck = checkpoint_row(cat, ns.keys.model_id, revision)
             target = Target(ns.keys.model_id, revision, ck["commit"], intervention_for(cat, ns, sel.mode), ns.set_id)
-    return target, Loader(target.model_id, target.revision, device, log or _stderr)
+    return target, Loader(target.model_id, target.revision, device, log or stderr)
 
 
 def intervention_id(target: Target, opts: LmEvalOptions) -> str:
@@ -437,12 +435,8 @@ def evaluate_tasks(layout: StoreLayout, target: Target, get_lm: Callable[[], Any
     return [out[n] for n in tasks]
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def run(sel: Selection, opts: LmEvalOptions, store: str | Path | None = None, *,
-        log: Callable[[str], None] = _stderr) -> LmEvalRun:
+        log: Callable[[str], None] | None = None) -> LmEvalRun:
     """``negdb lm-eval``: the tasks on the ablated checkpoint (and on the baseline unless ``opts.baseline`` is
     False), each stored; a repeated call reads everything back."""
     from negdb.config import store_path
@@ -454,9 +448,10 @@ def run(sel: Selection, opts: LmEvalOptions, store: str | Path | None = None, *,
     if opts.batch_size < 1:
         raise BadArgument("--batch-size must be at least 1")
     root = store_path(store)
+    sel.validate()
+    tasks = load_tasks(opts)  # first: a bad task name saves no set
     target, loader = resolve_target(root, sel, device=opts.device, log=log)
     layout = StoreLayout(root)
-    tasks = load_tasks(opts)
     set_name = None
     if target.set_id is not None:
         with Catalog(root) as cat:
@@ -471,8 +466,11 @@ def run(sel: Selection, opts: LmEvalOptions, store: str | Path | None = None, *,
         conditions.append(("ablation", target))
     else:
         conditions.append(("baseline", target))
+    from negdb.ablate.conditions import stderr
+
+    say = log or stderr
     for name, t in conditions:
-        log(f"{t.model_id}@{t.revision}: {len(tasks)} lm-eval task(s) under "
+        say(f"{t.model_id}@{t.revision}: {len(tasks)} lm-eval task(s) under "
             f"{'no intervention' if t.intervention is None else f'{t.mode} on {t.n_neurons} neurons'}")
         out.results += evaluate_tasks(layout, t, loader, tasks, opts, condition=name)
     return out

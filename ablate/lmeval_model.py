@@ -8,7 +8,7 @@ generation) runs on the ablated model. Two ways to build one:
 - from Python, with a loaded model and an intervention::
 
       from negdb.ablate.lmeval_model import NegdbLM
-      lm = NegdbLM(lm=loaded, intervention=Intervention("neg", {3: [17, 42]}), batch_size=8)
+      lm = NegdbLM(lm=loaded, intervention=make_intervention("neg", {3: [17, 42]}), batch_size=8)
       lm_eval.simple_evaluate(model=lm, tasks=["blimp_anaphor_gender_agreement"])
 
 - by name, as lm-eval builds models from ``model_args`` (after ``import negdb.ablate.lmeval_model``)::
@@ -17,8 +17,8 @@ generation) runs on the ablated model. Two ways to build one:
                               tasks=[...])
 
   ``model_args`` keys: ``store``, ``model``, ``checkpoint``, one of ``set`` / ``where`` / ``top`` (with ``by``,
-  ``layers``; none: the unablated model), ``mode`` (default ``neg``), and any ``HFLM`` argument (``batch_size``,
-  ``max_length``, ...).
+  ``top`` a fraction such as ``0.01`` or ``1%``, or a count; none: the unablated model), ``mode`` (default
+  ``neg``), and any ``HFLM`` argument (``batch_size``, ``max_length``, ...).
 
 ``negdb lm-eval`` (:mod:`negdb.ablate.lmeval`) uses this class and stores the results in the catalog.
 """
@@ -35,7 +35,7 @@ from lm_eval.models.huggingface import HFLM
 from negdb.ablate.interventions import Intervention, apply
 from negdb.errors import BadArgument
 
-_NEGDB_KEYS = ("store", "model", "checkpoint", "set", "where", "top", "by", "layers", "mode", "device_negdb")
+_NEGDB_KEYS = ("store", "model", "checkpoint", "set", "where", "top", "by", "mode", "device_negdb")
 
 
 @register_model("negdb")
@@ -89,12 +89,20 @@ class NegdbLM(HFLM):
 def _from_store(args: dict[str, Any], device: str | None) -> tuple[Any, Intervention | None, str | None]:
     """Load the model and build the intervention that ``model_args`` name (see the module docstring)."""
     from negdb.ablate.lmeval import Selection, resolve_target
+    from negdb.query.setspec import SetSpec
 
-    if not args.get("model"):
+    model = _str(args.get("model"))
+    if model is None:
         raise BadArgument("the negdb model needs model= (and store=, set=/where=/top=, mode=)")
-    sel = Selection(model=str(args["model"]), checkpoint=_str(args.get("checkpoint")),
-                    set_name=_str(args.get("set")), where=_str(args.get("where")), top=_str(args.get("top")),
-                    by=str(args.get("by") or "w_dist"), layers=_str(args.get("layers")),
+    picked = {k: args.get(k) for k in ("set", "where", "top") if _str(args.get(k)) is not None}
+    neurons = None
+    if picked:
+        top = args.get("top")
+        if isinstance(top, str):  # lm-eval passes "1%" as text
+            top = float(top.rstrip("%")) / 100 if top.endswith("%") else float(top) if "." in top else int(top)
+        neurons = SetSpec(model=model, checkpoint=_str(args.get("checkpoint")), where=_str(args.get("where")),
+                          set_name=_str(args.get("set")), top=top, by=str(args.get("by") or "w_dist"))
+    sel = Selection(model=model, checkpoint=_str(args.get("checkpoint")), neurons=neurons,
                     mode=str(args.get("mode") or "neg"))
     target, loader = resolve_target(args.get("store"), sel, device=str(args.get("device_negdb") or device or "auto"))
     return loader(), target.intervention, target.set_id

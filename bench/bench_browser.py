@@ -22,9 +22,7 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,12 +58,6 @@ def ensure_set(store: Path, model: str, revision: str) -> None:
         if "bench-top1" in set(cat.sql("SELECT name FROM neuron_sets")["name"].to_list()):
             return
         sets.save(cat.layout, sets.select(cat, model, revision, top="1%"), "bench-top1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_timing(header: str) -> dict[str, float]:
@@ -149,20 +141,12 @@ def main() -> None:
                            [model])["revision"][0]
         rows = cat.sql("SELECT count(*) AS n FROM neuron_stats")["n"][0]
     ensure_set(args.store, model, revision)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "negdb.cli", "--store", str(args.store), "serve", "--port",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.serving import serving
+
+    with serving(args.store) as (base, proc):
         load0 = os.getloadavg()
-        cpu = (platform.processor() or "").strip()
+        cpu = platform.processor() or ""
         try:
             cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
         except (OSError, StopIteration):
@@ -174,9 +158,6 @@ def main() -> None:
             if args.chromium else {}
         load1 = os.getloadavg()
         print(f"load average {load0[0]:.1f} -> {load1[0]:.1f}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "model": model, "revision": revision, "cpu": cpu,
                                          "cores": os.cpu_count(), "load": [load0[0], load1[0]], "http": http,

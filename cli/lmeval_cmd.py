@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import click
 
+from negdb.cli.groups import SET_FLAGS, device_option, mode_option
 from negdb.cli.options import emit, options
 
 
+def _set_flags(fn):  # type: ignore[no-untyped-def]
+    """``negdb ablate``'s --model --checkpoint --where --set --top --by --layers, none of the pickers required."""
+    helps = {"where": "Ablate the neurons matching this SQL expression (with none of --where, --set and --top the "
+                      "unablated checkpoint alone is evaluated)."}
+    for f in reversed(SET_FLAGS):
+        fn = click.option(*f.decls, f.key, **{**f.kw, **({"help": helps[f.key]} if f.key in helps else {})})(fn)
+    return fn
+
+
 @click.command("lm-eval")
-@options("model", "checkpoint", "where", "set", "top", "by", "layers",
-         helps={"where": "Ablate the neurons matching this SQL expression (none of --where/--set/--top: evaluate "
-                         "the unablated model only)."})
+@_set_flags
 @click.option("--save", default=None, help="Save the picked set under this name (default: auto-<hash>).")
-@options("mode")
+@mode_option()
 @click.option("--tasks", required=True, help="lm-eval tasks, groups or tags, comma-separated "
               "(`lm-eval ls tasks`), e.g. blimp_anaphor_gender_agreement,arc_easy.")
 @click.option("--include-path", "include_path", multiple=True, type=click.Path(exists=True),
@@ -26,7 +34,8 @@ from negdb.cli.options import emit, options
               "temperature=0,max_gen_toks=64.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also evaluate the unablated checkpoint (stored once) and show the difference.")
-@options("device", "format", "out", helps={"out": "Also write the table here."})
+@device_option()
+@options("format", "out", helps={"out": "Also write the table here."})
 @click.pass_obj
 def lm_eval_cmd(obj: dict, model: str, checkpoint: str | None, where: str | None, set_name: str | None,
                 top: str | None, by: str, layers: str | None, save: str | None, mode: str, tasks: str,
@@ -39,9 +48,14 @@ def lm_eval_cmd(obj: dict, model: str, checkpoint: str | None, where: str | None
     eval_metrics, per-document eval_items), so a repeated command reads it back.
     """
     from negdb.ablate.lmeval import LmEvalOptions, Selection, run
+    from negdb.cli import parse
+    from negdb.query.setspec import SetSpec
 
-    sel = Selection(model=model, checkpoint=checkpoint, set_name=set_name, where=where, top=top, by=by,
-                    layers=layers, save=save, mode=mode)
+    neurons = None
+    if where is not None or set_name is not None or top is not None:
+        neurons = SetSpec(model=model, checkpoint=checkpoint, where=where, set_name=set_name, top=parse.k(top),
+                          by=by, layers=parse.layers(layers))
+    sel = Selection(model=model, checkpoint=checkpoint, neurons=neurons, mode=mode, save=save)
     opts = LmEvalOptions(tasks=tasks, include_path=tuple(include_path), num_fewshot=num_fewshot, limit=limit,
                          batch_size=batch_size, fewshot_seed=fewshot_seed, apply_chat_template=apply_chat_template,
                          gen_kwargs=gen_kwargs, baseline=baseline, device=device)

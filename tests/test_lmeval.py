@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("lm_eval")
 
 import negdb  # noqa: E402
-from negdb.ablate.interventions import Intervention, apply  # noqa: E402
+from negdb.ablate.interventions import apply, make_intervention  # noqa: E402
 from negdb.evals import registry  # noqa: E402
 from negdb.evals.run import ScoringRule, score_items  # noqa: E402
 from tests.ingest_helpers import TINY, cli  # noqa: E402
@@ -86,8 +86,8 @@ def test_blimp_through_lm_eval_makes_negdb_decisions(tiny, tasks_dir, mode: str)
     _, lm = tiny
     folder, names = tasks_dir
     rng = np.random.default_rng(0)
-    iv = None if mode == "none" else Intervention(mode, {li: rng.choice(lm.d_mlp, 16, replace=False).tolist()
-                                                          for li in range(lm.n_layers)})
+    iv = None if mode == "none" else make_intervention(mode, {li: rng.choice(lm.d_mlp, 16, replace=False).tolist()
+                                                               for li in range(lm.n_layers)})
     samples = _lm_eval_samples(lm, iv, folder, names)
     agree = total = 0
     for p, name in zip(PARADIGMS, names):
@@ -108,7 +108,7 @@ def test_the_intervention_changes_forward_passes_and_generations(tiny) -> None:
     from negdb.ablate.lmeval_model import NegdbLM
 
     _, lm = tiny
-    iv = Intervention("both", {li: list(range(lm.d_mlp)) for li in range(lm.n_layers)})
+    iv = make_intervention("both", {li: list(range(lm.d_mlp)) for li in range(lm.n_layers)})
     plain, ablated = NegdbLM(lm=lm, batch_size=1), NegdbLM(lm=lm, intervention=iv, batch_size=1)
     ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
     with torch.no_grad():

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -175,9 +175,8 @@ def make_router(state: ServiceState) -> APIRouter:
     @router.get("/search", response_class=HTMLResponse)
     @page
     def search(request: Request, model: str | None = None, checkpoint: str | None = None, where: str | None = None,
-               order: str = "w_dist", dir: str = "desc", page_no: int = 1, per: int = PER_PAGE,
-               saved: str | None = None) -> Response:
-        page_no = int(request.query_params.get("page", page_no))
+               order: str = "w_dist", dir: str = "desc", page_no: int = Query(1, alias="page", ge=1),
+               per: int = Query(PER_PAGE, ge=1, le=MAX_PER_PAGE)) -> Response:
         with reader(request) as r:
             models = r.models()
             if not models.rows:
@@ -217,7 +216,7 @@ def make_router(state: ServiceState) -> APIRouter:
         return render(request, "search.html", status=status, models=models, model=model,
                       revisions=revisions, columns=[c for c, _ in r.columns()], form=form, rows=rows, total=total,
                       error=error, page=page_no, prev_url=link(page_no - 1) if page_no > 1 else None,
-                      next_url=link(page_no + 1) if more else None, saved=saved)
+                      next_url=link(page_no + 1) if more else None)
 
     @router.post("/search/save", response_class=HTMLResponse)
     async def search_save(request: Request) -> Response:
