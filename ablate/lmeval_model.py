@@ -88,7 +88,7 @@ class NegdbLM(HFLM):
 
 def _from_store(args: dict[str, Any], device: str | None) -> tuple[Any, Intervention | None, str | None]:
     """Load the model and build the intervention that ``model_args`` name (see the module docstring)."""
-    from negdb.ablate.lmeval import Selection, resolve_target
+    from negdb.ablate.lmeval_target import Selection, resolve_target
     from negdb.query.setspec import SetSpec
 
     model = _str(args.get("model"))
