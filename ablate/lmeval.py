@@ -399,8 +399,8 @@ def run(sel: Selection, opts: LmEvalOptions, store: str | Path | None = None, *,
     tasks = load_tasks(opts)  # first: a bad task name saves no set
     target, loader = resolve_target(root, sel, device=opts.device, log=log)
     layout = StoreLayout(root)
-    set_name = None
-    if target.set_id is not None:
+    set_name = sel.neurons.set_name if sel.neurons is not None else None  # the name asked for, else the first
+    if target.set_id is not None and set_name is None:
         with Catalog(root) as cat:
             names = cat.sql("SELECT name FROM neuron_sets WHERE set_id = ? ORDER BY created_at LIMIT 1",
                             [target.set_id])["name"].to_list()

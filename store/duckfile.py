@@ -139,7 +139,7 @@ def spec_for(shapes: dict[str, tuple[str, ...]]) -> Spec:
     tables = all_tables()
     statements = [_view_sql(t, shapes.get(t.name, ())) for t in tables]
     statements.append(NEURONS_VIEW.strip().replace("CREATE OR REPLACE VIEW", "CREATE VIEW", 1))
-    digest = hashlib.sha256(repr((FORMAT, statements)).encode()).hexdigest()
+    digest = hashlib.sha256(repr((FORMAT, statements, _documentation())).encode()).hexdigest()
     return Spec(tuple(sorted(shapes.items())), tuple(statements), digest)
 
 
