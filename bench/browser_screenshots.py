@@ -24,7 +24,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def shoot(drv, url: str, path: Path, *, click: str | None = None, max_height: int = 2600) -> None:
+def shrink(path: Path, width: int) -> None:
+    """Keep the gallery small: scale the PNG to ``width`` pixels and 128 colours (text stays readable)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    w, h = rgb.size
+    if width < w:
+        rgb = rgb.resize((width, round(h * width / w)), Image.LANCZOS)
+    rgb.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def shoot(drv, url: str, path: Path, *, click: str | None = None, max_height: int = 2600, width: int = 1000) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -42,6 +54,7 @@ def shoot(drv, url: str, path: Path, *, click: str | None = None, max_height: in
     drv.set_window_size(1360, height)
     time.sleep(0.3)
     drv.save_screenshot(str(path))
+    shrink(path, width)
     errors = chromium.console_errors(drv)
     if errors:
         raise SystemExit(f"{url}: console errors {errors}")
@@ -53,6 +66,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--synthetic", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "gallery")
+    ap.add_argument("--width", type=int, default=1000, help="width of the saved PNGs (pages render at 1360)")
     args = ap.parse_args()
     import negdb
     from tests import chromium
@@ -107,12 +121,12 @@ def main() -> None:
         try:
             with serving(args.store) as (base, _):
                 for name, caption, url, click in pages:
-                    shoot(drv, base + url, args.out / f"{name}.png", click=click)
+                    shoot(drv, base + url, args.out / f"{name}.png", click=click, width=args.width)
                     shots.append((name, caption, url))
             if args.synthetic:
                 with serving(args.synthetic) as (base, _):
                     url = "/m/pythia-1b/step143000/7/1234"
-                    shoot(drv, base + url, args.out / "neuron-154-checkpoints.png")
+                    shoot(drv, base + url, args.out / "neuron-154-checkpoints.png", width=args.width)
                     shots.append(("neuron-154-checkpoints", "A neuron of the 20-million-row synthetic catalog (Pythia-1b"
                                   " shape, 154 checkpoints): its w_dist trajectory is fetched after the page loads; "
                                   "no activations are stored there, so no histogram", url))

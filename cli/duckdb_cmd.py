@@ -20,17 +20,17 @@ def duckdb_cmd(obj: dict, shell: bool, force: bool) -> None:
     The file is kept current by every command that writes to the store; this command is for stores written
     before it existed, or to open the shell: `negdb duckdb --shell`.
     """
-    from negdb.errors import NegdbError
+    from negdb.errors import NotFound, StoreError
     from negdb.store import duckfile
 
     root = Path(obj["store"]).expanduser()
     if not (root / "negdb.json").is_file():
-        raise NegdbError(f"{root} is not a negdb store (no negdb.json): pass the right --store")
+        raise StoreError(f"{root} is not a negdb store (no negdb.json): pass the right --store")
     written = duckfile.ensure(root, force=force)
     if shell:
         binary = shutil.which("duckdb")
         if binary is None:
-            raise NegdbError("no `duckdb` command on PATH: `pip install duckdb-cli`, or run: "
+            raise NotFound("no `duckdb` command on PATH: `pip install duckdb-cli`, or run: "
                              + duckfile.shell_line(root))
         argv = duckfile.shell_command(root, binary)
         os.execv(binary, argv)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError, QueryTimeout
 from negdb.service.browser import TEMPLATES, charts
 from negdb.service.browser.queries import STAT_COLUMNS, Panel, Reader, clean
 from negdb.service.state import ServiceState
@@ -110,7 +110,7 @@ def make_router(state: ServiceState) -> APIRouter:
             except PageNotFound as err:
                 return render(request, "error.html", 404, title="Not found", message=str(err))
             except NegdbError as err:
-                status = 408 if type(err).__name__ == "QueryTimeout" else 400
+                status = 408 if isinstance(err, QueryTimeout) else 400
                 return render(request, "error.html", status, title="Refused", message=str(err))
         return wrapped
 
@@ -150,7 +150,7 @@ def make_router(state: ServiceState) -> APIRouter:
 
         names = [c for c, _ in r.columns()]
         if order not in names:
-            raise NegdbError(f"cannot sort by {order!r}: choose a column of neurons ({', '.join(names)})")
+            raise BadArgument(f"cannot sort by {order!r}: choose a column of neurons ({', '.join(names)})")
         shown = ["model_id", "revision", "layer", "neuron"] + [c for c in STAT_COLUMNS if c in names]
         if order not in shown:
             shown.append(order)
@@ -164,7 +164,7 @@ def make_router(state: ServiceState) -> APIRouter:
             try:
                 checked = check_where(where)
             except NegdbError as err:
-                raise NegdbError(str(err).replace("the --where expression", "the filter")) from None
+                raise type(err)(str(err).replace("the --where expression", "the filter")) from None
             base = f"SELECT * FROM ({inner}) AS n WHERE ({checked})"
         cols = ", ".join('"' + c + '"' for c in shown)
         sql = (f"SELECT {cols} FROM ({base}) AS s ORDER BY \"{order}\" {'DESC' if desc else 'ASC'} NULLS LAST, "
@@ -206,7 +206,7 @@ def make_router(state: ServiceState) -> APIRouter:
                     total = r.panel(count_sql, params, limit=1).rows[0]["n"]
             except NegdbError as err:
                 error = str(err)
-                status = 408 if type(err).__name__ == "QueryTimeout" else 400
+                status = 408 if isinstance(err, QueryTimeout) else 400
             more = rows is not None and len(rows.rows) > per
             if rows is not None:
                 rows.rows = rows.rows[:per]
@@ -239,13 +239,13 @@ def make_router(state: ServiceState) -> APIRouter:
         name, model = form.get("name", "").strip(), form.get("model", "").strip()
         checkpoint, where = form.get("checkpoint", "*"), form.get("where", "").strip()
         if not name or not model:
-            raise NegdbError("give the set a name (and the model to pick from)")
+            raise BadArgument("give the set a name (and the model to pick from)")
         if not where:
-            raise NegdbError("give a filter to save: a set holds the neurons the filter matches")
+            raise BadArgument("give a filter to save: a set holds the neurons the filter matches")
         with state.live.use() as snap, snap.lock:
             sel = sets.select(snap.catalog, model, None if checkpoint in ("", "*") else checkpoint, where=where)
             if sel.n_members == 0:
-                raise NegdbError("the filter matches no neurons: nothing to save")
+                raise BadArgument("the filter matches no neurons: nothing to save")
             saved = sets.save(snap.catalog.layout, sel, name)
         state.live.maybe_refresh(force=True)
         return RedirectResponse(f"/browse/set/{quote(saved.name, safe='')}", status_code=303)

@@ -163,6 +163,16 @@
     var xScale = {time: false};
     if (categorical) { xScale.auto = false; xScale.range = [-0.6, spec.x.length - 0.4]; }
     var yScale = {distr: spec.log ? 3 : 1};
+    if (spec.log) {  // from half a count (a histogram) or half the smallest value, so the Gaussian's far tails
+      var pos = [];  // do not stretch the axis down to 1e-10 and single counts stay small bars
+      ys.forEach(function (a) { a.forEach(function (v) { if (v !== null && isFinite(v) && v > 0) pos.push(v); }); });
+      if (pos.length) {
+        var top = Math.max.apply(null, pos);
+        var bottom = spec.kind === "hist" ? 0.5 : Math.min.apply(null, pos) / 2;
+        yScale.auto = false;
+        yScale.range = [Math.min(bottom, top / 2), top * 2];
+      }
+    }
     var withCi = spec.series.some(function (s) { return s.lo && s.hi; });
     if (!spec.log && (withCi || spec.kind === "ci")) {  // the intervals must fit, and a flat line is not 0..100
       var vals = [];
