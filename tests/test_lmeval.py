@@ -175,6 +175,15 @@ def test_negdb_lm_eval_stores_results_joinable_with_neurons(tiny, tasks_dir, sto
         assert items.height == 4 * 6 and all(len(lp) == 2 for lp in items["logprobs"])
     caches = sorted(p.name for p in (store / "cache" / "lm-eval").iterdir())
     assert len(caches) == 2  # one response cache per intervention: the baseline's and the ablation's
+    from negdb.ablate.lmeval import LmEvalOptions, intervention_id
+    from negdb.ablate.lmeval_target import Selection, resolve_target
+    from negdb.query.setspec import SetSpec
+
+    opts = LmEvalOptions(tasks=",".join(names[:2]))
+    ablated, _ = resolve_target(store, Selection(model=str(folder), neurons=SetSpec(model=str(folder),
+                                                                                   set_name="w10")))
+    baseline, _ = resolve_target(store, Selection(model=str(folder)))
+    assert caches == sorted(f"{intervention_id(t, opts)}_rank0.db" for t in (ablated, baseline))
     # a repeat reads everything back: no model is loaded
     again = cli(store, *args[:-2], "--format", "table")
     assert again.exit_code == 0 and "0 task result(s) computed, 4 read" in again.stderr
