@@ -41,8 +41,7 @@ from pathlib import Path
 import duckdb
 
 from negdb.errors import StoreError
-from negdb.store.layout import StoreLayout
-from negdb.store.segments import fsync_dir, list_segments
+from negdb.store.files import fsync_dir, list_segments
 from negdb.store.tables import Table, all_tables
 
 FILE_NAME = "negdb.duckdb"
@@ -244,7 +243,7 @@ def ensure(root: Path | str, *, force: bool = False) -> bool:
     Safe to call from several processes at once (see the module docstring); never holds the file open.
     """
     root = Path(root)
-    if not StoreLayout(root).marker.is_file():
+    if not (root / "negdb.json").is_file():
         raise StoreError(f"{root} is not a negdb store (no negdb.json)")
     spec = spec_for(table_shapes(root))
     if not force and current_digest(root) == spec.digest:

@@ -19,15 +19,7 @@ import pyarrow.parquet as pq
 
 from negdb.errors import NegdbError, NotEnoughDisk, StoreError
 from negdb.store.faults import crash_point
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (a rename or link in it) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from negdb.store.files import fsync_dir, list_segments  # noqa: F401  (part of this module's API)
 
 
 @contextlib.contextmanager
@@ -96,13 +88,6 @@ def write_segment(path: Path, table: pa.Table, *, exclusive: bool = True, row_gr
 
         segment_published(path)  # the store's negdb.duckdb gains a view when a table gets its first segment
     return written
-
-
-def list_segments(folder: Path) -> list[Path]:
-    """The published segments of one table (temporary files excluded), sorted by name."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
 
 
 Listing = tuple[tuple[str, int, int], ...]
