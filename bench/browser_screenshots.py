@@ -84,6 +84,8 @@ def main() -> None:
                      "ORDER BY created_at LIMIT 1")["result_id"].to_list()
         analyses = cat.sql("SELECT analysis_id, kind FROM analyses ORDER BY created_at").to_dicts()
         sets = cat.sql("SELECT name FROM neuron_sets ORDER BY created_at")["name"].to_list()
+        head = cat.sql("SELECT n, dataset FROM neurons LIMIT 1").to_dicts()[0]
+        tokens, dataset = head["n"], head["dataset"]
     m = quote(model, safe="")
     n_url = f"/m/{m}/{quote(neuron['revision'], safe='')}/{neuron['layer']}/{neuron['neuron']}"
     pages = [("home", "Home: the store's models, counts, and the w_dist distribution per layer", "/ui", None),
@@ -134,8 +136,9 @@ def main() -> None:
             drv.quit()
     rel = os.path.relpath(args.out, args.out.parent)
     lines = ["# The neuron browser: a gallery", "",
-             f"Screenshots of `negdb serve` on {model}'s store (`make demo`'s store, plus a saved set, an lm-eval run "
-             "and the layer-group analysis), taken in headless Chromium by `bench/browser_screenshots.py`. Every "
+             f"Screenshots of `negdb serve` on a store of {model} ({tokens:,} tokens of {dataset}; "
+             "what the store holds is on the home page), taken in headless Chromium by "
+             f"`bench/browser_screenshots.py` on {time.strftime('%Y-%m-%d')}. Every "
              "chart is also a plain table on its page (without JavaScript); every panel links to its SQL. "
              "See docs/SERVICE.md.", ""]
     for name, caption, url in shots:
