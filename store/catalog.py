@@ -42,7 +42,7 @@ from negdb.store.integrity import KEYS, damaged_segment, dedupe_filter, duplicat
 from negdb.store.layout import StoreLayout
 from negdb.store.safety import check_statement, expression_type
 from negdb.store.segments import Listing, segment_listing
-from negdb.store.tables import NEURONS_DOC, NEURONS_SOURCES, NEURONS_VIEW, Table, all_tables
+from negdb.store.tables import NEURONS_SOURCES, NEURONS_VIEW, Table, all_tables, view_docs
 
 QUERY_TIMEOUT_S = 10.0
 """Default time limit of user SQL embedded in commands (``--where`` of select/ablate) and of the service."""
@@ -316,7 +316,7 @@ class Catalog:
     @staticmethod
     def view_docs() -> dict[str, str]:
         """One line per view: what one row is."""
-        return {"neurons": NEURONS_DOC, **{t.name: t.doc for t in all_tables()}}
+        return view_docs()
 
     def close(self) -> None:
         self.con.close()

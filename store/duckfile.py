@@ -42,7 +42,8 @@ import duckdb
 
 from negdb.errors import StoreError
 from negdb.store.files import fsync_dir, list_segments
-from negdb.store.tables import Table, all_tables
+from negdb.store.hardened import empty_select
+from negdb.store.tables import NEURONS_VIEW, Table, all_tables, view_docs
 
 FILE_NAME = "negdb.duckdb"
 """The views file, at the root of the store."""
@@ -108,8 +109,6 @@ def _glob(table: Table, shape: str) -> str:
 
 
 def _view_sql(table: Table, shapes: tuple[str, ...]) -> str:
-    from negdb.store.catalog import empty_select
-
     if not shapes:
         body = empty_select(table)
     else:
@@ -133,8 +132,6 @@ class Spec:
 
 def spec_for(shapes: dict[str, tuple[str, ...]]) -> Spec:
     """The statements of the views file for ``shapes`` (:func:`table_shapes`)."""
-    from negdb.store.catalog import NEURONS_VIEW
-
     tables = all_tables()
     statements = [_view_sql(t, shapes.get(t.name, ())) for t in tables]
     statements.append(NEURONS_VIEW.strip().replace("CREATE OR REPLACE VIEW", "CREATE VIEW", 1))
@@ -145,9 +142,7 @@ def spec_for(shapes: dict[str, tuple[str, ...]]) -> Spec:
 def _documentation() -> list[str]:
     """Each view's meaning as its comment (``duckdb_views()``, shown by SQL clients), and a view ``negdb_columns``
     of every column's meaning (one statement: a comment per column would cost a catalog change each)."""
-    from negdb.store.catalog import Catalog
-
-    out = [f"COMMENT ON VIEW {_ident(v)} IS {_literal(doc)}" for v, doc in Catalog.view_docs().items()]
+    out = [f"COMMENT ON VIEW {_ident(v)} IS {_literal(doc)}" for v, doc in view_docs().items()]
     rows = ", ".join(f"({_literal(t.name)}, {_literal(c)}, {_literal(m)})" for t in all_tables() for c, _, m in t.columns)
     out.append(f"CREATE VIEW negdb_columns AS SELECT * FROM (VALUES {rows}) AS c(view_name, column_name, meaning)")
     out.append("COMMENT ON VIEW negdb_columns IS 'the meaning of every column of every table view'")

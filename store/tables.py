@@ -377,6 +377,11 @@ NEURONS_DOC = ("per-neuron statistics (neuron_stats) with the checkpoint's step 
 NEURONS_SOURCES = ("neuron_stats", "checkpoints", "slices", "stat_specs")
 
 
+def view_docs() -> dict[str, str]:
+    """One line per view of the catalog (every table and ``neurons``): what one row is."""
+    return {"neurons": NEURONS_DOC, **{t.name: t.doc for t in all_tables()}}
+
+
 def all_tables() -> tuple[Table, ...]:
     return (MODELS, CHECKPOINTS, SLICES, STAT_SPECS, ACTIVATIONS, RUNS, neuron_stats_table(), NEURON_SETS,
             NEURON_SET_MEMBERS, EVAL_RESULTS, EVAL_METRICS, EVAL_ITEMS, EVAL_TOKENS, ABLATIONS, ANALYSES,

@@ -18,11 +18,12 @@ import pyarrow as pa
 import pytest
 
 import negdb
+from negdb.errors import StoreError
 from negdb.store import duckfile
 from negdb.store.layout import StoreLayout
 from negdb.store.segments import write_segment
 from negdb.store.tables import EVAL_RESULTS, NEURON_SETS, all_tables
-from tests.ingest_helpers import TINY, cli
+from tests.ingest_helpers import TINY, assert_one_error, cli
 from tests.tiny_models import save_tiny
 
 pytestmark = pytest.mark.timeout(180)
@@ -174,8 +175,7 @@ def test_a_store_without_the_file_gets_it(tmp_path: Path) -> None:
     (store / "negdb.duckdb").unlink()
     StoreLayout(store).init()  # any writer opening the store writes it again
     assert (store / "negdb.duckdb").is_file()
-    res = cli(tmp_path / "nothing", "duckdb")
-    assert res.exit_code == 2
+    assert_one_error(cli(tmp_path / "nothing", "duckdb"), StoreError)
 
 
 def test_flat_and_hive_neuron_stats_segments_are_both_read(store: Path, tmp_path: Path) -> None:

@@ -190,9 +190,12 @@ def test_negdb_lm_eval_stores_results_joinable_with_neurons(tiny, tasks_dir, sto
 
 
 def test_bad_arguments_are_one_line_errors(tiny, store: Path) -> None:
+    from negdb.errors import BadArgument
     from tests.ingest_helpers import assert_one_error
 
     folder, _ = tiny
-    assert_one_error(cli(store, "lm-eval", "--model", str(folder), "--top", "1%", "--tasks", "no_such_task_xyz"))
-    assert_one_error(cli(store, "lm-eval", "--model", str(folder), "--top", "1%", "--set", "x", "--tasks", "a"))
-    assert_one_error(cli(store, "lm-eval", "--model", str(folder), "--mode", "zap", "--tasks", "a"))
+    assert_one_error(cli(store, "lm-eval", "--model", str(folder), "--top", "1%", "--tasks", "no_such_task_xyz"),
+                     BadArgument)
+    assert_one_error(cli(store, "lm-eval", "--model", str(folder), "--top", "1%", "--set", "x", "--tasks", "a"),
+                     BadArgument)
+    assert_one_error(cli(store, "lm-eval", "--model", str(folder), "--mode", "zap", "--tasks", "a"), BadArgument)
