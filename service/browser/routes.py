@@ -146,7 +146,7 @@ def make_router(state: ServiceState) -> APIRouter:
 
     def _search_sql(r: Reader, model: str, checkpoint: str | None, where: str | None, order: str, desc: bool,
                     per: int, offset: int) -> tuple[str, str, list[Any], list[str]]:
-        from negdb.query.safety import check_where
+        from negdb.store.safety import check_where
 
         names = [c for c, _ in r.columns()]
         if order not in names:
