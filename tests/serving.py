@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,15 +25,17 @@ def free_port() -> int:
 def serving(store: Path, *args: str, timeout_s: float = 120.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """``(base URL, process)`` of ``negdb --store STORE serve ARGS`` once ``/health`` answers; stopped on exit."""
     port = free_port()
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a server that writes much never blocks on it
     proc = subprocess.Popen([sys.executable, "-m", "negdb.cli", "--store", str(store), "serve", "--host", "127.0.0.1",
-                             "--port", str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"negdb serve exited with {proc.returncode}: {proc.stdout.read()}")
+                log.seek(0)
+                raise RuntimeError(f"negdb serve exited with {proc.returncode}: {log.read()}")
             try:
                 if httpx.get(base + "/health", timeout=5).status_code == 200:
                     break
@@ -45,7 +48,8 @@ def serving(store: Path, *args: str, timeout_s: float = 120.0) -> Iterator[tuple
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()

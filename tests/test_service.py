@@ -17,6 +17,7 @@ import pytest
 
 import negdb
 from tests.ingest_helpers import TINY, cli, cli_subprocess, store_files
+from tests.serving import free_port as _free_port  # noqa: F401  (tests/test_service_limits.py imports it here)
 from tests.tiny_models import save_step_run, save_tiny
 
 ARROW = "application/vnd.apache.arrow.stream"
