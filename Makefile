@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DEMO_STORE ?= negdb-store
 DEMO_REPORT ?= negdb-report
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean browser
 
 setup: $(STAMP)
 
@@ -35,7 +35,16 @@ demo: $(STAMP)
 	$(BIN)/negdb --store $(DEMO_STORE) analyze pairs --model smollm2-135m --layer 10 --index 222 --k 10
 	$(BIN)/negdb --store $(DEMO_STORE) report --model smollm2-135m --out $(DEMO_REPORT)
 
-test: $(STAMP)
+# headless Chromium for the browser tests (tests/test_browser.py): installed from Debian where we are root; else
+# those tests skip with the reason (under CI=true they fail instead)
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+			>/dev/null) || echo "make: could not install chromium: the browser tests will skip"; \
+	else echo "make: no chromium/chromedriver and not root: the browser tests will skip"; fi
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

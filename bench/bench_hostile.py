@@ -82,7 +82,8 @@ def run_service(store: Path, cases: list[Any], tmp: Path, timeout_s: float, n_sl
     port = free_port()
     cmd = [sys.executable, "-m", "negdb.cli", "--store", str(store), "serve", "--host", "127.0.0.1", "--port",
            str(port), "--timeout", str(timeout_s), "--max-rows", "100"]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp / "serve.log"  # a file, not a pipe nobody reads (a full pipe would block the server)
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -92,7 +93,7 @@ def run_service(store: Path, cases: list[Any], tmp: Path, timeout_s: float, n_sl
         except httpx.TransportError:
             pass
         if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"negdb serve did not start: {server.stderr.read() if server.stderr else ''}")
+            raise SystemExit(f"negdb serve did not start: {log.read_text()}")
         time.sleep(0.2)
     idle_mb = _vm_hwm_mb(server.pid)
     health: list[tuple[str, float, int]] = []
@@ -132,14 +133,20 @@ def run_service(store: Path, cases: list[Any], tmp: Path, timeout_s: float, n_sl
         flood = _flood(base, n_slow)
         phase["name"] = "after flood"
         time.sleep(5)
-        flood["body"] = _big_body(base, server.pid)
-        flood["cpu_after_abandoned_s"] = _abandoned(base, server.pid)
+        try:
+            flood["body"] = _big_body(base, server.pid)
+            flood["cpu_after_abandoned_s"] = _abandoned(base, server.pid)
+        except (SystemExit, OSError) as err:
+            flood["died"] = str(err)
     stop.set()
     poller.join()
     alive = server.poll() is None
     peak_mb = _vm_hwm_mb(server.pid) if alive else float("nan")
     server.terminate()
     server.wait(30)
+    errors = [ln for ln in log.read_text().splitlines() if "Traceback" in ln or "Error" in ln]
+    if not alive:
+        print("negdb serve died; the end of its log:\n" + "\n".join(log.read_text().splitlines()[-40:]))
 
     def lat(name: str) -> dict[str, float]:
         xs = [s for p, s, c in health if p == name]
@@ -149,12 +156,12 @@ def run_service(store: Path, cases: list[Any], tmp: Path, timeout_s: float, n_sl
                 "failed": sum(1 for p, _, c in health if p == name and c != 200)}
 
     return {"alive_after": alive, "idle_peak_mb": idle_mb, "corpus_peak_mb": corpus_peak_mb, "peak_mb": peak_mb,
-            "answers": answers, "health_during": lat("corpus"), "health_after": lat("after"),
+            "answers": answers, "server_error_lines": errors, "health_during": lat("corpus"), "health_after": lat("after"),
             "flood": flood, "health_flood": lat("flood"), "health_after_flood": lat("after flood")}
 
 
-SLOW_SQL = "SELECT count(*) FROM range(100000) a, range(100000) b"
-"""A query that runs until its time limit stops it (10^10 rows)."""
+SLOW_SQL = "SELECT count(*) FROM range(100000) a, range(100000) b, range(100000) c"
+"""A query that runs until its time limit stops it (10^15 rows)."""
 
 
 def _flood(base: str, n: int) -> dict[str, Any]:
@@ -215,6 +222,8 @@ def _abandoned(base: str, pid: int, n: int = 10) -> float:
             httpx.post(f"{base}/sql", json={"sql": SLOW_SQL}, timeout=0.5)
         except httpx.TimeoutException:
             pass
+        except httpx.TransportError as err:
+            raise SystemExit(f"negdb serve is gone ({err})") from err
     time.sleep(1.0)
     before = _cpu_s(pid)
     time.sleep(3.0)
@@ -261,8 +270,8 @@ def main() -> None:
             rows = []
             for case in cases:
                 sql = render(case, store, tmp)
-                if "\0" in sql:  # no program argument can hold a NUL byte: the service gets these (JSON)
-                    continue
+                if "\0" in sql or len(sql.encode()) >= 128 * 1024:
+                    continue  # no program argument holds a NUL byte or 128 KiB: the service gets these (JSON)
                 r = run_cli(store, sql, args.timeout)
                 rows.append({"name": case.name, "expect": case.expect, **r})
                 print(f"cli  {case.name:40s} rc={r['rc']:3d} {r['s']:6.1f} s {r['peak_mb']:7.0f} MB  "
@@ -280,11 +289,14 @@ def main() -> None:
             codes: dict[int, int] = {}
             for a in svc["answers"]:
                 codes[a["status"]] = codes.get(a["status"], 0) + 1
-            print(f"service: alive at the end: {svc['alive_after']}, peak RSS after the corpus "
+            print(f"service: {len(svc['server_error_lines'])} error lines in its log; alive at the end: "
+                  f"{svc['alive_after']}, peak RSS after the corpus "
                   f"{svc['corpus_peak_mb']:.0f} MB, at the end {svc['peak_mb']:.0f} MB (idle {svc['idle_peak_mb']:.0f} "
                   f"MB), statuses {dict(sorted(codes.items()))}")
             fl = svc["flood"]
-            if fl:
+            if fl.get("died"):
+                print(f"  the server died after the flood: {fl['died']} ({fl['statuses']})")
+            elif fl:
                 print(f"  {fl['n']} slow queries at once: {fl['statuses']} (Retry-After {fl['retry_after']}), all "
                       f"answered in {fl['all_answered_s']:.1f} s; {fl['body']['bytes'] >> 20} MB body: "
                       f"{fl['body']['status']}, RSS {fl['body']['rss_before_mb']:.0f} -> "

@@ -120,6 +120,12 @@ def _register() -> None:
     main.add_command(merge_cmd.merge_cmd)
     main.add_command(merge_cmd.export_cmd)
     main.add_command(merge_cmd.gc_cmd)
+    from negdb.cli import duckdb_cmd
+
+    main.add_command(duckdb_cmd.duckdb_cmd)
+    from negdb.cli import lmeval_cmd
+
+    main.add_command(lmeval_cmd.lm_eval_cmd)
     add_store_options(main)
 
 

@@ -19,10 +19,12 @@ import click
               help="Requests that may wait for a query slot; more get 503 with Retry-After.")
 @click.option("--max-body", default=1 << 20, show_default=True, type=click.IntRange(min=1),
               help="Largest request body in bytes (HTTP 413 above it).")
+@click.option("--allow-writes", is_flag=True,
+              help="Let the browser save search results as neuron sets (read-only by default).")
 @click.pass_obj
 def serve(obj: dict, host: str, port: int, max_rows: int, timeout_s: float, max_concurrent: int | None,
-          max_queued: int, max_body: int) -> None:
-    """Serve the store's catalog read-only over HTTP (SQL, models, checkpoints, neurons, sets; docs at /docs)."""
+          max_queued: int, max_body: int, allow_writes: bool) -> None:
+    """Serve the store over HTTP: the neuron browser (/ui) and the read-only query API (docs at /docs)."""
     from negdb.errors import BadArgument
     from negdb.service.server import serve as run
     from negdb.store.bounds import on_stuck
@@ -32,4 +34,4 @@ def serve(obj: dict, host: str, port: int, max_rows: int, timeout_s: float, max_
     if not 0 < port < 65536:
         raise BadArgument(f"--port must be between 1 and 65535 (got {port})")
     run(obj["store"], host=host, port=port, max_rows=max_rows, timeout_s=timeout_s, max_concurrent=max_concurrent,
-        max_queued=max_queued, max_body=max_body, echo=click.echo)
+        max_queued=max_queued, max_body=max_body, allow_writes=allow_writes, echo=click.echo)

@@ -45,8 +45,9 @@ DESCRIPTION = (
 
 def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s: float = DEFAULT_TIMEOUT_S,
                check_interval: float = 0.5, max_concurrent_queries: int | None = None,
-               max_queued: int = DEFAULT_MAX_QUEUED, max_body: int = Limits.max_body) -> FastAPI:
-    """The read-only query service of the store at ``store``.
+               max_queued: int = DEFAULT_MAX_QUEUED, max_body: int = Limits.max_body,
+               allow_writes: bool = False) -> FastAPI:
+    """The query service and neuron browser of the store at ``store``.
 
     Args:
         store: the store folder (must hold a negdb store).
@@ -61,9 +62,10 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
             (:mod:`negdb.service.limits`, which also limits body, URL and header sizes and cancels the query
             of a client that went away).
         max_body: the largest request body (bytes); a larger one gets 413.
+        allow_writes: let the browser save neuron sets (``POST /search/save``); read-only by default.
     """
     state = ServiceState.open(store, max_rows=max_rows, timeout_s=timeout_s, check_interval=check_interval,
-                              max_concurrent_queries=max_concurrent_queries)
+                              max_concurrent_queries=max_concurrent_queries, allow_writes=allow_writes)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
@@ -78,6 +80,15 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    # the neuron browser: server-rendered pages over the same state, and their vendored scripts
+    from fastapi.staticfiles import StaticFiles
+
+    from negdb.service.browser import STATIC, make_router
+
+    browser = make_router(state)
+    app.state.browser_home = browser.home  # type: ignore[attr-defined]  # GET / for a browser (health.index)
+    app.include_router(browser)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
 
 

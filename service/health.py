@@ -6,7 +6,7 @@ import datetime as dt
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 import negdb
 from negdb.service.live import row_counts
@@ -16,12 +16,17 @@ router = APIRouter(tags=["service"])
 
 ENDPOINTS = ["/health", "/models", "/checkpoints", "/neurons", "/neuron/{model}/{checkpoint}/{layer}/{index}",
              "/sets", "/sets/{name}", "/results", "/ablations", "/analyses", "/schema", "POST /sql"]
+BROWSER = ["/ui", "/search", "/m/{model}/{checkpoint}/{layer}/{neuron}", "/browse"]
 
 
 @router.get("/", include_in_schema=False)
-def index() -> dict[str, Any]:
+def index(request: Request) -> Any:
+    """What is here; a web browser (``Accept: text/html``) gets the neuron browser's home page."""
+    home = getattr(request.app.state, "browser_home", None)
+    if home is not None and "text/html" in request.headers.get("accept", ""):
+        return home(request, request.query_params.get("model"), request.query_params.get("checkpoint"))
     return {"service": "negdb query service", "version": negdb.__version__, "docs": "/docs",
-            "openapi": "/openapi.json", "endpoints": ENDPOINTS}
+            "openapi": "/openapi.json", "endpoints": ENDPOINTS, "browser": BROWSER}
 
 
 @router.get("/health", summary="Service status, store path, segment and row counts, snapshot age")

@@ -37,10 +37,13 @@ class ServiceState:
     timeout_s: float = DEFAULT_TIMEOUT_S
     slots: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(2 * (os.cpu_count() or 1)))
+    allow_writes: bool = False
+    """Whether the browser may save neuron sets (``negdb serve --allow-writes``); the API never writes."""
 
     @classmethod
     def open(cls, store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s: float = DEFAULT_TIMEOUT_S,
-             check_interval: float = 0.5, max_concurrent_queries: int | None = None) -> ServiceState:
+             check_interval: float = 0.5, max_concurrent_queries: int | None = None,
+             allow_writes: bool = False) -> ServiceState:
         """Check the arguments and open the store's live catalog (see ``create_app`` for their meaning)."""
         from negdb.store.objects import is_url, objects_for
 
@@ -53,7 +56,7 @@ class ServiceState:
         if not timeout_s > 0:
             raise BadArgument(f"--timeout must be a positive number of seconds (got {timeout_s})")
         slots = threading.BoundedSemaphore(max_concurrent_queries or 2 * (os.cpu_count() or 1))
-        return cls(root, LiveCatalog(root, check_interval=check_interval), max_rows, timeout_s, slots)
+        return cls(root, LiveCatalog(root, check_interval=check_interval), max_rows, timeout_s, slots, allow_writes)
 
     def close(self) -> None:
         self.live.close()

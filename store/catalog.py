@@ -42,7 +42,7 @@ from negdb.store.integrity import KEYS, damaged_segment, dedupe_filter, duplicat
 from negdb.store.layout import StoreLayout
 from negdb.store.safety import check_statement, expression_type
 from negdb.store.segments import Listing, segment_listing
-from negdb.store.tables import NEURONS_DOC, NEURONS_SOURCES, NEURONS_VIEW, Table, all_tables
+from negdb.store.tables import NEURONS_SOURCES, NEURONS_VIEW, Table, all_tables, view_docs
 
 QUERY_TIMEOUT_S = 10.0
 """Default time limit of user SQL embedded in commands (``--where`` of select/ablate) and of the service."""
@@ -104,6 +104,8 @@ class Catalog:
             self.con.register_filesystem(fs)
             tables_dir: Path | str = self._objects.uri("tables")
         else:
+            # relative paths in negdb's own SQL resolve against the store, as in the views file (store/duckfile.py)
+            self.con.execute("SET file_search_path = ?", [str(Path(root).expanduser().resolve())])
             tables_dir = Path(root).expanduser().resolve() / "tables"
         self._tables_dir = tables_dir
         self._memory_limit = query_memory_limit or default_memory_limit()
@@ -339,7 +341,7 @@ class Catalog:
     @staticmethod
     def view_docs() -> dict[str, str]:
         """One line per view: what one row is."""
-        return {"neurons": NEURONS_DOC, **{t.name: t.doc for t in all_tables()}}
+        return view_docs()
 
     def close(self) -> None:
         self.con.close()

@@ -2,6 +2,7 @@
 
 ```
 <store>/negdb.json                              store format marker
+<store>/negdb.duckdb                            views-only DuckDB file over the segments (store/duckfile.py)
 <store>/tables/<table>/<segment>.parquet        immutable catalog segments (read by DuckDB)
 <store>/acts/<model>/<revision>/<slice>/        Zarr v3 group of stored pre-activations
 <store>/work/<job>/                             scratch of an unfinished job (resume state)
@@ -47,6 +48,10 @@ class StoreLayout:
     def marker(self) -> Path:
         return self.root / "negdb.json"
 
+    @property
+    def duckdb_file(self) -> Path:
+        return self.root / "negdb.duckdb"
+
     def table_dir(self, table: str) -> Path:
         return self.root / "tables" / table
 
@@ -88,6 +93,10 @@ class StoreLayout:
         """Create the store folder (idempotent); refuse a folder that is another store format, a damaged store,
         or a non-empty folder that is not a store (negdb never adopts someone else's files)."""
         if self.check().marker.exists():
+            if not self.duckdb_file.exists():  # a store from before the views file
+                from negdb.store.duckfile import ensure
+
+                ensure(self.root)
             return self
         if self.root.is_dir() and any(not p.name.startswith(".negdb.json.") for p in self.root.iterdir()):
             raise StoreError(f"{self.root} is not empty and is not a negdb store (no negdb.json): use a new or "
@@ -97,4 +106,7 @@ class StoreLayout:
         with disk_errors(self.root):
             self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.marker, json.dumps({"format": FORMAT_VERSION}).encode(), exclusive=True)
+        from negdb.store.duckfile import ensure
+
+        ensure(self.root)  # negdb.duckdb: every table's view, for the duckdb shell
         return self

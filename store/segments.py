@@ -19,15 +19,7 @@ import pyarrow.parquet as pq
 
 from negdb.errors import NegdbError, NotEnoughDisk, StoreError
 from negdb.store.faults import crash_point
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (a rename or link in it) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from negdb.store.files import fsync_dir, list_segments  # noqa: F401  (part of this module's API)
 
 
 @contextlib.contextmanager
@@ -90,14 +82,12 @@ def write_segment(path: Path, table: pa.Table, *, exclusive: bool = True, row_gr
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         crash_point("segment.before_link")
-        return _publish(tmp, path, exclusive)
+        written = _publish(tmp, path, exclusive)
+    if written:
+        from negdb.store.duckfile import segment_published
 
-
-def list_segments(folder: Path) -> list[Path]:
-    """The published segments of one table (temporary files excluded), sorted by name."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+        segment_published(path)  # the store's negdb.duckdb gains a view when a table gets its first segment
+    return written
 
 
 Listing = tuple[tuple[str, int, int], ...]

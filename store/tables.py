@@ -151,9 +151,9 @@ EVAL_RESULTS = Table("eval_results", "one row per stored evaluation: one benchma
     ("mode", pa.string(), "intervention mode (neg, pos, both, mean, posrelu, signflip); 'none' for the baseline"),
     ("set_id", pa.string(), "neuron set ablated (neuron_sets.set_id); NULL for the baseline"),
     ("n_neurons", pa.int64(), "neurons in the set (0 for the baseline)"),
-    ("benchmark", pa.string(), "benchmark name (benchmarks.json)"),
-    ("bench_hash", pa.string(), "SHA-256 of the benchmark definition and its data files"),
-    ("scoring_json", pa.string(), "scoring conventions as JSON: BOS policy and prefix token, window, rule"),
+    ("benchmark", pa.string(), "benchmark name (benchmarks.json), or lm-eval:<task> for an lm-evaluation-harness task (negdb lm-eval)"),
+    ("bench_hash", pa.string(), "SHA-256 of the benchmark definition and its data files (lm-eval: the task config and local data)"),
+    ("scoring_json", pa.string(), "scoring conventions as JSON: BOS policy and prefix token, window, rule (lm-eval: its version, few-shot, seed, task config)"),
     ("item_limit", pa.int64(), "items per group kept (tokens for perplexity); NULL = all"),
     ("sample_seed", pa.int64(), "seed of the --limit subsample"),
     ("n_items", pa.int64(), "items scored (windows for perplexity)"),
@@ -376,6 +376,11 @@ NEURONS_DOC = ("per-neuron statistics (neuron_stats) with the checkpoint's step 
                "dataset and the spec's W1 reference: the view to query")
 # where the neurons view's columns come from, for their meanings (first table that has the column)
 NEURONS_SOURCES = ("neuron_stats", "checkpoints", "slices", "stat_specs")
+
+
+def view_docs() -> dict[str, str]:
+    """One line per view of the catalog (every table and ``neurons``): what one row is."""
+    return {"neurons": NEURONS_DOC, **{t.name: t.doc for t in all_tables()}}
 
 
 def all_tables() -> tuple[Table, ...]:

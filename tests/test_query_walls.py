@@ -17,8 +17,8 @@ import pytest
 import negdb
 from negdb.errors import BadQuery, NegdbError, QueryTimeout, QueryTooLarge
 from negdb.query import sets
-from negdb.store.safety import check_statement, check_where
 from negdb.store.catalog import Catalog
+from negdb.store.safety import check_statement, check_where
 from tests.ingest_helpers import assert_one_error, cli
 from tests.test_sql_safety import sql_store, tree_hash
 
@@ -178,24 +178,10 @@ def test_bad_query_kinds(cat: Catalog) -> None:
 
 @pytest.fixture(scope="module")
 def server(store: Path):
-    import httpx
+    from tests.test_service_limits import start
 
-    from tests.test_service import _free_port
-
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "negdb.cli", "--store", str(store), "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--timeout", "3"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120.0)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if client.get("/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "negdb serve did not start"
-        time.sleep(0.2)
+    proc, client = start(store, "--timeout", "3")
+    client.timeout = 120.0
     yield client
     client.close()
     proc.terminate()

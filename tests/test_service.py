@@ -5,10 +5,6 @@ Only loopback addresses are used. The last test reads through the service while 
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +17,7 @@ import pytest
 
 import negdb
 from tests.ingest_helpers import TINY, cli, cli_subprocess, store_files
+from tests.serving import free_port as _free_port  # noqa: F401  (tests/test_service_limits.py imports it here)
 from tests.tiny_models import save_step_run, save_tiny
 
 ARROW = "application/vnd.apache.arrow.stream"
@@ -50,42 +47,13 @@ def store(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> 
     return store
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(store: Path) -> Iterator[httpx.Client]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "negdb.cli", "--store", str(store), "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--max-rows", str(SERVER_MAX_ROWS), "--timeout", str(SERVER_TIMEOUT_S)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"negdb serve exited with {proc.returncode}: {proc.stdout.read()}")
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("negdb serve did not answer /health within 60 s")
-            time.sleep(0.1)
+    from tests.serving import serving
+
+    with serving(store, "--max-rows", str(SERVER_MAX_ROWS), "--timeout", str(SERVER_TIMEOUT_S), timeout_s=60) as (
+            base, _proc), httpx.Client(base_url=base, timeout=30.0) as client:
         yield client
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def catalog_table(store: Path, sql: str, params: list | None = None) -> pa.Table:
