@@ -23,7 +23,7 @@ from .rows import RowSplit, as_block, available_threads, row_chunks, run_paralle
 from .wasserstein import (NormalSampler, NormalTables, Reference, normal_tables, w1_crossing_fix, w1_exact_sums,
                           w1_sample_rows)
 
-__all__ = ["BLOCK_COLUMNS", "MOMENT_COLUMNS", "block_stats"]
+__all__ = ["BLOCK_COLUMNS", "MOMENT_COLUMNS", "block_stats", "check_reference", "empty_block"]
 
 MOMENT_COLUMNS: tuple[str, ...] = (
     ("n", "mean", "std", "skew", "kurtosis", "min", "max") + tuple(name for name, _ in QUANTILES)
@@ -31,6 +31,23 @@ MOMENT_COLUMNS: tuple[str, ...] = (
 )
 BLOCK_COLUMNS: tuple[str, ...] = MOMENT_COLUMNS + ("w_dist", "w_dist_neg", "w_dist_pos")
 _PROBS = tuple(p for _, p in QUANTILES)
+
+
+def check_reference(reference: str, sampler: NormalSampler | None) -> None:
+    """The W1 reference is 'exact', or 'sample' with a seeded sampler (both kernels check it alike)."""
+    if reference not in ("exact", "sample"):
+        raise BadArgument(f"reference must be 'exact' or 'sample', got {reference!r}")
+    if reference == "sample" and sampler is None:
+        raise BadArgument("reference='sample' needs a NormalSampler (seed, layer) for reproducible draws")
+
+
+def empty_block(n: int, k: int, with_md: bool) -> dict[str, np.ndarray]:
+    """The output columns of a block of ``k`` neurons over ``n`` tokens, to be filled (``md`` NaN until set)."""
+    out = {name: np.empty(k, dtype=np.float64) for name in BLOCK_COLUMNS}
+    out["n"] = np.full(k, n, dtype=np.int64)
+    if with_md:
+        out["md"] = np.full(k, np.nan)
+    return out
 
 
 def block_stats(x: np.ndarray, *, reference: Reference = "exact", sampler: NormalSampler | None = None,
@@ -46,17 +63,11 @@ def block_stats(x: np.ndarray, *, reference: Reference = "exact", sampler: Norma
     """
     x = as_block(x)
     n, k = x.shape
-    if reference not in ("exact", "sample"):
-        raise BadArgument(f"reference must be 'exact' or 'sample', got {reference!r}")
-    if reference == "sample" and sampler is None:
-        raise BadArgument("reference='sample' needs a NormalSampler (seed, layer) for reproducible draws")
+    check_reference(reference, sampler)
     threads = available_threads() if threads is None else max(1, int(threads))
     plan = None if pairs is None else pair_plan(pairs, d_in, n)
 
-    out = {name: np.empty(k, dtype=np.float64) for name in BLOCK_COLUMNS}
-    out["n"] = np.full(k, n, dtype=np.int64)
-    if plan is not None:
-        out["md"] = np.full(k, np.nan)
+    out = empty_block(n, k, plan is not None)
     if k == 0:
         return out
     if plan is not None and plan.order is None:  # pairs that share tokens: gather them the plain way

@@ -23,7 +23,7 @@ import torch
 
 from negdb.errors import BadArgument
 
-from .compute import BLOCK_COLUMNS
+from .compute import check_reference, empty_block
 from .mapping import pair_plan
 from .moments import QUANTILES
 from .wasserstein import NormalSampler, Reference, normal_tables
@@ -77,15 +77,9 @@ def block_stats_torch(x: torch.Tensor | np.ndarray, *, reference: Reference = "e
     n, k = x.shape
     if n == 0:
         raise BadArgument(f"x has no tokens (shape {tuple(x.shape)})")
-    if reference not in ("exact", "sample"):
-        raise BadArgument(f"reference must be 'exact' or 'sample', got {reference!r}")
-    if reference == "sample" and sampler is None:
-        raise BadArgument("reference='sample' needs a NormalSampler (seed, layer) for reproducible draws")
+    check_reference(reference, sampler)
     plan = None if pairs is None else pair_plan(pairs, d_in, n)
-    out = {name: np.empty(k, dtype=np.float64) for name in BLOCK_COLUMNS}
-    out["n"] = np.full(k, n, dtype=np.int64)
-    if plan is not None:
-        out["md"] = np.full(k, np.nan)
+    out = empty_block(n, k, plan is not None)
     if k == 0:
         return out
     dev = x.device
