@@ -49,8 +49,8 @@ def stderr(msg: str) -> None:
 
 def check_store(layout: StoreLayout, model: str) -> None:
     """``NotFound`` unless ``layout`` is a negdb store."""
-    if not layout.marker.exists():
-        raise StoreError(f"{layout.root} is not a negdb store: run `negdb ingest --model {model}` first")
+    if not layout.is_store():
+        raise StoreError(f"{layout.location} is not a negdb store: run `negdb ingest --model {model}` first")
 
 
 # ------------------------------------------------------------------------------------------ the main set

@@ -29,7 +29,6 @@ from negdb.evals.run import ScoringRule, dtype_key, primary, score_items, score_
 from negdb.evals.windows import plan_windows
 from negdb.models.loading import LoadedModel
 from negdb.store.layout import StoreLayout
-from negdb.store.locks import exclusive_lock
 from negdb.store.results import EvalKey, StoredResult, lookup, publish
 from negdb.store.runs import library_versions, now
 from negdb.store.segments import write_segment
@@ -99,7 +98,7 @@ def evaluate(layout: StoreLayout, target: Target, benchmark: str, rule: ScoringR
     found = lookup(layout, rid)
     if found is not None:
         return found
-    with exclusive_lock(layout.lock_file(f"eval-{rid}")):
+    with layout.guard(f"eval-{rid}", done=lambda: lookup(layout, rid) is not None):
         found = lookup(layout, rid)
         if found is not None:
             return found

@@ -33,7 +33,6 @@ from negdb.query.setstore import NeuronSet
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout, short_hash
 from negdb.store.runs import now
-from negdb.store.segments import write_segment
 from negdb.store.tables import ABLATIONS
 
 KEY_VERSION = 2
@@ -105,10 +104,10 @@ def run(spec: AblateSpec, store: str | Path, *, device: str = "auto", progress: 
 
     ``record=False`` stores the evaluations but not the experiment (one benchmark of a fanned-out experiment,
     :mod:`negdb.cluster`)."""
-    layout = StoreLayout(Path(store))
+    layout = StoreLayout.at(store)
     check_store(layout, getattr(spec.neurons, "model", None) or "MODEL")
     benches = list(spec.benchmarks)
-    with Catalog(layout.root) as cat:
+    with Catalog(layout.location) as cat:
         main = main_set(cat, spec.neurons, spec.save)
         model_id = main.keys.model_id
         revision = resolve_revision(cat, main, getattr(spec.neurons, "checkpoint", None))
@@ -125,7 +124,7 @@ def run(spec: AblateSpec, store: str | Path, *, device: str = "auto", progress: 
         key = ablation_key(model_id, revision, ck["commit"], main.set_id, spec, benches)
         rows = _rows(spec, model_id, revision, got.all)
         aid = ablation_id(key)
-        if not (layout.table_dir(ABLATIONS.name) / f"{aid}.parquet").exists():
+        if not layout.has_segment(ABLATIONS.name, aid):
             aid = find_legacy(cat, rows, spec) or aid
         if record:
             _record(layout, aid, config(spec, key), rows)
@@ -173,10 +172,9 @@ def find_legacy(cat: Catalog, rows: list[dict[str, Any]], spec: AblateSpec) -> s
 
 def _record(layout: StoreLayout, aid: str, cfg: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """The experiment's ``ablations`` segment (first writer wins: the same experiment is stored once)."""
-    path = layout.table_dir(ABLATIONS.name) / f"{aid}.parquet"
-    if path.exists():
+    if layout.has_segment(ABLATIONS.name, aid):
         return
     text = json.dumps(cfg, sort_keys=True, default=str)
     stamp = now()
     full = [{"ablation_id": aid, **r, "config_json": text, "created_at": stamp} for r in rows]
-    write_segment(path, ABLATIONS.from_rows(full), exclusive=True)
+    layout.put_segment(ABLATIONS.name, aid, ABLATIONS.from_rows(full))

@@ -386,7 +386,6 @@ def run(sel: Selection, opts: LmEvalOptions, store: str | Path | None = None, *,
         log: Callable[[str], None] | None = None) -> LmEvalRun:
     """``negdb lm-eval``: the tasks on the ablated checkpoint (and on the baseline unless ``opts.baseline`` is
     False), each stored; a repeated call reads everything back."""
-    from negdb.config import store_path
 
     if opts.limit is not None and opts.limit < 1:
         raise BadArgument("--limit must be at least 1")
@@ -394,11 +393,11 @@ def run(sel: Selection, opts: LmEvalOptions, store: str | Path | None = None, *,
         raise BadArgument("--num-fewshot must not be negative")
     if opts.batch_size < 1:
         raise BadArgument("--batch-size must be at least 1")
-    root = store_path(store)
+    layout = StoreLayout.at(store)
+    root = layout.location
     sel.validate()
     tasks = load_tasks(opts)  # first: a bad task name saves no set
     target, loader = resolve_target(root, sel, device=opts.device, log=log)
-    layout = StoreLayout(root)
     set_name = sel.neurons.set_name if sel.neurons is not None else None  # the name asked for, else the first
     if target.set_id is not None and set_name is None:
         with Catalog(root) as cat:

@@ -51,14 +51,13 @@ def resolve_target(store: str | Path | None, sel: Selection, *, device: str = "a
     unablated checkpoint; ``loader()`` loads the model once."""
     from negdb.ablate.conditions import Loader, checkpoint_row, main_set, resolve_revision, stderr
     from negdb.ablate.controls import intervention_for
-    from negdb.config import store_path
     from negdb.query import sets as setlib
 
     sel.validate()
-    root = store_path(store)
-    if not StoreLayout(root).marker.exists():
-        raise NotFound(f"{root} is not a negdb store: run `negdb ingest --model {sel.model}` first")
-    with Catalog(root) as cat:
+    layout = StoreLayout.at(store)
+    if not layout.is_store():
+        raise NotFound(f"{layout.location} is not a negdb store: run `negdb ingest --model {sel.model}` first")
+    with Catalog(layout.location) as cat:
         if sel.neurons is None:
             keys = setlib.resolve_keys(cat, sel.model, sel.checkpoint)
             ck = checkpoint_row(cat, keys.model_id, keys.revision)

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from negdb.ablate.compare import Comparison, Condition, compare
 from negdb.ablate.conditions import Engine, Loader, check_store, checkpoint_row, main_set, resolve_revision, stderr
@@ -265,19 +264,19 @@ def _config(spec: LayersSpec, main: NeuronSet, ck: dict[str, Any], benches: list
 
 
 def _stored_rows(layout: StoreLayout, aid: str) -> list[dict[str, Any]]:
-    path = layout.table_dir(LAYER_EFFECTS.name) / f"{aid}.parquet"
-    return pq.read_table(path).to_pylist() if path.exists() else []
+    found = layout.read_segment(LAYER_EFFECTS.name, aid)
+    return [] if found is None else found.to_pylist()
 
 
 def run(spec: LayersSpec, store: str | Path, *, device: str = "auto", progress: bool = True,
         log: Callable[[str], None] = stderr) -> LayerAnalysis:
     """Run (or read back) the layer-group analysis ``spec`` in ``store``; see the module docstring."""
     timer = Timer()
-    layout = StoreLayout(Path(store))
+    layout = StoreLayout.at(store)
     check_store(layout, getattr(spec.neurons, "model", "MODEL"))
     benches = list(spec.benchmarks)
     boot = spec.bootstrap
-    with Catalog(layout.root) as cat:
+    with Catalog(layout.location) as cat:
         n = spec.neurons
         n_layers = _n_layers(cat, setlib.resolve_model(cat, n.model) if isinstance(n, SetSpec) else n.keys.model_id)
         if spec.groups > n_layers:

@@ -34,7 +34,6 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from negdb.analyze.record import Timer, analysis_id, lookup, publish
-from negdb.config import store_path
 from negdb.errors import BadArgument, NegdbError, NotFound, StoreError
 from negdb.evals.metrics import bootstrap_samples
 from negdb.evals.options import Bootstrap
@@ -452,10 +451,10 @@ def run(opts: PairsSpec, store: str | Path | None = None, *, tokenizer: Any = No
         NegdbError: bad options, unknown model/checkpoint, neuron out of range, or a layer whose activations or
             md inputs were not stored.
     """
-    layout = StoreLayout(store_path(store))
-    if not layout.marker.exists():
-        raise StoreError(f"{layout.root} is not a negdb store: run `negdb ingest --model {opts.model}` first")
-    with Catalog(layout.root) as cat:
+    layout = StoreLayout.at(store)
+    if not layout.is_store():
+        raise StoreError(f"{layout.location} is not a negdb store: run `negdb ingest --model {opts.model}` first")
+    with Catalog(layout.location) as cat:
         keys = resolve_keys(cat, opts.model, opts.checkpoint)
         widths = layer_widths(cat, keys)
         neuron = None

@@ -304,7 +304,7 @@ def run(spec: PosSpec, store: str | Path, *, device: str = "auto", progress: boo
     """Run (or read back) the POS analysis ``spec`` in ``store``; see the module docstring."""
     postag.tagger_versions()  # spaCy installed? (before any evaluation runs)
     exp = run_experiment(spec.ablate_spec(), store, device=device, progress=progress, log=log)
-    layout = StoreLayout(Path(store))
+    layout = StoreLayout.at(store)  # an object store's cache of tags is in its local scratch folder
     base = exp.conditions[0].results[PPL_BENCHMARK][0]
     cols = _columns(exp, spec.controls.seed_list())
     config = _config(spec, exp, base, cols)

@@ -11,11 +11,8 @@ import json
 import time
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from negdb.store.layout import StoreLayout, short_hash
 from negdb.store.runs import now
-from negdb.store.segments import write_segment
 from negdb.store.tables import ANALYSES, Table
 
 ANALYSIS_VERSION = 1
@@ -34,10 +31,8 @@ def analysis_id(kind: str, config: dict[str, Any]) -> str:
 
 def lookup(layout: StoreLayout, aid: str) -> dict[str, Any] | None:
     """The ``analyses`` row of ``aid``, or ``None`` when it is not (completely) stored."""
-    path = layout.table_dir(ANALYSES.name) / f"{aid}.parquet"
-    if not path.exists():
-        return None
-    rows = pq.read_table(path).to_pylist()
+    found = layout.read_segment(ANALYSES.name, aid)
+    rows = [] if found is None else found.to_pylist()
     return rows[0] if rows else None
 
 
@@ -47,12 +42,11 @@ def publish(layout: StoreLayout, aid: str, *, kind: str, model_id: str, revision
     """Write each table's rows (``analysis_id`` filled in), then the ``analyses`` row; first writer wins."""
     for table, rows in tables.items():
         if rows:
-            write_segment(layout.table_dir(table.name) / f"{aid}.parquet",
-                          table.from_rows([{**r, "analysis_id": aid} for r in rows]), exclusive=True)
+            layout.put_segment(table.name, aid, table.from_rows([{**r, "analysis_id": aid} for r in rows]))
     row = {"analysis_id": aid, "kind": kind, "model_id": model_id, "revision": revision,
            "config_json": canonical(config), "summary_json": canonical(summary), "seconds": round(seconds, 3),
            "created_at": now()}
-    write_segment(layout.table_dir(ANALYSES.name) / f"{aid}.parquet", ANALYSES.from_rows([row]), exclusive=True)
+    layout.put_segment(ANALYSES.name, aid, ANALYSES.from_rows([row]))
     stored = lookup(layout, aid)
     assert stored is not None
     return stored

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from negdb.errors import BadArgument
 from negdb.store.layout import StoreLayout
@@ -275,8 +274,8 @@ def effect_rows(experiment: Any, n_boot: int, seed: int) -> list[dict[str, Any]]
 
 
 def _stored(layout: StoreLayout, aid: str, row: dict[str, Any]) -> TrainingResult:
-    path = layout.table_dir(TRAINING_DYNAMICS.name) / f"{aid}.parquet"
-    frame = pl.from_arrow(pq.read_table(path)) if path.exists() else pl.from_arrow(TRAINING_DYNAMICS.from_rows([]))
+    found = layout.read_segment(TRAINING_DYNAMICS.name, aid)
+    frame = pl.from_arrow(found if found is not None else TRAINING_DYNAMICS.from_rows([]))
     assert isinstance(frame, pl.DataFrame)
     return TrainingResult(aid, row["model_id"], frame, json.loads(row["summary_json"]), reused=True)
 
@@ -293,7 +292,7 @@ def _ingest(spec: TrainingSpec, layout: StoreLayout, ckpts: list[Any], resources
     from negdb.ingest.pipeline import ingest
 
     ing = replace(spec.ingest, checkpoints=tuple(c.revision for c in ckpts))
-    results = ingest(ing, store=layout.root, resources=resources, progress=progress, log=log)
+    results = ingest(ing, store=layout.location, resources=resources, progress=progress, log=log)
     return {r.revision: r for r in results}
 
 
@@ -306,7 +305,6 @@ def run(spec: TrainingSpec, store: str | Path | None = None, *, device: str = "a
     from negdb.ablate.controls import save_auto
     from negdb.ablate.experiment import run as ablate
     from negdb.analyze.record import Timer, analysis_id, lookup, publish
-    from negdb.config import store_path
     from negdb.ingest.plan import Resources
     from negdb.models.checkpoints import select
     from negdb.models.registry import resolve
@@ -315,7 +313,7 @@ def run(spec: TrainingSpec, store: str | Path | None = None, *, device: str = "a
     from negdb.values import k_text
 
     resources = resources or Resources(device=device)
-    layout = StoreLayout(store_path(store))
+    layout = StoreLayout.at(store)
     source = resolve(spec.model)
     ckpts = select(source, spec.ingest.checkpoint_spec)
     if len(ckpts) < 2:
@@ -324,7 +322,7 @@ def run(spec: TrainingSpec, store: str | Path | None = None, *, device: str = "a
                           "step0,step1000)")
     config = spec.config(source.model_id, [c.revision for c in ckpts])
     aid = analysis_id(KIND, config)
-    row = lookup(layout, aid) if layout.marker.exists() else None
+    row = lookup(layout, aid) if layout.is_store() else None
     if row is not None:
         log(f"training analysis {aid}: stored; nothing to compute")
         return _stored(layout, aid, row)
@@ -334,7 +332,7 @@ def run(spec: TrainingSpec, store: str | Path | None = None, *, device: str = "a
         infos: list[CheckpointInfo] = []
         frames: dict[str, pl.DataFrame] = {}
         sets: dict[str, pl.DataFrame] = {}
-        with Catalog(layout.root) as cat:
+        with Catalog(layout.location) as cat:
             for c in ckpts:
                 r = ingested[c.revision]
                 sel = setlib.select(cat, source.model_id, c.revision, top=k_text(spec.top), by=spec.by,
@@ -357,7 +355,7 @@ def run(spec: TrainingSpec, store: str | Path | None = None, *, device: str = "a
             if i > 0:
                 part += jaccard_rows(sets[info.revision], sets[infos[i - 1].revision], "overlap_prev")
             if spec.ablates:
-                exp = ablate(spec.ablate_spec(source.model_id, info.revision, info.set_name), layout.root,
+                exp = ablate(spec.ablate_spec(source.model_id, info.revision, info.set_name), layout.location,
                              device=resources.device, progress=progress, log=log)
                 info.ablation_id = exp.ablation_id
                 computed, reused = computed + exp.computed, reused + exp.reused

@@ -157,7 +157,9 @@ class Database:
     """A negdb store opened for Python: ``negdb.open(path)``.
 
     Args:
-        path: the store folder (default ``$NEGDB_STORE`` or ``./negdb-store``); created by the first ingest.
+        path: the store folder (default ``$NEGDB_STORE`` or ``./negdb-store``), created by the first ingest, or an
+            object-store URL (``s3://bucket/prefix``): ingests, sets and evaluations are written straight into it
+            (segments created only if absent, the first writer wins).
         device: where models run when something must be computed (``auto``, ``cpu``, ``cuda:N``).
         progress: show progress bars.
         log: where progress lines go (default: nowhere; pass ``print`` to see them).
@@ -165,7 +167,9 @@ class Database:
 
     def __init__(self, path: str | Path | None = None, *, device: str = "auto", progress: bool = False,
                  log: Any = None) -> None:
-        self.path = store_path(path)
+        from negdb.store.objects import is_url
+
+        self.path: Path | str = str(path).rstrip("/") if path is not None and is_url(path) else store_path(path)
         self.device = device
         self.progress = progress
         self.log = log or _quiet

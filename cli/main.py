@@ -46,7 +46,8 @@ class _Group(click.Group):
             sys.exit(130)
 
 
-STORE_HELP = "Store folder (Zarr arrays and catalog segments); env NEGDB_STORE."
+STORE_HELP = ("Store folder (Zarr arrays and catalog segments), or an object-store URL such as s3://bucket/prefix; "
+              "env NEGDB_STORE.")
 
 
 @click.group(cls=_Group)

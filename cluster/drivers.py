@@ -42,20 +42,15 @@ def run(spec: Any, store: str | Path | None, executor: Executor, *, device: str 
 
     if not isinstance(executor, Executor):
         raise BadArgument(f"executor must be an Executor, got {type(executor).__name__}")
-    from negdb.store.objects import is_url
-
     res = resources or Resources(device=device)
-    if store is not None and is_url(store) and not isinstance(spec, IngestSpec):
-        raise BadArgument(f"{type(spec).__name__} writes sets and evaluations, which go to a store folder, not to "
-                          f"{store}: run it on a folder store and `negdb merge` that into the object store")
     if isinstance(spec, IngestSpec):
         return ingest(spec, store, executor, resources=res, progress=progress, log=log)
     if isinstance(spec, TrainingSpec):
         return training(spec, store, executor, resources=res, progress=progress, log=log)
     if isinstance(spec, SweepSpec):
-        return sweep(spec, store_path(store), executor, device=device, progress=progress, log=log)
+        return sweep(spec, store, executor, device=device, progress=progress, log=log)
     if isinstance(spec, AblateSpec):
-        return ablate(spec, store_path(store), executor, device=device, progress=progress, log=log)
+        return ablate(spec, store, executor, device=device, progress=progress, log=log)
     raise BadArgument(f"{type(spec).__name__} cannot be fanned out: give an IngestSpec, AblateSpec, SweepSpec or "
                       "TrainingSpec")
 
@@ -110,18 +105,19 @@ def ingest(spec: Any, store: str | Path | None, executor: Executor, *, resources
     return [results[c.revision] for c in selected]
 
 
-def sweep(spec: Any, store: Path, executor: Executor, *, device: str = "auto", progress: bool = True,
+def sweep(spec: Any, store: str | Path | None, executor: Executor, *, device: str = "auto", progress: bool = True,
           log: Log = _stderr) -> Any:
-    """``negdb sweep --executor ...``: one task per grid point, then the serial sweep (all stored)."""
+    """``negdb sweep --executor ...``: one task per grid point, then the serial sweep (all stored). ``store``: a
+    folder or an object-store URL, which the workers write into directly."""
     from negdb.ablate.conditions import check_store
     from negdb.ablate.controls import save_auto
     from negdb.store.catalog import Catalog
     from negdb.sweep import runner
     from negdb.sweep.grid import selection, setup
 
-    layout = StoreLayout(store)
+    layout = StoreLayout.at(store)
     check_store(layout, spec.model)
-    with Catalog(layout.root) as cat:
+    with Catalog(layout.location) as cat:
         st = setup(cat, spec)
         for by in spec.by:  # the main sets, saved once before the workers read them
             for f in spec.fractions:
@@ -129,24 +125,26 @@ def sweep(spec: Any, store: Path, executor: Executor, *, device: str = "auto", p
     tasks = []
     for p in spec.points():
         key = f"sweep-{short_hash(st.keys.model_id, st.keys.revision, p.label(), repr(spec))}"
-        tasks.append(Task(key, jobs.sweep_job, (key, spec, str(layout.root), [p], device)))
+        tasks.append(Task(key, jobs.sweep_job, (key, spec, str(layout.location), [p], device)))
     with open_client(executor) as client:
         run_tasks(client, tasks, desc="sweep", progress=progress, log=log)
-    return runner.run(spec, layout.root, device=device, progress=False, log=log)
+    return runner.run(spec, layout.location, device=device, progress=False, log=log)
 
 
-def ablate(spec: Any, store: Path, executor: Executor, *, device: str = "auto", progress: bool = True,
+def ablate(spec: Any, store: str | Path | None, executor: Executor, *, device: str = "auto", progress: bool = True,
            log: Log = _stderr) -> Any:
-    """``negdb ablate --executor ...``: one task per benchmark, then the serial experiment (all stored)."""
+    """``negdb ablate --executor ...``: one task per benchmark, then the serial experiment (all stored).
+    ``store``: a folder or an object-store URL, which the workers write into directly."""
     from negdb.ablate.experiment import run
 
+    where = StoreLayout.at(store).location
     tasks = []
     for bench in spec.benchmarks:
         key = f"ablate-{short_hash(repr(spec), bench)}"
-        tasks.append(Task(key, jobs.ablate_job, (key, replace(spec, evals=(bench,)), str(store), device)))
+        tasks.append(Task(key, jobs.ablate_job, (key, replace(spec, evals=(bench,)), str(where), device)))
     with open_client(executor) as client:
         run_tasks(client, tasks, desc="ablate", progress=progress, log=log)
-    return run(spec, store, device=device, progress=False, log=log)
+    return run(spec, where, device=device, progress=False, log=log)
 
 
 def training(spec: Any, store: str | Path | None, executor: Executor, *, resources: Any = None,
@@ -162,11 +160,11 @@ def training(spec: Any, store: str | Path | None, executor: Executor, *, resourc
     from negdb.models import registry
 
     res = resources or Resources()
-    root = store_path(store)
-    layout = StoreLayout(root)
+    layout = StoreLayout.at(store)
+    root = layout.location
     source = registry.resolve(spec.model)
     selected = ckpts.select(source, spec.ingest.checkpoint_spec)
-    stored = len(selected) >= 2 and layout.marker.exists() and lookup(
+    stored = len(selected) >= 2 and layout.is_store() and lookup(
         layout, analysis_id(tr.KIND, spec.config(source.model_id, [c.revision for c in selected]))) is not None
     if len(selected) >= 2 and not stored:
         kept = runplan.activations_for(spec.ingest, [c.revision for c in selected])

@@ -9,7 +9,6 @@ stores anything twice.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from negdb.cluster.fanout import Outcome, timed
@@ -78,7 +77,7 @@ def training_job(key: str, spec: Any, store: str, revision: str, activations: An
         _tame_threads()
         one = replace(spec.ingest, checkpoints=(revision,), activations=activations)
         (r,) = ingest(one, store=store, resources=resources, progress=False, log=log)
-        with Catalog(Path(store)) as cat:
+        with Catalog(store) as cat:
             ns = save_auto(cat, setlib.select(cat, r.model_id, r.revision, top=k_text(spec.top), by=spec.by,
                                               slice_id=r.slice_id, spec_id=r.spec_id))
         status = r.status

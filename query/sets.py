@@ -65,8 +65,8 @@ def resolve_model(cat: Catalog, model: str) -> str:
     if model_id in stored:
         return model_id  # type: ignore[return-value]
     if not stored:
-        raise NotFound(f"no statistics in {cat.layout.root}: run `negdb ingest --model {model}` first")
-    raise NotFound(f"no statistics for model '{model}' in {cat.layout.root}: stored models are {preview(stored)}")
+        raise NotFound(f"no statistics in {cat.layout.location}: run `negdb ingest --model {model}` first")
+    raise NotFound(f"no statistics for model '{model}' in {cat.layout.location}: stored models are {preview(stored)}")
 
 
 def _final_revision(model_id: str) -> str | None:

@@ -16,13 +16,11 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from negdb.errors import BadArgument, NotFound, StoreConflict, StoreDamaged, preview
 from negdb.query.selection import Keys, Selection, content_hash
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
-from negdb.store.segments import write_segment
 from negdb.store.tables import NEURON_SET_MEMBERS, NEURON_SETS
 
 __all__ = ["NeuronSet", "check_name", "get", "list_sets", "save"]
@@ -66,9 +64,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def _name_segment(layout: StoreLayout, name: str) -> Path:
+def _name_segment(name: str) -> str:
     # hashed: names differing only in case stay distinct on case-insensitive file systems, '.x' is not hidden
-    return layout.table_dir(NEURON_SETS.name) / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.parquet"
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
 def _layout(layout_or_store: StoreLayout | Catalog | str | Path) -> StoreLayout:
@@ -76,9 +74,7 @@ def _layout(layout_or_store: StoreLayout | Catalog | str | Path) -> StoreLayout:
         return layout_or_store
     if isinstance(layout_or_store, Catalog):
         return layout_or_store.layout
-    from negdb.config import store_path
-
-    return StoreLayout(store_path(layout_or_store))
+    return StoreLayout.at(layout_or_store)
 
 
 def _from_row(row: dict[str, Any], members: pl.DataFrame, new: bool = False) -> NeuronSet:
@@ -89,9 +85,14 @@ def _from_row(row: dict[str, Any], members: pl.DataFrame, new: bool = False) -> 
                      n_members=int(row["n_members"]), created_at=row["created_at"], members=members, new=new)
 
 
-def _check_same(path: Path, name: str, set_id: str) -> dict[str, Any]:
-    """The stored row of ``name``; NegdbError when it holds other members than ``set_id``."""
-    stored = pq.read_table(path).to_pylist()[0]
+def _stored(layout: StoreLayout, name: str) -> dict[str, Any] | None:
+    """The stored ``neuron_sets`` row of ``name`` (``None``: no set of that name)."""
+    found = layout.read_segment(NEURON_SETS.name, _name_segment(name))
+    return None if found is None else found.to_pylist()[0]
+
+
+def _check_same(stored: dict[str, Any], name: str, set_id: str) -> dict[str, Any]:
+    """``stored`` (the row of ``name``); NegdbError when it holds other members than ``set_id``."""
     if stored["set_id"] != set_id:
         raise StoreConflict(f"a neuron set named '{name}' already exists with other members (set "
                          f"{stored['set_id'][:12]}, {stored['n_members']} neurons): sets are immutable, "
@@ -115,21 +116,22 @@ def save(layout_or_store: StoreLayout | Catalog | str | Path, selection: Selecti
     if members.height == 0:
         raise BadArgument(f"the selection is empty: nothing to save as '{name}'")
     set_id = selection.content_hash
-    path = _name_segment(layout, name)
-    if path.exists():
-        _check_same(path, name, set_id)
+    before = _stored(layout, name)
+    if before is not None:
+        _check_same(before, name, set_id)
     member_table = pa.table({"set_id": pa.array([set_id] * members.height, pa.string()),
                              "layer": members["layer"].to_arrow(), "neuron": members["neuron"].to_arrow()},
                             schema=NEURON_SET_MEMBERS.schema)
-    members_path = layout.table_dir(NEURON_SET_MEMBERS.name) / f"{set_id}.parquet"
-    if not members_path.exists():
-        write_segment(members_path, member_table)
+    if before is None and not layout.has_segment(NEURON_SET_MEMBERS.name, set_id):
+        layout.put_segment(NEURON_SET_MEMBERS.name, set_id, member_table)
     row = {"name": name, "set_id": set_id, **selection.keys._asdict(), "expression": selection.expression,
            "counts_json": json.dumps({str(k): v for k, v in sorted(selection.counts.items())}),
            "n_members": members.height, "created_at": datetime.now(timezone.utc)}
-    new = not path.exists() and write_segment(path, NEURON_SETS.from_rows([row]))
+    new = before is None and layout.put_segment(NEURON_SETS.name, _name_segment(name), NEURON_SETS.from_rows([row]))
     if not new:  # stored before, or by a concurrent writer that won the race
-        row = _check_same(path, name, set_id)
+        stored = before if before is not None else _stored(layout, name)
+        assert stored is not None  # the name's segment exists: it kept this call from writing
+        row = _check_same(stored, name, set_id)
     if isinstance(layout_or_store, Catalog):
         layout_or_store.refresh()
     return _from_row(row, members.sort("layer", "neuron"), new=new)
@@ -152,7 +154,7 @@ def get(cat: Catalog, name: str) -> NeuronSet:
     rows = cat.arrow(_SETS_SQL + " WHERE name = ? ORDER BY created_at LIMIT 1", [name]).to_pylist()
     if not rows:
         names = cat.arrow("SELECT name FROM neuron_sets ORDER BY name").column("name").to_pylist()
-        raise NotFound(f"no neuron set named '{name}' in {cat.layout.root}: stored sets are {preview(names)} "
+        raise NotFound(f"no neuron set named '{name}' in {cat.layout.location}: stored sets are {preview(names)} "
                          "(`negdb sets` lists them)")
     row = rows[0]
     members = cat.sql("SELECT DISTINCT layer, neuron FROM neuron_set_members WHERE set_id = ? "

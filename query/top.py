@@ -32,7 +32,7 @@ def top_neurons(cat: Catalog, *, k: int = 3, model: str | None = None, revision:
     latest = cat.arrow(LATEST_SQL, [model, model, revision, revision]).to_pylist()
     if not latest:
         what = f" for {model}" + (f"@{revision}" if revision else "") if model else ""
-        raise NotFound(f"no statistics{what} in {cat.layout.root}: run `negdb ingest` first")
+        raise NotFound(f"no statistics{what} in {cat.layout.location}: run `negdb ingest` first")
     row = latest[0]
     keys = [model or row["model_id"], revision or row["revision"], slice_id or row["slice_id"],
             spec_id or row["spec_id"], k]

@@ -72,7 +72,7 @@ def _pins(cat: Catalog, ablations: Iterable[str], analyses: Iterable[str]
 def _models(cat: Catalog, models: Sequence[str] | None, pinned: list[str]) -> list[str]:
     known = data.known_models(cat)
     if not known:
-        raise NotFound(f"nothing to report: {cat.layout.root} holds no statistics, ablations or analyses; "
+        raise NotFound(f"nothing to report: {cat.layout.location} holds no statistics, ablations or analyses; "
                          "run `negdb ingest --model MODEL` first")
     if not models:
         return list(dict.fromkeys(pinned)) or known

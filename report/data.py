@@ -148,7 +148,7 @@ def resolve_model(cat: Catalog, name: str, known: list[str]) -> str:
     if model_id in known:
         return str(model_id)
     shown = ", ".join(known[:8]) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
-    raise NotFound(f"nothing stored for model '{name}' in {cat.layout.root}: stored models are {shown}")
+    raise NotFound(f"nothing stored for model '{name}' in {cat.layout.location}: stored models are {shown}")
 
 
 def model_facts(cat: Catalog, model_id: str) -> ModelFacts:

@@ -93,7 +93,7 @@ class Catalog:
 
         self.url = str(root).rstrip("/") if is_url(root) else None
         self._objects = FsspecObjects(self.url) if self.url else None
-        self.layout = StoreLayout(Path(root) if self.url is None else Path("/nonexistent-object-store"))
+        self.layout = StoreLayout(Path(root)) if self.url is None else StoreLayout.at(self.url)
         if self.url is None:
             self.layout.check()
         self.con = duckdb.connect(":memory:")
@@ -138,7 +138,7 @@ class Catalog:
                     self._view(table, listing, old)
                 except duckdb.Error as err:
                     raise (damaged_segment(Path(p) for p, _, _ in listing)
-                           or StoreError(f"cannot read the {table.name} segments of {self.layout.root} "
+                           or StoreError(f"cannot read the {table.name} segments of {self.layout.location} "
                                          f"({one_line(err)}): run `negdb check`")) from err
                 self._listings[table.name] = listing
                 changed.add(table.name)

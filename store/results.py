@@ -15,15 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from negdb.store.layout import StoreLayout
-from negdb.store.segments import write_segment
 from negdb.store.tables import EVAL_ITEMS, EVAL_METRICS, EVAL_RESULTS, EVAL_TOKENS, Table
 
 SCORING_VERSION = 1
@@ -54,10 +51,10 @@ class EvalKey:
 
 @dataclass(frozen=True)
 class StoredResult:
-    """A stored evaluation: its ``eval_results`` row and the paths of its details."""
+    """A stored evaluation: its ``eval_results`` row and the store of its details."""
 
     row: dict[str, Any]
-    root: Path
+    layout: StoreLayout
     _frames: dict[str, pl.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -71,9 +68,8 @@ class StoredResult:
     def _read(self, table: str) -> pl.DataFrame:
         """The result's segment of ``table`` (read once: segments are immutable)."""
         if table not in self._frames:
-            path = self.root / "tables" / table / f"{self.result_id}.parquet"
-            self._frames[table] = (pl.from_arrow(pq.read_table(path)) if path.exists()  # type: ignore[assignment]
-                                   else pl.DataFrame())
+            found = self.layout.read_segment(table, self.result_id)
+            self._frames[table] = pl.from_arrow(found) if found is not None else pl.DataFrame()  # type: ignore[assignment]
         return self._frames[table]
 
     def items(self) -> pl.DataFrame:
@@ -87,17 +83,11 @@ class StoredResult:
         return self._read("eval_tokens")
 
 
-def _path(layout: StoreLayout, table: Table, result_id: str) -> Path:
-    return layout.table_dir(table.name) / f"{result_id}.parquet"
-
-
 def lookup(layout: StoreLayout, result_id: str) -> StoredResult | None:
     """The stored evaluation ``result_id``, or ``None`` when it is not (completely) stored."""
-    path = _path(layout, EVAL_RESULTS, result_id)
-    if not path.exists():
-        return None
-    rows = pq.read_table(path).to_pylist()
-    return StoredResult(rows[0], layout.root) if rows else None
+    found = layout.read_segment(EVAL_RESULTS.name, result_id)
+    rows = [] if found is None else found.to_pylist()
+    return StoredResult(rows[0], layout) if rows else None
 
 
 def _with_id(table: Table, rows: list[dict[str, Any]], result_id: str) -> pa.Table:
@@ -108,13 +98,11 @@ def publish(layout: StoreLayout, row: dict[str, Any], items: list[dict[str, Any]
             tokens: list[dict[str, Any]] | None = None) -> StoredResult:
     """Write the details first, then the result row (first writer wins for each segment)."""
     rid = str(row["result_id"])
-    write_segment(_path(layout, EVAL_ITEMS, rid), _with_id(EVAL_ITEMS, items, rid), exclusive=True,
-                  row_group_size=65536)
+    layout.put_segment(EVAL_ITEMS.name, rid, _with_id(EVAL_ITEMS, items, rid), row_group_size=65536)
     if tokens:
-        write_segment(_path(layout, EVAL_TOKENS, rid), _with_id(EVAL_TOKENS, tokens, rid), exclusive=True,
-                      row_group_size=262144)
-    write_segment(_path(layout, EVAL_METRICS, rid), _with_id(EVAL_METRICS, metrics, rid), exclusive=True)
-    write_segment(_path(layout, EVAL_RESULTS, rid), EVAL_RESULTS.from_rows([row]), exclusive=True)
+        layout.put_segment(EVAL_TOKENS.name, rid, _with_id(EVAL_TOKENS, tokens, rid), row_group_size=262144)
+    layout.put_segment(EVAL_METRICS.name, rid, _with_id(EVAL_METRICS, metrics, rid))
+    layout.put_segment(EVAL_RESULTS.name, rid, EVAL_RESULTS.from_rows([row]))
     stored = lookup(layout, rid)
     assert stored is not None
     return stored

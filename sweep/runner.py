@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from negdb.ablate.compare import Condition, compare
@@ -114,15 +113,15 @@ def config(spec: SweepSpec, st: Setup) -> dict[str, Any]:
 
 
 def _read_rows(layout: StoreLayout, table: Any, aid: str) -> list[dict[str, Any]]:
-    path = layout.table_dir(table.name) / f"{aid}.parquet"
-    return pq.read_table(path).to_pylist() if path.exists() else []
+    found = layout.read_segment(table.name, aid)
+    return [] if found is None else found.to_pylist()
 
 
 def plan(spec: SweepSpec, store: str | Path) -> Estimate:
     """The work estimate only (``--dry-run``)."""
-    layout = StoreLayout(Path(store))
+    layout = StoreLayout.at(store)
     check_store(layout, spec.model)
-    with Catalog(layout.root) as cat:
+    with Catalog(layout.location) as cat:
         st = setup(cat, spec)
         aid = analysis_id(KIND, config(spec, st))
         if lookup(layout, aid) is not None:
@@ -190,9 +189,9 @@ def run_points(spec: SweepSpec, store: str | Path, points: list[GridPoint], *, d
     """Evaluate every condition of ``points`` on every seed of ``spec`` into the store without publishing the
     sweep (one chunk of a fanned-out sweep, :mod:`negdb.cluster`; the model is loaded once, only if something is
     missing). Returns (evaluations computed, reused)."""
-    layout = StoreLayout(Path(store))
+    layout = StoreLayout.at(store)
     check_store(layout, spec.model)
-    with Catalog(layout.root) as cat:
+    with Catalog(layout.location) as cat:
         st = setup(cat, spec)
         runner = _Runner(layout, cat, spec, st, device=device, progress=progress, log=log)
         for p in points:
@@ -205,10 +204,10 @@ def run_points(spec: SweepSpec, store: str | Path, points: list[GridPoint], *, d
 def run(spec: SweepSpec, store: str | Path, *, device: str = "auto", progress: bool = True,
         log: Callable[[str], None] = stderr) -> Sweep:
     """Run (or read back) the sweep ``spec`` in ``store``; logs the work estimate first."""
-    layout = StoreLayout(Path(store))
+    layout = StoreLayout.at(store)
     check_store(layout, spec.model)
     timer = Timer()
-    with Catalog(layout.root) as cat:
+    with Catalog(layout.location) as cat:
         st = setup(cat, spec)
         cfg = config(spec, st)
         aid = analysis_id(KIND, cfg)

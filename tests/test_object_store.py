@@ -6,6 +6,7 @@ filesystem registered on the connection, behind the same SQL walls; ingest publi
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 import negdb
-from negdb.errors import BadArgument, NegdbError
+from negdb.errors import NegdbError
 from negdb.ingest import ingest
 from negdb.query import neuron
 from negdb.store import merge as merging
@@ -201,5 +202,150 @@ def test_fanned_out_ingest_into_s3_equals_the_folder_store(url: str, local: dict
         got = neuron.activations(cat, str(local["run"]), "step1000", layer=2)
         np.testing.assert_array_equal(got, neuron.activations(ref, str(local["run"]), "step1000", layer=2))
         assert cat.sql("SELECT DISTINCT revision FROM activations")["revision"].to_list() == ["step1000"]
-    with pytest.raises(BadArgument, match="negdb merge"):
-        run(negdb.SweepSpec(str(local["run"])), url, Executor("dask"))
+
+
+
+# ------------------------------------------------------------------------ sets and evaluations written into S3
+
+ABLATE = ["--evals", "tse,copa", "--controls", "random", "--seeds", "1", "--limit", "2", "--n-boot", "100",
+          "--window", "64", "--quiet"]
+PROVENANCE = {"created_at", "seconds", "versions_json"}
+WRITTEN = ("neuron_sets", "neuron_set_members", "eval_results", "eval_items", "eval_metrics", "ablations")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A tiny model with a tokenizer (it can be evaluated) and a folder store of its statistics."""
+    from tests.tiny_models import save_tiny
+
+    base = tmp_path_factory.mktemp("tiny")
+    model = save_tiny(base / "neox", "gpt_neox", seed=0)
+    ingest(model=str(model), store=base / "store", **SMALL)
+    return {"model": model, "store": base / "store"}
+
+
+def _stats_only(tiny: dict[str, Path], into: str | Path) -> str:
+    """A fresh store (folder or URL) holding the tiny model's statistics, nothing written by ablate yet."""
+    merging.merge([tiny["store"]], into, arrays=False)
+    return str(into)
+
+
+def _written(store: str) -> dict[str, list[dict]]:
+    """What select --save and ablate publish, read back through the catalog (provenance columns left out)."""
+    out = {}
+    with negdb.connect(store) as cat:
+        for table in WRITTEN:
+            rows = cat.arrow(f"SELECT * FROM {table}").to_pylist()
+            out[table] = sorted((json.dumps({k: v for k, v in r.items() if k not in PROVENANCE}, sort_keys=True,
+                                            default=str) for r in rows))
+    return out
+
+
+def _cli(store: str, *args: str, env: dict | None = None):
+    return CliRunner().invoke(main, ["--store", store, *args], env=env)
+
+
+def test_select_save_and_ablate_into_s3_equal_the_folder_store(url: str, tiny: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    """`negdb select --save` and `negdb ablate` write straight into the object store (no staging, no merge);
+    read back through the catalog they equal the same commands on a folder store, and a re-run reads back."""
+    stores = [_stats_only(tiny, url), _stats_only(tiny, tmp_path / "folder")]
+    outs = []
+    for store in stores:
+        res = _cli(store, "select", "--model", str(tiny["model"]), "--top", "5%", "--save", "top5")
+        assert res.exit_code == 0 and "saved neuron set top5" in res.output, res.output
+        res = _cli(store, "ablate", "--model", str(tiny["model"]), "--set", "top5", *ABLATE, "--format", "csv")
+        assert res.exit_code == 0, res.output
+        outs.append(res.output)
+    assert outs[0] == outs[1]
+    s3_rows, folder_rows = _written(stores[0]), _written(stores[1])
+    assert all(s3_rows[t] for t in WRITTEN)
+    assert s3_rows == folder_rows
+    objects = FsspecObjects(url)
+    assert objects.list("work") == [] and objects.list("locks") == []  # scratch stays on this machine
+    db = negdb.open(url)  # the typed API on the URL: everything is read back, nothing computed
+    exp = db.ablate("top5", mode="neg", evals=["tse", "copa"], controls=["random"], seeds=1, limit=2,
+                    scoring=negdb.Scoring(window=64), bootstrap=negdb.Bootstrap(n_boot=100))
+    assert exp.computed == 0 and exp.reused > 0
+    assert exp.render("csv").replace("\r\n", "\n") in outs[0]
+    assert len(objects.list("tables/ablations")) == 1
+    res = _cli(url, "select", "--model", str(tiny["model"]), "--top", "10%", "--save", "top5")
+    assert res.exit_code != 0 and "already exists with other members" in res.output
+
+
+def test_two_concurrent_ablations_into_s3_leave_one_segment_each(url: str, tiny: dict[str, Path], tmp_path: Path,
+                                                                 s3: str) -> None:
+    """Two processes (two machines: their own scratch folders) run one ablation into one S3 store at once: each
+    evaluation, set and experiment is stored once, equal to a folder store's."""
+    import subprocess
+    import sys
+
+    _stats_only(tiny, url)
+    folder = _stats_only(tiny, tmp_path / "folder")
+    args = ["ablate", "--model", str(tiny["model"]), "--top", "5%", *ABLATE]
+    procs = []
+    for worker in ("w1", "w2"):
+        env = {**os.environ, **s3_env(s3), "NEGDB_CACHE": str(tmp_path / worker), "HF_HUB_OFFLINE": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "negdb.cli", "--store", url, *args], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=500) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert outs[0][0] == outs[1][0]
+    assert _cli(folder, *args).exit_code == 0
+    assert _written(url) == _written(folder)
+    objects = FsspecObjects(url)
+    for table in WRITTEN:
+        assert len(objects.list(f"tables/{table}")) == len(list((Path(folder) / "tables" / table).glob("*")))
+
+
+def test_an_ablation_killed_midway_into_s3_leaves_nothing_visible_and_resumes(url: str, tiny: dict[str, Path],
+                                                                             tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed just before an evaluation's result row: its details are unreferenced, no result or experiment is
+    visible; the same command again completes and equals the folder store's."""
+    from negdb.store.faults import SimulatedCrash
+    from negdb.store.layout import StoreLayout
+
+    _stats_only(tiny, url)
+    folder = _stats_only(tiny, tmp_path / "folder")
+    real = StoreLayout.put_segment
+
+    def dies_before_a_result(self, table, stem, data, **kw):
+        if table == "eval_results":
+            raise SimulatedCrash("killed before the result row (test hook)")
+        return real(self, table, stem, data, **kw)
+
+    monkeypatch.setattr(StoreLayout, "put_segment", dies_before_a_result)
+    args = dict(mode="neg", evals=["tse", "copa"], controls=["random"], seeds=1, limit=2,
+                scoring=negdb.Scoring(window=64), bootstrap=negdb.Bootstrap(n_boot=100))
+    with pytest.raises(SimulatedCrash):
+        negdb.open(url).ablate(negdb.SetSpec(str(tiny["model"]), top=0.05), **args)
+    objects = FsspecObjects(url)
+    assert objects.list("tables/eval_items")  # the details were written ...
+    with negdb.connect(url) as cat:  # ... but nothing names them
+        for table in ("eval_results", "ablations"):
+            assert cat.sql(f"SELECT count(*) AS n FROM {table}")["n"][0] == 0, table
+    monkeypatch.undo()
+    again = negdb.open(url).ablate(negdb.SetSpec(str(tiny["model"]), top=0.05), **args)
+    ref = negdb.open(folder).ablate(negdb.SetSpec(str(tiny["model"]), top=0.05), **args)
+    assert again.render("csv") == ref.render("csv")
+    assert _written(url) == _written(folder)
+
+
+def test_fanned_out_ablation_into_s3_equals_the_folder_store(url: str, tiny: dict[str, Path], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two Dask workers write the evaluations straight into the S3 store; the driver records the experiment."""
+    from negdb.cluster import Executor
+
+    monkeypatch.setenv("NEGDB_CACHE", str(tmp_path / "cache"))  # the workers inherit it
+    _stats_only(tiny, url)
+    folder = _stats_only(tiny, tmp_path / "folder")
+    args = dict(mode="neg", evals=["tse", "copa"], controls=["random"], seeds=1, limit=2,
+                scoring=negdb.Scoring(window=64), bootstrap=negdb.Bootstrap(n_boot=100))
+    fanned = negdb.open(url).ablate(negdb.SetSpec(str(tiny["model"]), top=0.05), executor=Executor("dask", workers=2),
+                                    **args)
+    serial = negdb.open(folder).ablate(negdb.SetSpec(str(tiny["model"]), top=0.05), **args)
+    assert fanned.ablation_id == serial.ablation_id
+    assert fanned.computed == 0 and fanned.reused > 0  # every evaluation was made by the workers
+    assert fanned.render("csv") == serial.render("csv")
+    assert _written(url) == _written(folder)
