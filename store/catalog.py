@@ -25,7 +25,10 @@ for everything outside it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,8 @@ from negdb.errors import BadArgument, BadQuery, QueryTimeout, QueryTooLarge, Sto
 from negdb.store.bounds import memory_bound, time_bound
 from negdb.store.hardened import (QUERY_MEMORY_HEADROOM_MIB, default_memory_limit, empty_select,
                                   hardened_connection, quote_ident, size_bytes)
-from negdb.store.integrity import KEYS, damaged_segment, dedupe_filter, duplicate_layers
+from negdb.store import manifest
+from negdb.store.integrity import KEYS, LAYER_KEY_STATS, damaged_segment, dedupe_filter, repeated_layers
 from negdb.store.layout import StoreLayout
 from negdb.store.safety import check_statement, expression_type
 from negdb.store.segments import Listing, segment_listing
@@ -88,8 +92,9 @@ class Catalog:
     gets its own cursor of the hardened database. ``refresh`` takes a new snapshot for both.
     """
 
-    def __init__(self, root: Path | str, *, query_memory_limit: str | None = None) -> None:
-        from negdb.store.objects import FsspecObjects, is_url
+    def __init__(self, root: Path | str, *, query_memory_limit: str | None = None,
+                 use_manifest: bool | None = None) -> None:
+        from negdb.store.objects import FsspecObjects, LocalObjects, is_url
 
         self.url = str(root).rstrip("/") if is_url(root) else None
         self._objects = FsspecObjects(self.url) if self.url else None
@@ -114,6 +119,18 @@ class Catalog:
         self._safe_lock = threading.Lock()
         self._views: frozenset[str] = frozenset()
         self._listings: dict[str, Listing] = {}
+        # what is known about each segment (by name): from earlier snapshots or the store's manifest
+        self._store = self._objects if self._objects is not None else LocalObjects(self.layout.root)
+        self._prefix = (self._objects.uri("") if self._objects is not None
+                        else str(self.layout.root).rstrip("/") + "/")
+        self._use_manifest = (use_manifest if use_manifest is not None
+                              else os.environ.get("NEGDB_CATALOG_MANIFEST", "1") != "0")
+        self._known: dict[str, manifest.SegmentInfo] = {}
+        self._in_mem: dict[str, dict[str, tuple[int, int]]] = {}  # small table -> segments held: (size, stamp)
+        self._fresh: set[str] = set()
+        self._seeded = False
+        self.segments_read = 0
+        """Segments the last refresh read itself (the rest came from the earlier snapshot or the manifest)."""
         self.refresh()
 
     # ------------------------------------------------------------------------------------ snapshot
@@ -121,90 +138,281 @@ class Catalog:
     def refresh(self) -> None:
         """Take a new snapshot: re-read the list of published segments.
 
-        Only the views of tables whose listing (segment paths, sizes and modification times) changed since the
-        last refresh are made again, so a refresh after one new segment costs about one table's view. A small
-        table kept in memory whose listing only grew gets just the new segments appended (its rows then follow
-        publication order; no view promises an order without ORDER BY).
+        Only the views of tables whose listing (segment paths, sizes and modification stamps) changed since the
+        last refresh are made again, and only the segments this catalog has not seen (by name, size and stamp)
+        are read: a refresh after one new segment reads that one segment. The first refresh (opening the
+        catalog) takes what it can from the store's manifest (:mod:`negdb.store.manifest`) and reads the rest;
+        having read many segments itself, it publishes a new manifest for the next reader.
         """
         with self._safe_lock:
+            if not self._seeded:
+                self._seeded = True
+                if self._use_manifest:
+                    self._seed(manifest.latest(self._store))
+            listings = self._all_listings()
             changed = set()
+            read = 0
             for table in all_tables():
-                listing = self._listing(table.name)
+                listing = listings.get(table.name, ())
                 old = self._listings.get(table.name)
                 if listing == old:
                     continue
                 self._listings.pop(table.name, None)  # a failure below leaves the table to be made anew
                 try:
-                    self._view(table, listing, old)
+                    read += self._view(table, listing)
                 except duckdb.Error as err:
-                    raise (damaged_segment(Path(p) for p, _, _ in listing)
-                           or StoreError(f"cannot read the {table.name} segments of {self.layout.location} "
-                                         f"({one_line(err)}): run `negdb check`")) from err
+                    damaged = damaged_segment(Path(p) for p, _, _ in listing) if self._objects is None else None
+                    raise (damaged or StoreError(f"cannot read the {table.name} segments of {self.layout.location} "
+                                                 f"({one_line(err)}): run `negdb check`")) from err
                 self._listings[table.name] = listing
                 changed.add(table.name)
             if changed & set(NEURONS_SOURCES):
                 self.con.execute(NEURONS_VIEW)
                 self._safe.execute(NEURONS_VIEW)
             self._views = frozenset(self._listings) | {"neurons"}
+            self.segments_read = read
+            if self._use_manifest and read >= manifest.WRITE_AFTER:
+                self._publish_manifest()
 
-    def _listing(self, table: str) -> Listing:
-        """(path or URL, size, modification stamp) of each published segment of ``table``."""
+    # ------------------------------------------------------------------------------------ listing
+
+    def _all_listings(self) -> dict[str, Listing]:
+        """Each table's (path or URL, size, modification stamp) of its published segments, sorted by path (an
+        object store: one listing of ``tables/``; the stamp is a stable hash of the ETag)."""
+        self._fresh = set()
         if self._objects is None:
-            return segment_listing(self.layout.table_dir(table))
-        return tuple((self._objects.uri(name), int(info.get("size") or 0), hash(str(info.get("ETag")
-                      or info.get("LastModified") or info.get("mtime") or info.get("created"))))
-                     for name, info in self._objects.listing(f"tables/{table}"))
+            soon = time.time_ns() - int(manifest.FRESH_S * 1e9)
+            out = {t.name: segment_listing(self.layout.table_dir(t.name)) for t in all_tables()}
+            self._fresh = {self._name(p) for lst in out.values() for p, _, mtime in lst if mtime > soon}
+            return out
+        grouped: dict[str, list[tuple[str, int, int]]] = {}
+        soon_s = time.time() - manifest.FRESH_S
+        for name, info in self._objects.listing("tables"):
+            parts = name.split("/")
+            if len(parts) < 3:
+                continue
+            etag = info.get("ETag")
+            changed = info.get("LastModified") or info.get("mtime") or info.get("created")
+            stamp = str(etag or changed)
+            grouped.setdefault(parts[1], []).append((self._objects.uri(name), int(info.get("size") or 0),
+                                                     int.from_bytes(hashlib.blake2b(stamp.encode(), digest_size=7)
+                                                                    .digest(), "big")))
+            if not etag:  # no content hash: trust the modification time only once it is old enough
+                when = changed.timestamp() if hasattr(changed, "timestamp") else None
+                if not isinstance(when, float) or when > soon_s:
+                    self._fresh.add(name)
+        return {t: tuple(v) for t, v in grouped.items()}
 
-    def _view(self, table: Table, listing: Listing, old: Listing | None) -> None:
-        """Make ``table``'s view on both databases over the segments of ``listing`` (``old``: the last one)."""
+    def _name(self, path: str) -> str:
+        """A listed segment's name relative to the store (``tables/<table>/...``)."""
+        return path[len(self._prefix):] if path.startswith(self._prefix) else path
+
+    # ------------------------------------------------------------------------------------ manifest
+
+    def _seed(self, found: manifest.Manifest | None) -> None:
+        """Take what the manifest knows: segment facts, and the small tables' rows into both databases."""
+        if found is None:
+            return
+        self._known.update(found.segments)
+        for table, rows in found.rows.items():
+            if table not in SMALL_TABLES or not rows.num_rows:
+                continue
+            names = set(rows.column(manifest.SEGMENT).unique().to_pylist())
+            for con in (self.con, self._safe):
+                con.register("_negdb_seed", rows)
+                try:
+                    con.execute(f"CREATE OR REPLACE TABLE _mem_{table} AS SELECT * FROM _negdb_seed")
+                finally:
+                    con.unregister("_negdb_seed")
+            self._in_mem[table] = {n: (i.size, i.stamp) for n, i in found.segments.items() if n in names}
+
+    def _publish_manifest(self) -> None:
+        """Publish what this catalog knows as the store's manifest (best effort)."""
+        current = {self._name(p): (size, stamp) for lst in self._listings.values() for p, size, stamp in lst}
+        keep = {n: i for n, i in self._known.items()
+                if current.get(n) == (i.size, i.stamp) and n not in self._fresh}
+        rows = {}
+        for table, names in self._in_mem.items():
+            wanted = [n for n in names if n in keep]
+            if wanted:
+                self.con.register("_negdb_names", pa.table({"n": wanted}))
+                try:
+                    rows[table] = self.con.sql(f"SELECT * FROM _mem_{table} WHERE {manifest.SEGMENT} IN "
+                                               "(SELECT n FROM _negdb_names)").to_arrow_table()
+                finally:
+                    self.con.unregister("_negdb_names")
+        small = {n for names in self._in_mem.values() for n in names}
+        keep = {n: i for n, i in keep.items() if i.schema or i.keys or n in small}
+        manifest.publish(self._store, manifest.Manifest(keep, rows))
+
+    # ------------------------------------------------------------------------------------ views
+
+    def _view(self, table: Table, listing: Listing) -> int:
+        """Make ``table``'s view on both databases over the segments of ``listing``; the number of segments read
+        (the rest was known: from an earlier snapshot or the manifest)."""
         segments: list = [Path(p) if self._objects is None else p for p, _, _ in listing]
         if not segments:
+            for con in (self.con, self._safe):
+                con.execute(f"DROP TABLE IF EXISTS _mem_{table.name}")
+            self._in_mem.pop(table.name, None)
             self.con.execute(f"DROP VIEW IF EXISTS {table.name}")
             self.con.register(f"_empty_{table.name}", table.schema.empty_table())
             self.con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _empty_{table.name}")
             self._safe.execute(f"CREATE OR REPLACE VIEW {table.name} AS {empty_select(table)}")
-            return
-        folder = self.layout.table_dir(table.name)
+            return 0
         hive = _HIVE if all("/model_id=" in str(p) for p in segments) else ""
-        kept = set(old or ())
-        added = ([segments[i] for i, e in enumerate(listing) if e not in kept]
-                 if old and table.name in SMALL_TABLES and kept <= set(listing) else [])
-        def resolved(ps: list) -> list:
-            # the hardened database reads the same files by their resolved paths (inside allowed_directories)
-            if self._objects is not None:
-                return ps
-            return [self._tables_dir / p.relative_to(folder.parent) for p in ps]  # type: ignore[operator]
+        if table.name in SMALL_TABLES:
+            return self._small_view(table, listing, hive)
+        return self._large_view(table, listing, segments, hive)
 
-        # a layer held by two neuron_stats segments (an older negdb's resume could write one twice) is shown once
-        repeated = duplicate_layers(self.con, list(listing)) if table.name == "neuron_stats" else {}
-        for con, every, new in ((self.con, segments, added), (self._safe, resolved(segments), resolved(added))):
-            def reader(paths: list[Path], extra: str = "") -> str:
-                return f"read_parquet({_sql_list(paths)}, union_by_name = true{hive}{extra})"
+    def _resolved(self, paths: list) -> list:
+        """The paths the hardened database reads (inside its allowed_directories): resolved in a folder store."""
+        if self._objects is not None:
+            return paths
+        folder = self.layout.root / "tables"
+        return [self._tables_dir / Path(p).relative_to(folder) for p in paths]  # type: ignore[operator]
 
-            if table.name not in SMALL_TABLES:
-                if repeated:
-                    names = {str(a): str(b) for a, b in zip(segments, every)}
-                    con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * EXCLUDE (filename) FROM "
-                                f"{reader(every, ', filename = true')} WHERE {dedupe_filter(repeated, names)}")
-                else:
-                    con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM {reader(every)}")
-                continue
-            # a few tiny segments per model: kept in memory, no file opens per query
-            if new:
-                try:
-                    con.execute(f"INSERT INTO _mem_{table.name} BY NAME SELECT * FROM {reader(new)}")
-                    continue
-                except duckdb.Error:  # columns (or types) the table lacks: read every segment again
-                    pass
-            con.execute(f"CREATE OR REPLACE TABLE _mem_{table.name} AS SELECT * FROM {reader(every)}")
-            keys = KEYS.get(table.name)
-            if keys:  # one row per key (first by the other columns, so always the same one)
-                cols = [str(r[0]) for r in con.execute(f"DESCRIBE _mem_{table.name}").fetchall()]
-                order = ", ".join(quote_ident(c) for c in cols if c not in keys) or "1"
-                once = f" QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {order}) = 1"
+    def _large_view(self, table: Table, listing: Listing, segments: list, hive: str) -> int:
+        """A view over the segments' files, read per group of equal schema (no file but the first of a group is
+        opened to make it), so a large table's view costs no reads of every footer."""
+        new = self._unknown(listing, segments)
+        if new:
+            self._learn(table.name, new, listing)
+        groups: dict[str, list[int]] = {}
+        for i, (p, _, _) in enumerate(listing):
+            groups.setdefault(self._known[self._name(p)].schema, []).append(i)
+        repeated: dict[str, list[int]] = {}
+        if table.name == "neuron_stats" and len(listing) > 1:
+            # a layer held by two neuron_stats segments (an older negdb's resume could write one twice): shown once
+            rows = [(p, *k) for p, _, _ in listing for k in self._known[self._name(p)].keys]
+            repeated = repeated_layers(rows, listing)
+        for con, every in ((self.con, segments), (self._safe, self._resolved(segments))):
+            extra = ", filename = true" if repeated else ""
+            body = " UNION ALL BY NAME ".join(
+                f"SELECT * FROM read_parquet({_sql_list([every[i] for i in idx])}{hive}{extra})"
+                for idx in groups.values())
+            if repeated:
+                names = {str(p): str(b) for (p, _, _), b in zip(listing, every)}
+                con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * EXCLUDE (filename) FROM ({body}) "
+                            f"WHERE {dedupe_filter(repeated, names)}")
             else:
-                once = ""
-            con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM _mem_{table.name}{once}")
+                con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {body}")
+        return len(new)
+
+    def _unknown(self, listing: Listing, segments: list) -> list[tuple[str, str]]:
+        """(path as read, name) of the listed segments this catalog knows nothing about in this version."""
+        out = []
+        for s, (p, size, stamp) in zip(segments, listing):
+            info = self._known.get(self._name(p))
+            if info is None or (info.size, info.stamp) != (size, stamp) or not info.schema:
+                out.append((str(s), self._name(p)))
+        return out
+
+    def _learn(self, table: str, new: list[tuple[str, str]], listing: Listing) -> None:
+        """Read the footers of ``new`` segments (path, name): their schema fingerprints and (neuron_stats) key
+        statistics."""
+        paths = [p for p, _ in new]
+        by_path = {p: n for p, n in new}
+        sizes = {self._name(p): (size, stamp) for p, size, stamp in listing}
+        fields: dict[str, list[str]] = {p: [] for p in paths}
+        for file, *rest in self.con.execute(
+                "SELECT file_name, name, type, converted_type, logical_type, repetition_type, num_children "
+                "FROM parquet_schema(?)", [paths]).fetchall():
+            fields.setdefault(str(file), []).append("|".join(map(str, rest)))
+        keys: dict[str, list[tuple]] = {}
+        if table == "neuron_stats":
+            for file, *rest in self.con.execute(LAYER_KEY_STATS, [paths]).fetchall():
+                keys.setdefault(str(file), []).append(tuple(rest))
+        for p in paths:
+            if not fields.get(p):
+                raise duckdb.IOException(f"no Parquet schema read from {p}")
+            name = by_path[p]
+            size, stamp = sizes[name]
+            self._known[name] = manifest.SegmentInfo(size, stamp, hashlib.sha256("\n".join(fields[p]).encode())
+                                                     .hexdigest()[:16], tuple(keys.get(p, ())))
+
+    def _small_view(self, table: Table, listing: Listing, hive: str) -> int:
+        """A small table kept in memory (a few tiny segments per model: no file opens per query), the same rows on
+        both databases: only segments not yet held are read (once, by the trusted one) and copied to the other."""
+        mem = f"_mem_{table.name}"
+        held = self._in_mem.get(table.name, {})
+        now = {self._name(p): (size, stamp) for p, size, stamp in listing}
+        gone = [n for n, v in held.items() if now.get(n) != v]
+        new = [p for p, size, stamp in listing if held.get(self._name(p)) != (size, stamp)]
+        rows = None
+        if new:
+            read = new if self._objects is not None else [Path(p) for p in new]
+            cut = len(self._prefix) + 1
+            rows = self.con.sql(f"SELECT * REPLACE (substr({manifest.SEGMENT}, {cut}) AS {manifest.SEGMENT}) "
+                                f"FROM read_parquet({_sql_list(read)}, union_by_name = true{hive}, "
+                                f"filename = '{manifest.SEGMENT}')").to_arrow_table()
+        done = False
+        if held and self._has(mem):
+            try:
+                drop = sorted(set(gone) | {self._name(p) for p in new})  # idempotent after a half-done refresh
+                for con in (self.con, self._safe):
+                    self._replace_rows(con, mem, drop, rows)
+                done = True
+            except duckdb.Error:  # columns (or types) the table lacks: make it anew below
+                pass
+        if not done:
+            whole = rows
+            if held and self._has(mem):  # what is held (less what changed), widened to the new segments' columns
+                drop = pa.table({"n": pa.array(sorted(set(gone) | {self._name(p) for p in new}), pa.string())})
+                self.con.register("_negdb_drop", drop)
+                try:
+                    kept = f"SELECT * FROM {mem} WHERE {manifest.SEGMENT} NOT IN (SELECT n FROM _negdb_drop)"
+                    if rows is None:
+                        whole = self.con.sql(kept).to_arrow_table()
+                    else:
+                        self.con.register("_negdb_new", rows)
+                        try:
+                            whole = self.con.sql(f"{kept} UNION ALL BY NAME SELECT * FROM _negdb_new").to_arrow_table()
+                        finally:
+                            self.con.unregister("_negdb_new")
+                finally:
+                    self.con.unregister("_negdb_drop")
+            for con in (self.con, self._safe):
+                con.register("_negdb_whole", whole)
+                try:
+                    con.execute(f"CREATE OR REPLACE TABLE {mem} AS SELECT * FROM _negdb_whole")
+                finally:
+                    con.unregister("_negdb_whole")
+        self._in_mem[table.name] = now
+        for n, (size, stamp) in now.items():
+            info = self._known.get(n)
+            if info is None or (info.size, info.stamp) != (size, stamp):
+                self._known[n] = manifest.SegmentInfo(size, stamp)
+        keys = KEYS.get(table.name)
+        cols = [str(r[0]) for r in self.con.execute(f"DESCRIBE {mem}").fetchall() if r[0] != manifest.SEGMENT]
+        if keys:  # one row per key (first by the other columns, so always the same one)
+            order = ", ".join(quote_ident(c) for c in cols if c not in keys) or "1"
+            once = f" QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {order}) = 1"
+        else:
+            once = ""
+        for con in (self.con, self._safe):
+            con.execute(f"CREATE OR REPLACE VIEW {table.name} AS SELECT * EXCLUDE ({manifest.SEGMENT}) FROM "
+                        f"{mem}{once}")
+        return len(new)
+
+    @staticmethod
+    def _replace_rows(con: duckdb.DuckDBPyConnection, mem: str, gone: list[str], rows: pa.Table | None) -> None:
+        """Remove the rows of the ``gone`` segments from ``mem`` and append ``rows`` (by column name)."""
+        if gone:
+            con.register("_negdb_gone", pa.table({"n": pa.array(gone, pa.string())}))
+            try:
+                con.execute(f"DELETE FROM {mem} WHERE {manifest.SEGMENT} IN (SELECT n FROM _negdb_gone)")
+            finally:
+                con.unregister("_negdb_gone")
+        if rows is not None:
+            con.register("_negdb_new", rows)
+            try:
+                con.execute(f"INSERT INTO {mem} BY NAME SELECT * FROM _negdb_new")
+            finally:
+                con.unregister("_negdb_new")
+
+    def _has(self, table: str) -> bool:
+        return bool(self.con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall())
 
     def location(self, rel: str) -> Path | str:
         """Where a stored object is: its path in a store folder, its URL in an object store (zarr opens both)."""

@@ -73,17 +73,24 @@ def damaged_segment(paths: Iterable[Path]) -> StoreDamaged | None:
     return None
 
 
+LAYER_KEY_STATS = ("SELECT file_name, row_group_id, path_in_schema, stats_min_value, stats_max_value FROM "
+                   "parquet_metadata(?) WHERE path_in_schema IN ('model_id', 'revision', 'slice_id', 'spec_id', 'layer')")
+"""(file, row group, key column, min, max) of neuron_stats segments, from their Parquet footers."""
+
+
 def duplicate_layers(con: duckdb.DuckDBPyConnection, listing: list[tuple[str, int, int]]) -> dict[str, list[int]]:
     """neuron_stats segments that repeat a (model, revision, slice, spec, layer) of an older segment: for each such
     segment (path as listed), the layers to leave out. Read from the Parquet footers only (row-group statistics:
     one row group per layer), so it costs no data read."""
     if len(listing) < 2:
         return {}
+    return repeated_layers(con.execute(LAYER_KEY_STATS, [[p for p, _, _ in listing]]).fetchall(), listing)
+
+
+def repeated_layers(rows: Iterable[tuple], listing: list[tuple[str, int, int]] | tuple) -> dict[str, list[int]]:
+    """:func:`duplicate_layers` from the footers' key statistics ``rows`` (as :data:`LAYER_KEY_STATS` returns them,
+    e.g. kept in the catalog manifest) of the segments of ``listing`` (path, size, modification stamp)."""
     order = {p: (mtime, p) for p, _, mtime in listing}
-    rows = con.execute(
-        "SELECT file_name, row_group_id, path_in_schema, stats_min_value, stats_max_value "
-        "FROM parquet_metadata(?) WHERE path_in_schema IN ('model_id', 'revision', 'slice_id', 'spec_id', 'layer')",
-        [[p for p, _, _ in listing]]).fetchall()
     groups: dict[tuple[str, int], dict[str, tuple[str | None, str | None]]] = {}
     for file, rg, col, lo, hi in rows:
         groups.setdefault((file, rg), {})[col] = (lo, hi)

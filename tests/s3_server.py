@@ -93,3 +93,26 @@ def s3_env(endpoint: str) -> dict[str, str]:
     """Environment that points s3fs/botocore at ``endpoint`` with the test credentials."""
     return {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL": endpoint,
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@contextlib.contextmanager
+def s3_environment(folder: Path) -> Iterator[str]:
+    """SeaweedFS (:func:`seaweedfs`) with the environment pointing s3fs at it and a ``negdb-test`` bucket; the
+    environment is restored on exit. Yields the endpoint."""
+    with seaweedfs(folder) as endpoint:
+        env = s3_env(endpoint)
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir("negdb-test")
+        try:
+            yield endpoint
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            s3fs.S3FileSystem.clear_instance_cache()

@@ -157,7 +157,7 @@ def test_refresh_remakes_only_changed_views_and_sees_what_a_fresh_catalog_sees(
     cat = Catalog(tmp_path)
     made: list[str] = []
     real = Catalog._view
-    monkeypatch.setattr(Catalog, "_view", lambda self, table, *a: (made.append(table.name), real(self, table, *a)))
+    monkeypatch.setattr(Catalog, "_view", lambda self, table, *a: (made.append(table.name), real(self, table, *a))[1])
 
     cat.refresh()  # nothing changed: no view is made again
     assert made == []
@@ -208,8 +208,10 @@ def test_refresh_after_a_failed_view_reads_the_table_anew(tmp_path: Path, monkey
     real = cat._safe
 
     class Boom:  # the append on the first database works, the one on the hardened database fails
-        def execute(self, *a: object) -> None:
-            raise RuntimeError("boom")
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            def fail(*a: object) -> None:
+                raise RuntimeError("boom")
+            return fail
 
     cat._safe = Boom()  # type: ignore[assignment]
     with pytest.raises(RuntimeError):
