@@ -105,7 +105,9 @@ class Catalog:
         self.con.execute("SET GLOBAL parquet_metadata_cache = true")
         fs = None
         if self._objects is not None:
-            fs = self._objects.fs
+            from negdb.store.listedfs import ListedFileSystem
+
+            fs = self._listed_fs = ListedFileSystem(self._objects.fs)
             self.con.register_filesystem(fs)
             tables_dir: Path | str = self._objects.uri("tables")
         else:
@@ -150,6 +152,9 @@ class Catalog:
                 if self._use_manifest:
                     self._seed(manifest.latest(self._store))
             listings = self._all_listings()
+            if self._objects is not None:
+                self._listed_fs.listed = frozenset(self._objects.full(self._name(p))
+                                                   for lst in listings.values() for p, _, _ in lst)
             changed = set()
             read = 0
             for table in all_tables():
