@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from negdb.cli.main import main
 from tests.ingest_helpers import stats_frame
-from tests.s3_server import s3_env, seaweedfs, weed_binary
+from tests.s3_server import s3_env, s3_environment, weed_binary
 from tests.tiny_models import save_step_run
 
 pytestmark = [pytest.mark.timeout(600),
@@ -38,24 +38,8 @@ SMALL = dict(tokens=512, seq_len=32, md_pairs=100, progress=False, log=lambda _m
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """The S3 endpoint, with the environment pointing s3fs at it (restored afterwards)."""
-    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
-        env = s3_env(endpoint)
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs = s3fs.S3FileSystem()
-        fs.mkdir("negdb-test")
-        try:
-            yield endpoint
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            s3fs.S3FileSystem.clear_instance_cache()
+    with s3_environment(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
