@@ -46,7 +46,10 @@ def _read(store: Path, table: str) -> pl.DataFrame:
 
 
 def _store_state(store: Path) -> dict[str, int]:
-    return {p: (store / p).stat().st_mtime_ns for p in store_files(store)}
+    """Every stored file and its modification time, but the catalog manifest (``_catalog/``: readers keep what they
+    learned about the segments there, docs/STORE.md; it stores no result)."""
+    return {p: (store / p).stat().st_mtime_ns for p in store_files(store)
+            if not str(p).startswith("_catalog/")}
 
 
 # ------------------------------------------------------------------------------------------ synthetic analyses
