@@ -43,6 +43,10 @@ def pages(model: str, revision: str) -> list[tuple[str, str, dict[str, str]]]:
         ("search (w_dist > 0.9 AND layer < 4)", f"/search?model={m}&checkpoint={r}&where=w_dist+%3E+0.9+AND+layer+%3C+4"
                                                 "&order=md&dir=asc", {}),
         ("search (all 154 checkpoints, w_pct > 99.9)", f"/search?model={m}&checkpoint=*&where=w_pct+%3E+99.9", {}),
+        ("search (all checkpoints): count panel (fetched after load)",
+         f"/search?model={m}&checkpoint=*&where=w_pct+%3E+99.9&part=count", {"hx-request": "true"}),
+        ("search (all checkpoints, frac_neg > 0.9 by md)",
+         f"/search?model={m}&checkpoint=*&where=frac_neg+%3E+0.9&order=md", {}),
         ("neuron page", neuron, {}),
         ("neuron: w_dist trajectory panel (fetched after load)", neuron + "?part=trajectory", {"hx-request": "true"}),
         ("sets and results", "/browse", {}),

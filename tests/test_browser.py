@@ -131,6 +131,51 @@ def test_search_matches_the_catalog_and_pages(client: TestClient, env: dict) -> 
     assert [(int(a), int(b)) for a, b in found2] == expected[5:10]
 
 
+def test_search_over_every_checkpoint_reads_a_top_n_and_counts_after_load(client: TestClient, env: dict) -> None:
+    """Over every checkpoint the page is one top-N over neuron_stats (keys, w_dist, w_pct, the sort and the filter's
+    columns); the count of all matches is a second request (htmx after load, or a link without JavaScript)."""
+    where = "frac_neg > 0.3 AND layer >= 1"
+    params = {"model": env["model"], "checkpoint": "*", "where": where, "order": "md", "dir": "asc", "per": 7}
+    r = client.get("/search", params=params, headers=HTML)
+    assert r.status_code == 200, r.text[:500]
+    with negdb.connect(env["store"]) as cat:
+        expected = cat.sql(f"SELECT revision, layer, neuron FROM neurons WHERE {where} "
+                           "ORDER BY md ASC NULLS LAST, revision, layer, neuron").rows()
+    assert len(expected) > 7 and len({e[0] for e in expected}) == 2  # matches at both checkpoints
+    found = re.findall(r'href="/m/[^"]+/(step\d+)/(\d+)/(\d+)"', r.text.split('id="search-results"')[1])
+    assert [(a, int(b), int(c)) for a, b, c in found] == expected[:7]
+    head = re.findall(r"<th>([^<]+)</th>", r.text.split('id="search-results"')[1].split("</thead>")[0])
+    assert head == ["model_id", "revision", "layer", "neuron", "w_dist", "w_pct", "md", "frac_neg"]
+    sql = re.search(r'class="sql" href="/browse/sql\?q=([^"]+)"', r.text.split('class="counts"')[1]).group(1)
+    assert "FROM+neuron_stats+WHERE" in sql  # the filter and the sort need none of the neurons view's joins
+    assert 'id="total"' not in r.text and 'hx-trigger="load"' in r.text
+    count_url = re.search(r'id="total-panel" hx-get="([^"]+)"', r.text).group(1).replace("&amp;", "&")
+    fragment = client.get(count_url, headers={**HTML, "hx-request": "true"})
+    assert fragment.status_code == 200 and "<html" not in fragment.text
+    assert f'<span id="total">{len(expected):,}</span>' in fragment.text
+    whole = client.get(count_url, headers=HTML).text  # without JavaScript: the page with its count
+    assert f'<span id="total">{len(expected):,}</span>' in whole and 'id="search-results"' in whole
+    # a filter on a column only the neurons view has (the checkpoint's step) runs there, with the same answer
+    r2 = client.get("/search", params={**params, "where": "step >= 1000 AND layer = 1"}, headers=HTML)
+    with negdb.connect(env["store"]) as cat:
+        expected2 = cat.sql("SELECT revision, layer, neuron FROM neurons WHERE step >= 1000 AND layer = 1 "
+                            "ORDER BY md ASC NULLS LAST, revision, layer, neuron LIMIT 7").rows()
+    found2 = re.findall(r'href="/m/[^"]+/(step\d+)/(\d+)/(\d+)"', r2.text.split('id="search-results"')[1])
+    assert [(a, int(b), int(c)) for a, b, c in found2] == expected2 and expected2
+    assert "FROM+neurons+WHERE" in r2.text and "<th>step</th>" in r2.text
+    bad = client.get(count_url.replace("frac_neg", "nope"), headers={**HTML, "hx-request": "true"})
+    assert bad.status_code == 400
+
+
+def test_referenced_columns_uses_the_tokenizer() -> None:
+    from negdb.service.browser.queries import referenced_columns
+
+    cols = ["revision", "layer", "neuron", "w_dist", "w_pct", "step"]
+    assert referenced_columns('w_pct > 99 AND "layer" < 3 AND lower(revision) = \'w_dist\'', cols) == \
+        ["revision", "layer", "w_pct"]
+    assert referenced_columns("1 = 1", cols) == []
+
+
 @pytest.mark.parametrize("where", ["1=1; DROP TABLE neurons", "w_dist > (SELECT count(*) FROM read_csv('/etc/passwd'))",
                                    "getenv('HOME') IS NOT NULL", "layer = 1) OR (1=1"])
 def test_search_has_the_walls_of_sql(client: TestClient, env: dict, where: str) -> None:
@@ -323,3 +368,63 @@ def test_chromium_pages_work_without_javascript(server: str, env: dict, tmp_path
         assert drv.find_elements(By.CSS_SELECTOR, "#search-results a.neuron-link")
     finally:
         drv.quit()
+
+
+def test_chromium_saves_a_set_only_when_writes_are_allowed(driver, server: str, env: dict, shots: Path) -> None:
+    """Clicked through: search, save the result as a set from the page's form, find it on the sets page and in the
+    store; a read-only service offers no form, and a save posted to it anyway shows the user a 403 page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.serving import serving
+
+    where = "w_dist > 0.05 AND layer = 1"
+    name = "clicked-in-chromium"
+    with serving(env["store"], "--allow-writes") as (rw, _proc):
+        _visit(driver, rw + "/search", shots, "search-writable")
+        assert "writes allowed" in driver.find_element(By.CSS_SELECTOR, "nav .mode").text
+        box = driver.find_element(By.ID, "where")
+        box.clear()
+        box.send_keys(where)
+        driver.find_element(By.ID, "search-button").click()
+        WebDriverWait(driver, 30).until(lambda d: [e.get_attribute("value") for e in d.find_elements(
+            By.CSS_SELECTOR, "#save-form input[name=where]")] == [where])  # htmx swapped the results in
+        shown = driver.find_element(By.ID, "total").text
+        driver.find_element(By.CSS_SELECTOR, "#save-form input[name=name]").send_keys(name)
+        driver.save_screenshot(str(shots / "search-save.png"))
+        driver.find_element(By.CSS_SELECTOR, "#save-form button[type=submit]").click()
+        WebDriverWait(driver, 60).until(lambda d: d.current_url == rw + f"/browse/set/{name}")
+        _assert_drawn(_visit(driver, driver.current_url, shots, "set-saved"), "members-chart")
+        assert name in driver.find_element(By.TAG_NAME, "h1").text
+        _visit(driver, rw + "/browse", shots, "sets-with-saved")
+        assert driver.find_elements(By.CSS_SELECTOR, f'a[href="/browse/set/{name}"]')
+    with negdb.connect(env["store"]) as cat:
+        saved = cat.sql("SELECT s.revision, s.n_members, s.expression, m.layer, m.neuron FROM neuron_sets s "
+                        "JOIN neuron_set_members m USING (set_id) WHERE s.name = ?", [name])
+        expected = cat.sql(f"SELECT layer, neuron FROM neurons WHERE revision = 'step1000' AND {where}")
+    assert saved.height == expected.height == int(shown.replace(",", "")) > 0
+    assert set(saved["revision"]) == {"step1000"} and set(saved["n_members"]) == {expected.height}
+    assert sorted(saved.select("layer", "neuron").rows()) == sorted(expected.rows())
+    assert where in saved["expression"][0]
+
+    # read-only (the module's server): no form to save with, and a save posted anyway is refused on the page
+    before = store_files(env["store"])
+    driver.get(server + "/search?" + "where=" + quote(where))
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results a.neuron-link"))
+    assert not driver.find_elements(By.ID, "save-form")
+    assert "--allow-writes" in driver.find_element(By.ID, "results").text
+    driver.execute_script(
+        "const f = document.createElement('form'); f.method = 'post'; f.action = '/search/save';"
+        "for (const [k, v] of Object.entries(arguments[0])) { const i = document.createElement('input');"
+        " i.type = 'hidden'; i.name = k; i.value = v; f.appendChild(i); }"
+        "document.body.appendChild(f); f.submit();",
+        {"name": "refused-set", "model": env["model"], "checkpoint": "step1000", "where": where})
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.endswith("/search/save"))
+    WebDriverWait(driver, 30).until(lambda d: "Read-only" in d.find_element(By.TAG_NAME, "body").text)
+    assert "--allow-writes" in driver.find_element(By.TAG_NAME, "body").text
+    status = driver.execute_script("return performance.getEntriesByType('navigation')[0].responseStatus")
+    assert status in (403, None)  # Chromium reports the status where it supports responseStatus
+    driver.save_screenshot(str(shots / "save-refused.png"))
+    assert store_files(env["store"]) == before
+    with negdb.connect(env["store"]) as cat:
+        assert cat.sql("SELECT count(*) AS n FROM neuron_sets WHERE name = 'refused-set'")["n"][0] == 0

@@ -10,16 +10,58 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from negdb.errors import NegdbError
+from negdb.errors import BadArgument, NegdbError
 
 STAT_COLUMNS = ("w_dist", "w_dist_neg", "w_dist_pos", "w_pct", "mean", "std", "skew", "kurtosis", "frac_neg",
                 "md")
-"""Columns the search page shows next to the keys (those the view has)."""
+"""Columns the search page shows next to the keys (those the view has) when it searches one checkpoint."""
+SEARCH_KEYS = ("model_id", "revision", "layer", "neuron")
+WIDE_STAT_COLUMNS = ("w_dist", "w_pct")
+"""Columns shown next to the keys, the sort column and the filter's columns when the search spans every checkpoint:
+there each shown column is one more column decoded from every checkpoint's segment, which is what the page costs."""
+
+
+def referenced_columns(expr: str, columns: Sequence[str]) -> list[str]:
+    """The columns of ``columns`` that ``expr`` names, in the order of ``columns`` (DuckDB's tokenizer)."""
+    import duckdb
+
+    tokens = duckdb.tokenize(expr)
+    ends = [start for start, _ in tokens[1:]] + [len(expr)]
+    named = {expr[start:end].strip().strip('"').lower()
+             for (start, kind), end in zip(tokens, ends) if kind == duckdb.token_type.identifier}
+    return [c for c in columns if c.lower() in named]
+
+
+@dataclass
+class SearchPlan:
+    """The statements of one search page: its rows (a top-N) and, separately, the count of all matches.
+
+    ``view`` is ``neuron_stats`` when the filter and the sort use only its columns (the ``neurons`` view adds a
+    checkpoint's step, a slice's dataset and the spec's reference by joins that DuckDB runs on every row before the
+    top-N, and that keep it from pruning row groups by the sort column), else ``neurons``; either gives the same
+    rows. ``shown``: the columns read, so the keys and the sort's top-N decide which column chunks are decoded.
+    """
+
+    view: str
+    shown: list[str]
+    conditions: str
+    params: list[Any]
+    order: str
+    desc: bool
+
+    def rows_sql(self, per: int, offset: int) -> str:
+        cols = ", ".join('"' + c + '"' for c in self.shown)
+        return (f"SELECT {cols} FROM {self.view} WHERE {self.conditions} ORDER BY \"{self.order}\" "
+                f"{'DESC' if self.desc else 'ASC'} NULLS LAST, revision, layer, neuron LIMIT {per + 1} OFFSET {offset}")
+
+    def count_sql(self) -> str:
+        return f"SELECT count(*) AS n FROM {self.view} WHERE {self.conditions}"
 
 
 def literal(v: Any) -> str:
@@ -57,6 +99,17 @@ def clean(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [clean(x) for x in v]
     return v
+
+
+def _binds(where: str, view: str) -> bool:
+    """Whether the (checked) filter ``where`` binds over ``view``'s columns alone."""
+    from negdb.store.safety import check_where
+
+    try:
+        check_where(where, view=view)
+    except NegdbError:
+        return False
+    return True
 
 
 @dataclass
@@ -122,12 +175,42 @@ class Reader:
             return [r["revision"] for r in p.rows]
         return self.memo(f"stat revisions {model!r}", compute)
 
-    def columns(self) -> list[tuple[str, str]]:
-        """(column, type) of the neurons view."""
+    def columns(self, view: str = "neurons") -> list[tuple[str, str]]:
+        """(column, type) of a view (``neurons`` or a table's)."""
         def compute() -> list[tuple[str, str]]:
-            p = self.panel("DESCRIBE SELECT * FROM neurons")
+            p = self.panel(f"DESCRIBE SELECT * FROM {view}")
             return [(r["column_name"], r["column_type"]) for r in p.rows]
-        return self.memo("columns", compute)
+        return self.memo("columns" if view == "neurons" else f"columns {view}", compute)
+
+    def plan_search(self, model: str, checkpoint: str | None, where: str | None, order: str,
+                    desc: bool) -> SearchPlan:
+        """The search page's statements for ``where`` (checked: :func:`negdb.store.safety.check_where`) over
+        ``model``'s neurons at ``checkpoint`` (None: every checkpoint), sorted by ``order``."""
+        from negdb.store.safety import check_where
+
+        names = [c for c, _ in self.columns()]
+        if order not in names:
+            raise BadArgument(f"cannot sort by {order!r}: choose a column of neurons ({', '.join(names)})")
+        conds, params = ["model_id = ?"], [model]
+        if checkpoint:
+            conds.append("revision = ?")
+            params.append(checkpoint)
+        used = [order]
+        if where:
+            try:
+                where = check_where(where)
+            except NegdbError as err:
+                raise type(err)(str(err).replace("the --where expression", "the filter")) from None
+            conds.append(f"({where})")
+            used += referenced_columns(where, names)
+        own = {c for c, _ in self.columns("neuron_stats")}
+        view = "neurons"
+        if order in own and (not where or _binds(where, "neuron_stats")):
+            view = "neuron_stats"
+        wanted = STAT_COLUMNS if checkpoint else WIDE_STAT_COLUMNS
+        shown = list(SEARCH_KEYS) + [c for c in wanted if c in names]
+        shown += [c for c in dict.fromkeys(used) if c not in shown]
+        return SearchPlan(view, shown, " AND ".join(conds), params, order, desc)
 
     def counts(self) -> dict[str, int]:
         def compute() -> dict[str, int]:

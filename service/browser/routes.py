@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 
 from negdb.errors import BadArgument, NegdbError, QueryTimeout
 from negdb.service.browser import TEMPLATES, charts
-from negdb.service.browser.queries import STAT_COLUMNS, Panel, Reader, clean
+from negdb.service.browser.queries import Panel, Reader, clean
 from negdb.service.state import ServiceState
 
 PER_PAGE = 50
@@ -144,39 +144,14 @@ def make_router(state: ServiceState) -> APIRouter:
 
     # ------------------------------------------------------------------------------------------ search
 
-    def _search_sql(r: Reader, model: str, checkpoint: str | None, where: str | None, order: str, desc: bool,
-                    per: int, offset: int) -> tuple[str, str, list[Any], list[str]]:
-        from negdb.store.safety import check_where
-
-        names = [c for c, _ in r.columns()]
-        if order not in names:
-            raise BadArgument(f"cannot sort by {order!r}: choose a column of neurons ({', '.join(names)})")
-        shown = ["model_id", "revision", "layer", "neuron"] + [c for c in STAT_COLUMNS if c in names]
-        if order not in shown:
-            shown.append(order)
-        conds, params = ["model_id = ?"], [model]
-        if checkpoint:
-            conds.append("revision = ?")
-            params.append(checkpoint)
-        inner = "SELECT * FROM neurons WHERE " + " AND ".join(conds)
-        base = inner
-        if where:
-            try:
-                checked = check_where(where)
-            except NegdbError as err:
-                raise type(err)(str(err).replace("the --where expression", "the filter")) from None
-            base = f"SELECT * FROM ({inner}) AS n WHERE ({checked})"
-        cols = ", ".join('"' + c + '"' for c in shown)
-        sql = (f"SELECT {cols} FROM ({base}) AS s ORDER BY \"{order}\" {'DESC' if desc else 'ASC'} NULLS LAST, "
-               f"revision, layer, neuron LIMIT {per + 1} OFFSET {offset}")
-        count = f"SELECT count(*) AS n FROM ({base}) AS s"
-        return sql, count, params, shown
-
     @router.get("/search", response_class=HTMLResponse)
     @page
     def search(request: Request, model: str | None = None, checkpoint: str | None = None, where: str | None = None,
                order: str = "w_dist", dir: str = "desc", page_no: int = Query(1, alias="page", ge=1),
-               per: int = Query(PER_PAGE, ge=1, le=MAX_PER_PAGE)) -> Response:
+               per: int = Query(PER_PAGE, ge=1, le=MAX_PER_PAGE), part: str | None = None) -> Response:
+        """Search ``neurons``: one top-N statement for the page's rows; the count of all matches with it on one
+        checkpoint, and over every checkpoint (a second full scan) fetched after the page has loaded (htmx: ``part=
+        count``; without JavaScript a link renders the page with the count)."""
         with reader(request) as r:
             models = r.models()
             if not models.rows:
@@ -195,16 +170,20 @@ def make_router(state: ServiceState) -> APIRouter:
             where = (where or "").strip() or None
             form = {"model": model, "checkpoint": checkpoint or "*", "where": where or "", "order": order,
                     "dir": dir, "per": per}
+            count_url = "/search?" + urlencode({**form, "part": "count"})
             error = None
             status = 200
-            rows = total = None
+            rows = count = None
+            alone = part == "count" and bool(request.headers.get("hx-request"))  # the lazily fetched count alone
             try:
-                sql, count_sql, params, shown = _search_sql(r, model, checkpoint, where, order, dir != "asc", per,
-                                                            (page_no - 1) * per)
-                rows = r.panel(sql, params, limit=per + 1)
-                if checkpoint:  # over every checkpoint a count would scan the whole catalog a second time
-                    total = r.panel(count_sql, params, limit=1).rows[0]["n"]
+                plan = r.plan_search(model, checkpoint, where, order, dir != "asc")
+                if not alone:
+                    rows = r.panel(plan.rows_sql(per, (page_no - 1) * per), plan.params, limit=per + 1)
+                if checkpoint or part == "count":
+                    count = r.panel(plan.count_sql(), plan.params, limit=1)
             except NegdbError as err:
+                if alone:
+                    raise
                 error = str(err)
                 status = 408 if isinstance(err, QueryTimeout) else 400
             more = rows is not None and len(rows.rows) > per
@@ -213,8 +192,11 @@ def make_router(state: ServiceState) -> APIRouter:
 
             def link(p: int) -> str:
                 return "/search?" + urlencode({**form, "page": p})
+        if alone:
+            return render(request, "_count.html", count=count, total=count.rows[0]["n"])
         return render(request, "search.html", status=status, models=models, model=model,
-                      revisions=revisions, columns=[c for c, _ in r.columns()], form=form, rows=rows, total=total,
+                      revisions=revisions, columns=[c for c, _ in r.columns()], form=form, rows=rows, count=count,
+                      total=count.rows[0]["n"] if count is not None else None, count_url=count_url,
                       error=error, page=page_no, prev_url=link(page_no - 1) if page_no > 1 else None,
                       next_url=link(page_no + 1) if more else None)
 
