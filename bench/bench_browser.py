@@ -11,8 +11,9 @@ threads: a load-independent measure, since on a shared machine the wall time mos
 cores). With ``--chromium`` it also loads each page in headless Chromium and reads the Navigation Timing
 ``loadEventEnd`` (HTML, the vendored scripts and styles, and the charts drawn).
 
-Pages: home, search (default: the last checkpoint by w_dist; a filter; all checkpoints), a neuron (its page, and
-its w_dist trajectory across the 154 checkpoints, which the page fetches after loading), sets and results, a set.
+Pages: home, search (default: the last checkpoint by w_dist; a filter; all checkpoints, with its count of matches,
+which the page fetches after loading; a non-selective filter over all checkpoints sorted by md), a neuron (its page,
+and its w_dist trajectory across the 154 checkpoints, which the page fetches after loading), sets and results, a set.
 A set ``bench-top1`` (top 1% per layer of the last checkpoint) is saved in the store if it is missing.
 """
 
