@@ -253,7 +253,10 @@ INGEST_FLAGS = [
     Flag("seed", ("--seed",), {"default": 0, "show_default": True, "type": int,
                                "help": "Seed of the md token pairs and of --w-reference sample."}),
     Flag("md_pairs", ("--md-pairs",), {"default": 50_000, "show_default": True, "type": int,
-                                       "help": "Token pairs for mapping difficulty (at most tokens/2)."}),
+                                       "help": "Token pairs for mapping difficulty (at most tokens/2). md is "
+                                               "computed for every checkpoint; the pairs' MLP inputs are stored only "
+                                               "where activations are kept (--activations: the final checkpoint by "
+                                               "default)."}),
     Flag("dtype", ("--dtype",), {"type": click.Choice(["float32", "bfloat16", "float16"]), "default": "float32",
                                  "show_default": True,
                                  "help": "Dtype of the model's forward pass (bfloat16 for GPUs, with --activations "

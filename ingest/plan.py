@@ -229,9 +229,13 @@ def batch_windows(res: Resources, seq_len: int, *, d_mlp: int, n_layers: int, n_
 
 def estimate_bytes(*, n_tokens: int, d_mlp: int, n_layers: int, d_model: int, md_rows: int,
                    store_dtype: str) -> int:
-    """Upper bound of the disk an ingest writes (uncompressed pre-activations plus MLP inputs)."""
+    """The uncompressed bytes of one checkpoint's arrays for ``n_layers`` layers (an upper bound of what the
+    compressed arrays take on disk): the pre-activations (``store_dtype``), the MLP inputs of the ``md_rows`` tokens
+    of the md pairs (float16, ``md_rows = 2 x pairs``), the int32 token, window and position vectors, and the md
+    pairs themselves (int64)."""
     item = 2 if store_dtype == "float16" else 4
-    return n_tokens * d_mlp * n_layers * item + md_rows * d_model * n_layers * 2 + n_tokens * 16
+    return (n_tokens * d_mlp * n_layers * item + md_rows * d_model * n_layers * 2 + n_tokens * 3 * 4
+            + (md_rows // 2) * 2 * 8)
 
 
 def human_bytes(n: float) -> str:

@@ -41,7 +41,8 @@ def test_dry_run_of_all_pythia_checkpoints_is_offline_and_writes_nothing(tmp_pat
     assert len(p.downloads) == 154 and p.download_bytes() == 154 * PYTHIA_ARCH["1b"].weight_bytes
     assert p.weights_peak() == 2 * PYTHIA_ARCH["1b"].weight_bytes  # one ingested, one prefetched
     tokens, d_mlp, layers, d_model = 16384, 8192, 16, 2048
-    kept = tokens * d_mlp * layers * 2 + tokens * d_model * layers * 2 + tokens * 16
+    md_rows = tokens  # --md-pairs 50,000 is capped at tokens/2 pairs: every token's MLP input
+    kept = tokens * d_mlp * layers * 2 + md_rows * d_model * layers * 2 + tokens * 12 + md_rows * 8
     assert p.array_bytes() == kept and p.stats_bytes() == 154 * layers * d_mlp * 160
     keep_all = plan(model="pythia-1b", checkpoints="all", activations="all", store=store,
                     resources=Resources(keep_weights=True))
@@ -80,6 +81,46 @@ def test_multi_checkpoint_runs_keep_activations_of_the_final_checkpoint_only(tmp
     ingest(model=str(run), checkpoints="step0,step1000", activations="all", store=other, progress=False, **SMALL)
     with negdb.connect(str(other)) as cat:
         assert cat.sql("SELECT count(DISTINCT revision) AS n FROM activations")["n"][0] == 2
+
+
+def _logical_bytes(group: Path) -> dict[str, int]:
+    """Uncompressed bytes of every array under ``group`` (shape x item size, from each ``zarr.json``)."""
+    import json
+
+    import numpy as np
+
+    out = {}
+    for meta in group.rglob("zarr.json"):
+        node = json.loads(meta.read_text())
+        if node.get("node_type") == "array":
+            out[str(meta.parent.relative_to(group))] = int(np.prod(node["shape"])) * np.dtype(node["data_type"]).itemsize
+    return out
+
+
+def test_md_inputs_are_kept_with_the_activations_only_and_the_plan_counts_them_exactly(tmp_path: Path) -> None:
+    """The --md-pairs policy of a multi-checkpoint run: md statistics for every checkpoint, the MLP inputs of the
+    md pairs stored only where activations are kept (the final checkpoint by default); the plan's bytes are the
+    uncompressed bytes of what is written."""
+    run = save_step_run(tmp_path, steps=(0, 1000, 2000))
+    store, alone = tmp_path / "store", tmp_path / "alone"
+    args = dict(tokens=512, seq_len=32, md_pairs=100)
+    p = plan(model=str(run), checkpoints="all", store=store, **args)
+    ingest(model=str(run), checkpoints="all", store=store, progress=False, **args)
+    groups = sorted(store.glob("acts/*/*/*"))
+    assert [g.parent.name for g in groups] == ["step2000"]  # no md rows (nor activations) for step0, step1000
+    written = _logical_bytes(groups[0])
+    assert sorted(k for k in written if k.startswith("md/")) == ["md/p100-s0/L000", "md/p100-s0/L001",
+                                                                 "md/p100-s0/L002", "md/p100-s0/pairs"]
+    assert [c.array_bytes for c in p.checkpoints] == [0, 0, sum(written.values())]
+    assert p.array_bytes() == sum(written.values())
+    # md statistics of a checkpoint whose md rows were not kept equal those of an ingest that keeps them
+    ingest(model=str(run), checkpoints="step0", activations="all", store=alone, progress=False, **args)
+    assert [g.parent.name for g in alone.glob("acts/*/*/*")] == ["step0"]
+    with negdb.connect(str(store)) as cat, negdb.connect(str(alone)) as ref:
+        sql = "SELECT * EXCLUDE (run_id) FROM neuron_stats WHERE revision = 'step0' ORDER BY layer, neuron"
+        got, want = cat.sql(sql), ref.sql(sql)
+    assert "md" in got.columns and got["md"].is_not_null().all()
+    assert got.equals(want)
 
 
 def test_plan_counts_stored_checkpoints_and_estimates_time_from_stored_runs(tmp_path: Path,
