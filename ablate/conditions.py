@@ -161,7 +161,9 @@ class Assembly:
 class Engine:
     """Stored evaluations of one checkpoint (``ckpt``: its ``checkpoints`` row) under one :class:`Scoring`.
 
-    Counts the evaluations it ``computed`` and ``reused``; ``get_lm`` is called only when one is missing.
+    Counts the evaluations it ``computed`` and ``reused``, and of the computed ones the ``probes``: perplexities on
+    the probe tokens computed by :meth:`match` (0 when the perplexity match was read back from stored probes);
+    ``get_lm`` is called only when one is missing.
     """
 
     def __init__(self, layout: StoreLayout, cat: Catalog, ckpt: dict[str, Any], scoring: Scoring, *,
@@ -171,6 +173,7 @@ class Engine:
         self.get_lm, self.progress, self.log = get_lm, progress, log
         self.computed = 0
         self.reused = 0
+        self.probes = 0
 
     def target(self, ns: NeuronSet | None, mode: str) -> Target:
         """The checkpoint under ``mode`` on ``ns`` (``None``: the baseline)."""
@@ -214,6 +217,14 @@ class Engine:
               log_probes: bool = False) -> tuple[MatchResult | None, str | None]:
         """The perplexity match of ``main`` under ``mode``, or ``(None, why)`` when the ablation does not raise
         perplexity on the probe tokens."""
+        before = self.computed
+        try:
+            return self._match(main, mode, controls, sampling, d_mlp=d_mlp, log_probes=log_probes)
+        finally:
+            self.probes += self.computed - before
+
+    def _match(self, main: NeuronSet, mode: str, controls: Controls, sampling: Sampling, *, d_mlp: int,
+               log_probes: bool) -> tuple[MatchResult | None, str | None]:
         tokens = controls.probe_tokens
         p0 = self.perplexity(None, "none", sampling, tokens, "baseline")
         pw = self.perplexity(main, mode, sampling, tokens, "ablation")

@@ -38,7 +38,7 @@ from negdb.store.tables import ABLATIONS
 KEY_VERSION = 2
 """Version of :func:`ablation_key` (1: the hash of every option, before issue 12)."""
 
-__all__ = ["Experiment", "KEY_VERSION", "ablation_id", "ablation_key", "find_legacy", "run"]
+__all__ = ["Experiment", "KEY_VERSION", "ablation_id", "ablation_key", "find_legacy", "run", "search"]
 
 
 @dataclass
@@ -46,7 +46,8 @@ class Experiment:
     """What :func:`run` did: the conditions, the comparison and the perplexity match (when asked).
 
     ``skipped`` says why the ppl-matched control was left out (the ablation does not raise perplexity), else
-    ``None``.
+    ``None``; ``probes``: the perplexities on the probe tokens this call computed for the match (0 when every probe
+    was stored).
     """
 
     ablation_id: str
@@ -58,6 +59,7 @@ class Experiment:
     conditions: list[Condition] = field(default_factory=list)
     skipped: str | None = None
     spec: AblateSpec | None = field(default=None, repr=False)
+    probes: int = 0
 
     def frame(self) -> pl.DataFrame:
         """The comparison: one row per condition, benchmark and metric (value, baseline, delta, ci_lo, ci_hi)."""
@@ -108,14 +110,8 @@ def run(spec: AblateSpec, store: str | Path, *, device: str = "auto", progress: 
     check_store(layout, getattr(spec.neurons, "model", None) or "MODEL")
     benches = list(spec.benchmarks)
     with Catalog(layout.location) as cat:
-        main = main_set(cat, spec.neurons, spec.save)
+        main, revision, ck, width, engine = _engine(spec, layout, cat, device, progress, log)
         model_id = main.keys.model_id
-        revision = resolve_revision(cat, main, getattr(spec.neurons, "checkpoint", None))
-        ck = checkpoint_row(cat, model_id, revision)
-        width = d_mlp(cat, model_id)
-        engine = Engine(layout, cat, ck, spec.scoring,
-                        get_lm=Loader(model_id, revision, device, log, spec.scoring.dtype),
-                        progress=progress, log=log)
         log(f"{model_id}@{revision}: {spec.mode} ablation of {main.n_members} neurons (set {main.name}, "
             f"{100 * main_fraction(main, width):.2f}% of its layers), evals {', '.join(benches)}")
         got = engine.assemble(main, spec.mode, benches, spec.controls, spec.sampling, d_mlp=width, log_probes=True)
@@ -129,7 +125,35 @@ def run(spec: AblateSpec, store: str | Path, *, device: str = "auto", progress: 
         if record:
             _record(layout, aid, config(spec, key), rows)
             cat.refresh()
-        return Experiment(aid, main, cmp, got.match, engine.computed, engine.reused, got.all, got.skipped, spec)
+        return Experiment(aid, main, cmp, got.match, engine.computed, engine.reused, got.all, got.skipped, spec,
+                          engine.probes)
+
+
+def _engine(spec: AblateSpec, layout: StoreLayout, cat: Catalog, device: str, progress: bool,
+            log: Callable[[str], None]) -> tuple[NeuronSet, str, dict[str, Any], int, Engine]:
+    """The experiment's main set (saved), checkpoint, its row, the layers' width and the conditions engine."""
+    main = main_set(cat, spec.neurons, spec.save)
+    model_id = main.keys.model_id
+    revision = resolve_revision(cat, main, getattr(spec.neurons, "checkpoint", None))
+    ck = checkpoint_row(cat, model_id, revision)
+    engine = Engine(layout, cat, ck, spec.scoring, get_lm=Loader(model_id, revision, device, log, spec.scoring.dtype),
+                    progress=progress, log=log)
+    return main, revision, ck, d_mlp(cat, model_id), engine
+
+
+def search(spec: AblateSpec, store: str | Path, *, device: str = "auto", progress: bool = True,
+           log: Callable[[str], None] = stderr) -> int:
+    """Run the experiment's perplexity-matched control search alone, storing its probes (the first task of a
+    fanned-out experiment, :mod:`negdb.cluster`: the benchmark tasks then read the match back instead of each
+    searching). Returns the probe perplexities computed (0: all were stored)."""
+    layout = StoreLayout.at(store)
+    check_store(layout, getattr(spec.neurons, "model", None) or "MODEL")
+    with Catalog(layout.location) as cat:
+        main, _revision, _ck, width, engine = _engine(spec, layout, cat, device, progress, log)
+        _found, why = engine.match(main, spec.mode, spec.controls, spec.sampling, d_mlp=width, log_probes=True)
+        if why is not None:
+            log(why)
+        return engine.probes
 
 
 def _rows(spec: AblateSpec, model_id: str, revision: str, conds: list[Condition]) -> list[dict[str, Any]]:

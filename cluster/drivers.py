@@ -134,16 +134,30 @@ def sweep(spec: Any, store: str | Path | None, executor: Executor, *, device: st
 def ablate(spec: Any, store: str | Path | None, executor: Executor, *, device: str = "auto", progress: bool = True,
            log: Log = _stderr) -> Any:
     """``negdb ablate --executor ...``: one task per benchmark, then the serial experiment (all stored).
-    ``store``: a folder or an object-store URL, which the workers write into directly."""
+    ``store``: a folder or an object-store URL, which the workers write into directly.
+
+    With a ppl-matched control and several benchmarks, a first task runs the perplexity-matched search once and
+    stores its probes; the benchmark tasks depend on it (Dask waits for it) and read the match back."""
     from negdb.ablate.experiment import run
 
     where = StoreLayout.at(store).location
-    tasks = []
-    for bench in spec.benchmarks:
+    kinds = {k.value for k in spec.controls.kinds}
+    benches = list(spec.benchmarks)
+    tasks, first = [], ()
+    if "ppl-matched" in kinds and len(benches) > 1:
+        key = f"ablate-search-{short_hash(repr(spec))}"
+        tasks.append(Task(key, jobs.ablate_search_job, (key, spec, str(where), device)))
+        first = (key,)
+    for bench in benches:
         key = f"ablate-{short_hash(repr(spec), bench)}"
-        tasks.append(Task(key, jobs.ablate_job, (key, replace(spec, evals=(bench,)), str(where), device)))
+        tasks.append(Task(key, jobs.ablate_job, (key, replace(spec, evals=(bench,)), str(where), device),
+                          after=first))
     with open_client(executor) as client:
-        run_tasks(client, tasks, desc="ablate", progress=progress, log=log)
+        outcomes = run_tasks(client, tasks, desc="ablate", progress=progress, log=log)
+    if first:
+        again = sum(o.detail[2] for o in outcomes[1:])
+        log(f"ppl-matched control: searched once ({outcomes[0].detail} probe perplexities computed) before "
+            f"{len(benches)} benchmark task(s), which computed {again} more")
     return run(spec, where, device=device, progress=False, log=log)
 
 

@@ -34,12 +34,20 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work: ``fn(*args)`` returning an :class:`Outcome`; ``gpu`` tasks ask for a GPU resource."""
+    """One unit of work: ``fn(*args)`` returning an :class:`Outcome`; ``gpu`` tasks ask for a GPU resource.
+    ``after``: keys of earlier tasks of the same list that must finish first (a Dask task dependency)."""
 
     key: str
     fn: Callable[..., Outcome]
     args: tuple
     gpu: bool = True
+    after: tuple[str, ...] = ()
+
+
+def _after(fn: Callable[..., Outcome], _done: list[Outcome], *args: Any) -> Outcome:
+    """``fn(*args)``, run by Dask once the futures it was given as ``_done`` are finished (their results unused:
+    what they computed is in the store)."""
+    return fn(*args)
 
 
 def worker_name() -> str:
@@ -66,7 +74,8 @@ def _stderr(msg: str) -> None:
 
 def run_tasks(client: Any, tasks: list[Task], *, desc: str, progress: bool = True, log: Log = _stderr,
               retries: int = 2) -> list[Outcome]:
-    """Run ``tasks`` on ``client`` (``None``: one after the other here); outcomes in task order."""
+    """Run ``tasks`` on ``client`` (``None``: one after the other here, in order; a task's ``after`` must name
+    earlier tasks); outcomes in task order."""
     from negdb.cluster.executor import gpu_resources
 
     out: dict[str, Outcome] = {}
@@ -80,8 +89,12 @@ def run_tasks(client: Any, tasks: list[Task], *, desc: str, progress: bool = Tru
             from distributed import as_completed
 
             gpu = gpu_resources(client)
-            futures = {client.submit(t.fn, *t.args, key=t.key, pure=False, retries=retries,
-                                     resources=gpu if t.gpu else None): t.key for t in tasks}
+            by_key: dict[str, Any] = {}
+            for t in tasks:
+                fn, args = (t.fn, t.args) if not t.after else (_after, (t.fn, [by_key[k] for k in t.after], *t.args))
+                by_key[t.key] = client.submit(fn, *args, key=t.key, pure=False, retries=retries,
+                                              resources=gpu if t.gpu else None)
+            futures = {f: k for k, f in by_key.items()}
             for future in as_completed(futures):
                 outcome = future.result()
                 out[futures[future]] = outcome

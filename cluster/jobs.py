@@ -52,13 +52,26 @@ def sweep_job(key: str, spec: Any, store: str, points: list[Any], device: str) -
 
 def ablate_job(key: str, spec: Any, store: str, device: str) -> Outcome:
     """Evaluate every condition of an :class:`~negdb.ablate.options.AblateSpec` (its ``evals`` one chunk of the
-    experiment's benchmarks) without recording the experiment."""
+    experiment's benchmarks) without recording the experiment. ``detail``: (computed, reused, probes computed)."""
     from negdb.ablate.experiment import run
 
     def body(log):
         _tame_threads()
         exp = run(spec, store, device=device, progress=False, log=log, record=False)
-        return ("computed" if exp.computed else "stored"), (exp.computed, exp.reused)
+        return ("computed" if exp.computed else "stored"), (exp.computed, exp.reused, exp.probes)
+
+    return timed(key, body)
+
+
+def ablate_search_job(key: str, spec: Any, store: str, device: str) -> Outcome:
+    """The perplexity-matched control search of an :class:`~negdb.ablate.options.AblateSpec`, alone (its probes
+    stored for the benchmark tasks that follow it). ``detail``: the probe perplexities computed."""
+    from negdb.ablate.experiment import search
+
+    def body(log):
+        _tame_threads()
+        probes = search(spec, store, device=device, progress=False, log=log)
+        return ("computed" if probes else "stored"), probes
 
     return timed(key, body)
 

@@ -221,3 +221,30 @@ def test_cli_analyze_training_on_the_cluster_equals_serial(tmp_path: Path, spec:
     assert serial.exit_code == 0 and fanned.exit_code == 0, (serial.output, fanned.output)
     a, b = json.loads(serial.stdout), json.loads(fanned.stdout)
     assert a["analysis_id"] == b["analysis_id"] and a["rows"] == b["rows"]
+
+
+def test_fanned_out_ablation_searches_the_ppl_matched_control_once(tmp_path: Path, spec: Executor) -> None:
+    """With a ppl-matched control, a first task searches the match (computing its probes) and the benchmark
+    tasks, which Dask starts only after it, compute no probe; the result equals the serial experiment's."""
+    from negdb.ablate.options import Controls
+    from negdb.evals.options import Scoring
+
+    model = save_tiny(tmp_path / "neox", "gpt_neox", seed=0)
+    stores = {name: tmp_path / name for name in ("serial", "fanned")}
+    for store in stores.values():
+        ingest(model=str(model), store=store, **SMALL, **QUIET)
+    controls = Controls(kinds=["ppl-matched"], probe_tokens=128, resolution=0.1, max_fraction=0.4)
+    args = dict(mode="neg", evals=["tse", "copa"], controls=controls, limit=2, scoring=Scoring(window=64))
+    logs: list[str] = []
+    serial = negdb.open(stores["serial"]).ablate(negdb.SetSpec(str(model), top=0.1), **args)
+    fanned = negdb.open(stores["fanned"], log=logs.append).ablate(negdb.SetSpec(str(model), top=0.1),
+                                                                  executor=spec, **args)
+    assert serial.match is not None and serial.probes > 2  # baseline, ablation and at least one probe
+    searched = [line for line in logs if line.startswith("ppl-matched control: searched once")]
+    assert searched == [f"ppl-matched control: searched once ({serial.probes} probe perplexities computed) before "
+                        "2 benchmark task(s), which computed 0 more"], logs
+    assert fanned.probes == 0 and fanned.computed == 0
+    assert fanned.ablation_id == serial.ablation_id
+    assert fanned.match is not None and fanned.match.neuron_set.set_id == serial.match.neuron_set.set_id
+    assert (fanned.match.fraction, fanned.match.ppl) == (serial.match.fraction, serial.match.ppl)
+    assert fanned.comparison.render("csv") == serial.comparison.render("csv")
