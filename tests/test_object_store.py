@@ -333,3 +333,17 @@ def test_fanned_out_ablation_into_s3_equals_the_folder_store(url: str, tiny: dic
     assert fanned.computed == 0 and fanned.reused > 0  # every evaluation was made by the workers
     assert fanned.render("csv") == serial.render("csv")
     assert _written(url) == _written(folder)
+
+
+def test_a_sweep_into_s3_equals_the_folder_store_and_reads_back(url: str, tiny: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    stores = [_stats_only(tiny, url), _stats_only(tiny, tmp_path / "folder")]
+    args = dict(fractions=[0.1], by=["w_dist"], modes=["neg"], seeds=[0], controls=["random"], evals=["tse", "copa"],
+                limit=2, n_boot=100, scoring=negdb.Scoring(window=64))
+    s3_sweep, folder_sweep = (negdb.open(s).sweep(str(tiny["model"]), **args) for s in stores)
+    assert s3_sweep.analysis_id == folder_sweep.analysis_id and s3_sweep.computed > 0
+    assert s3_sweep.render("csv") == folder_sweep.render("csv")
+    again = negdb.open(url).sweep(str(tiny["model"]), **args)
+    assert again.from_store and again.render("csv") == s3_sweep.render("csv")
+    with negdb.connect(url) as cat:
+        assert cat.sql("SELECT count(*) AS n FROM analyses WHERE kind = 'sweep'")["n"][0] == 1
