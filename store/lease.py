@@ -7,7 +7,9 @@ creating one generation exactly one succeeds. The lease names its holder and an 
 finds a live lease waits, polling, until the work is done (``done()``), the lease is released, or it expires (a
 killed holder stops renewing); a released or expired lease is superseded by creating the next generation, again
 conditionally, so of two writers taking over at once exactly one wins. Expiry is judged by the waiter's clock
-against the holder's; the renewal period (a third of ``ttl_s``) leaves room for skew.
+against the holder's; the renewal period (a third of ``ttl_s``) leaves room for skew. A holder on this machine
+(the same host name) whose process is gone counts as expired at once, so a command killed and started again
+takes its work back without waiting for the lease to run out.
 
 Leases only save work: correctness comes from the conditional PUT of the segments (the first publication wins),
 so a lease that is taken over too early costs a duplicate computation, never a duplicate or lost row.
@@ -45,6 +47,26 @@ def _latest(objects: Any, key: str) -> tuple[int, dict[str, Any]] | None:
     return int(name.rsplit("/", 1)[1].removesuffix(".json")), body
 
 
+def _gone_here(owner: str) -> bool:
+    """Whether ``owner`` (``host:pid:nonce``) is a process of this machine that no longer runs."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs, as another user's process
+        return False
+    return False
+
+
+def _live(body: dict[str, Any]) -> bool:
+    """Whether a lease's content says it is held: not released, not expired, its holder not gone."""
+    return (not body.get("released") and body.get("expires", 0) > time.time()
+            and not _gone_here(str(body.get("owner", ""))))
+
+
 def _body(owner: str, ttl_s: float, released: bool = False) -> bytes:
     return json.dumps({"owner": owner, "expires": time.time() + ttl_s, "released": released}).encode()
 
@@ -63,7 +85,7 @@ def held(objects: Any, key: str, *, ttl_s: float = 600.0, poll_s: float = 2.0,
             yield False
             return
         latest = _latest(objects, key)
-        if latest is not None and not latest[1].get("released") and latest[1].get("expires", 0) > time.time():
+        if latest is not None and _live(latest[1]):
             if on_wait is not None and not told:
                 on_wait(str(latest[1].get("owner")))
                 told = True

@@ -91,3 +91,25 @@ def test_a_holder_renews_its_lease(tmp_path: Path) -> None:
         time.sleep(0.5)
         later = json.loads(objects.read("leases/k/00000000.json"))
         assert later["expires"] > first and not later["released"]  # renewed, still live past the first expiry
+
+
+def test_a_lease_of_a_process_gone_from_this_machine_is_taken_over_at_once(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    objects = LocalObjects(tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs (a killed command)
+    for generation, (host, pid) in enumerate([(socket.gethostname(), gone.pid), ("elsewhere", gone.pid),
+                                              (socket.gethostname(), os.getpid())]):
+        objects.put_new(f"leases/k{generation}/00000000.json", json.dumps(
+            {"owner": f"{host}:{pid}:abc", "expires": time.time() + 600, "released": False}).encode())
+    with lease.held(objects, "k0", poll_s=0.02) as mine:  # not waiting ten minutes for the expiry
+        assert mine
+    assert objects.list("leases/k0")[-1] == "leases/k0/00000001.json"
+    for key in ("k1", "k2"):  # another machine's holder, or one still running here: still held
+        told: list[str] = []
+        with lease.held(objects, key, poll_s=0.02, done=lambda: bool(told), on_wait=told.append) as mine:
+            assert not mine
