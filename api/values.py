@@ -87,6 +87,15 @@ def k_text(k: float | int) -> str:
     return str(k) if isinstance(k, int) else f"{k * 100:.12g}%"
 
 
+def duration_text(seconds: float) -> str:
+    """A rough duration for plans and estimates: ``45 s``, ``12 min``, ``3.5 h`` (``1,234.0 h`` for long runs)."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
 def layers_text(layers: tuple[int, ...] | None) -> str | None:
     """``(0, 1, 2, 5)`` -> ``0-2,5`` (the ``--layers`` form; ``None`` stays ``None``)."""
     if layers is None:

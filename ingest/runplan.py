@@ -22,6 +22,7 @@ from negdb.ingest.plan import IngestSpec, estimate_bytes, human_bytes, parse_act
 from negdb.models.checkpoints import Checkpoint
 from negdb.models.registry import ModelSource
 from negdb.models.sizes import ModelSize, size_from_folder
+from negdb.values import duration_text
 
 STATS_BYTES_PER_NEURON = 160
 """A neuron_stats row as stored (zstd Parquet): 138 B measured on SmolLM2-135M, rounded up."""
@@ -195,7 +196,7 @@ class RunPlan:
         if not self.times:
             lines.append("  time: no stored ingest timings in this store yet (a small ingest calibrates it)")
         for t in self.times:
-            when = "unknown (parameter count unknown)" if t.seconds is None else _human_time(t.seconds)
+            when = "unknown (parameter count unknown)" if t.seconds is None else duration_text(t.seconds)
             lines.append(f"  time on {t.device_kind} (from {t.runs} stored run(s)): {when}")
         return "\n".join(lines)
 
@@ -222,14 +223,6 @@ class RunPlan:
             opts.append(f"dropping --keep-weights (saves {human_bytes(self.weights_peak())})")
         opts.append("or another --store")
         return ", ".join(opts)
-
-
-def _human_time(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:,.1f} h"
 
 
 # -------------------------------------------------------------------------------------------------- sizes

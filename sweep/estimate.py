@@ -25,6 +25,7 @@ from negdb.query.setstore import NeuronSet
 from negdb.store.catalog import Catalog
 from negdb.store.results import lookup
 from negdb.sweep.grid import Setup, SweepSpec, selection
+from negdb.values import duration_text
 
 
 @dataclass
@@ -73,19 +74,12 @@ class Estimate:
         if total == 0:
             lines.append("everything is stored: the sweep only reads")
         elif self.seconds is not None:
-            lines.append(f"rough time: {_duration(self.seconds)} for {self.timed} of the {total} evaluations to "
+            lines.append(f"rough time: ~{duration_text(self.seconds)} for {self.timed} of the {total} evaluations to "
                          "compute (median stored time of this model, benchmark and limit)")
         else:
             lines.append(f"rough time: unknown (no stored timing of this model yet) for {total} evaluations")
         return "\n".join(lines)
 
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"~{seconds:.0f} s"
-    if seconds < 5400:
-        return f"~{seconds / 60:.0f} min"
-    return f"~{seconds / 3600:.1f} h"
 
 
 def probe_bound(fraction: float, resolution: float, max_fraction: float) -> int:

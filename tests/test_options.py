@@ -143,3 +143,11 @@ def test_make_demo_commands_still_parse(captured):
     assert specs[2].ppl_tokens == 16384 and specs[2].controls.seeds == 1
     assert specs[3].groups == 4 and specs[3].sampling.limit.default == 5
     assert (specs[4].layer, specs[4].index, specs[4].k) == (10, 222, 10)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0 s"), (119.4, "119 s"), (120, "2 min"), (7199, "120 min"),
+                                               (7200, "2.0 h"), (4_654 * 3600, "4,654.0 h")])
+def test_duration_text_is_one_format_for_plans_and_estimates(seconds, text):
+    from negdb.values import duration_text
+
+    assert duration_text(seconds) == text
