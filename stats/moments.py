@@ -12,7 +12,7 @@ import numpy as np
 
 from .rows import row_dot
 
-__all__ = ["QUANTILES", "central_moments_rows", "degenerate", "quantiles_sorted", "shape_stats"]
+__all__ = ["QUANTILES", "central_moments_rows", "degenerate", "quantile_of_sorted", "quantiles_sorted", "shape_stats"]
 
 QUANTILES: tuple[tuple[str, float], ...] = (
     ("q01", 0.01), ("q05", 0.05), ("q25", 0.25), ("q50", 0.50), ("q75", 0.75), ("q95", 0.95), ("q99", 0.99),
@@ -20,19 +20,25 @@ QUANTILES: tuple[tuple[str, float], ...] = (
 _EPS = np.finfo(np.float64).eps  # scipy.stats.skew / kurtosis treat m2 <= (eps * mean)^2 as zero
 
 
+def quantile_of_sorted(rows, p: float):
+    """numpy's 'linear' quantile ``p`` of each ascending-sorted row of ``rows`` (a numpy array or a torch tensor,
+    shape (k, n)), in float64: the one interpolation both statistics kernels use."""
+    n = rows.shape[1]
+    virtual = (n - 1) * float(p)
+    lo = int(np.floor(virtual))
+    hi = min(lo + 1, n - 1)
+    t = virtual - lo
+    a, b = rows[:, lo], rows[:, hi]
+    a, b = (a.astype(np.float64), b.astype(np.float64)) if isinstance(rows, np.ndarray) else (a.double(), b.double())
+    diff = b - a
+    return b - diff * (1.0 - t) if t >= 0.5 else a + diff * t  # numpy's _lerp
+
+
 def quantiles_sorted(rows: np.ndarray, probs: tuple[float, ...] | np.ndarray) -> np.ndarray:
     """``(len(probs), k)`` float64 quantiles of each ascending-sorted row (numpy 'linear' method)."""
-    k, n = rows.shape
-    out = np.empty((len(probs), k), dtype=np.float64)
+    out = np.empty((len(probs), rows.shape[0]), dtype=np.float64)
     for j, p in enumerate(probs):
-        virtual = (n - 1) * float(p)
-        lo = int(np.floor(virtual))
-        hi = min(lo + 1, n - 1)
-        t = virtual - lo
-        a = rows[:, lo].astype(np.float64)
-        b = rows[:, hi].astype(np.float64)
-        diff = b - a
-        out[j] = b - diff * (1.0 - t) if t >= 0.5 else a + diff * t  # numpy's _lerp
+        out[j] = quantile_of_sorted(rows, p)
     return out
 
 

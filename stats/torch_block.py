@@ -25,7 +25,7 @@ from negdb.errors import BadArgument
 
 from .compute import check_reference, empty_block
 from .mapping import pair_plan
-from .moments import QUANTILES
+from .moments import QUANTILES, quantile_of_sorted
 from .wasserstein import NormalSampler, Reference, normal_tables
 
 __all__ = ["BACKENDS", "BYTES_PER_VALUE", "Backend", "backend_for", "block_stats_torch"]
@@ -145,7 +145,7 @@ def _chunk(cols: torch.Tensor, tables: dict[str, torch.Tensor] | None,
     out = {"mean": mean, "std": std, "skew": skew, "kurtosis": kurt,
            "min": xs[:, 0].to(torch.float64), "max": xs[:, -1].to(torch.float64)}
     for (name, _), p in zip(QUANTILES, _PROBS):
-        out[name] = _quantile(xs, p)
+        out[name] = quantile_of_sorted(xs, p)
     n_pos = n - n_le
     out["frac_neg"] = n_neg.to(torch.float64) / n
     out["mean_neg"] = torch.where(n_neg > 0, sum_neg / n_neg.clamp(min=1), nan)
@@ -172,19 +172,6 @@ def _w1_terms(centred: torch.Tensor, inv_std: torch.Tensor, t: dict[str, torch.T
                  + 2.0 * _INV_SQRT_2PI * torch.exp(-0.5 * c * c))
         term[row, col] = exact
     return term
-
-
-def _quantile(rows: torch.Tensor, p: float) -> torch.Tensor:
-    """numpy's 'linear' quantile of each ascending-sorted row, in float64 (as negdb.stats.moments)."""
-    n = rows.shape[1]
-    virtual = (n - 1) * float(p)
-    lo = int(math.floor(virtual))
-    hi = min(lo + 1, n - 1)
-    t = virtual - lo
-    a = rows[:, lo].to(torch.float64)
-    b = rows[:, hi].to(torch.float64)
-    diff = b - a
-    return b - diff * (1.0 - t) if t >= 0.5 else a + diff * t
 
 
 def _md(cols: torch.Tensor, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
