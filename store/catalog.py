@@ -46,7 +46,7 @@ from negdb.store.integrity import KEYS, LAYER_KEY_STATS, damaged_segment, dedupe
 from negdb.store.layout import StoreLayout
 from negdb.store.safety import check_statement, expression_type
 from negdb.store.segments import Listing, segment_listing
-from negdb.store.tables import NEURONS_SOURCES, NEURONS_VIEW, Table, all_tables, view_docs
+from negdb.store.tables import NEURONS_SOURCES, NEURONS_VIEW, Table, all_tables, neurons_meaning, view_docs
 
 QUERY_TIMEOUT_S = 10.0
 """Default time limit of user SQL embedded in commands (``--where`` of select/ablate) and of the service."""
@@ -544,10 +544,9 @@ class Catalog:
                 rows = cur.execute(f"DESCRIBE {view}").fetchall()
             finally:
                 cur.close()
-            sources = NEURONS_SOURCES if view == "neurons" else (view,)
             for row in rows:
                 column = str(row[0])
-                meaning = next((meanings[s][column] for s in sources if column in meanings.get(s, {})), "")
+                meaning = neurons_meaning(column) if view == "neurons" else meanings[view].get(column, "")
                 out.append((view, column, str(row[1]), meaning))
         return out
 

@@ -42,8 +42,8 @@ import duckdb
 
 from negdb.errors import StoreError
 from negdb.store.files import fsync_dir, list_segments
-from negdb.store.hardened import empty_select
-from negdb.store.tables import NEURONS_VIEW, Table, all_tables, view_docs
+from negdb.store.hardened import empty_select, schema_cursor
+from negdb.store.tables import NEURONS_VIEW, Table, all_tables, neurons_meaning, view_docs
 
 FILE_NAME = "negdb.duckdb"
 """The views file, at the root of the store."""
@@ -143,11 +143,23 @@ def _documentation() -> list[str]:
     """Each view's meaning as its comment (``duckdb_views()``, shown by SQL clients), and a view ``negdb_columns``
     of every column's meaning (one statement: a comment per column would cost a catalog change each)."""
     out = [f"COMMENT ON VIEW {_ident(v)} IS {_literal(doc)}" for v, doc in view_docs().items()]
-    rows = ", ".join(f"({_literal(t.name)}, {_literal(c)}, {_literal(m)})" for t in all_tables() for c, _, m in t.columns)
+    described = [("neurons", c, neurons_meaning(c)) for c in neurons_columns()]
+    described += [(t.name, c, m) for t in all_tables() for c, _, m in t.columns]
+    rows = ", ".join(f"({_literal(v)}, {_literal(c)}, {_literal(m)})" for v, c, m in described)
     out.append(f"CREATE VIEW negdb_columns AS SELECT * FROM (VALUES {rows}) AS c(view_name, column_name, meaning)")
-    out.append("COMMENT ON VIEW negdb_columns IS 'the meaning of every column of every table view'")
+    out.append("COMMENT ON VIEW negdb_columns IS 'the meaning of every column of the neurons view and of every "
+               "table view'")
     out.append("COMMENT ON VIEW negdb_info IS 'the negdb views file: format, hash of the view definitions, writer'")
     return out
+
+
+def neurons_columns() -> list[str]:
+    """The ``neurons`` view's columns, in order (bound on the empty schema database: no store needed)."""
+    cur = schema_cursor()
+    try:
+        return [str(r[0]) for r in cur.execute("DESCRIBE neurons").fetchall()]
+    finally:
+        cur.close()
 
 
 # ------------------------------------------------------------------------------------------ read / write
@@ -193,6 +205,15 @@ def _read_digest(path: Path) -> str | None:
         return None
     finally:
         con.close()
+
+
+def partial_files(root: Path | str) -> list[Path]:
+    """Temporary files of views-file rewrites at the store's root (``.negdb.duckdb.<id>.partial`` and its
+    ``.wal``): a rewrite removes its own, so those found are left by one that was killed (``negdb check`` reports
+    them, ``negdb repair`` removes them)."""
+    root = Path(root)
+    return sorted(p for p in root.glob(f".{FILE_NAME}.*.partial*")
+                  if p.name.endswith((".partial", ".partial.wal")) and p.is_file())
 
 
 def _write(root: Path, spec: Spec) -> None:

@@ -258,17 +258,23 @@ def _is_array(meta: Path) -> bool:
 
 
 def _check_leftovers(layout: StoreLayout, report: Report) -> None:
+    from negdb.store.duckfile import partial_files
+
     for folder in ("tables", "acts"):
         base = layout.root / folder
         for path in sorted(base.rglob("*.partial")) if base.is_dir() else []:
             report.problems.append(Problem("leftover", path, "a temporary file of an interrupted write",
                                            "nothing (never read)", "remove it"))
+    for path in partial_files(layout.root):  # the views file's, from a rewrite cut short (store/duckfile.py)
+        report.problems.append(Problem("leftover", path, "a temporary copy of the views file (negdb.duckdb) from an "
+                                       "interrupted rewrite", "nothing (never read)", "remove it"))
 
 
 def check(store: Path | str, *, full: bool = False) -> Report:
     """Every problem of the store at ``store``: its marker, every catalog segment (footer and row-group metadata),
     neuron_stats layers held twice, every stored array (all files present, the start of each decoded, small arrays'
-    SHA-256; with ``full`` every chunk decoded and its CRC-32C checked) and leftovers of interrupted writes.
+    SHA-256; with ``full`` every chunk decoded and its CRC-32C checked) and leftovers of interrupted writes (in
+    ``tables/``, ``acts/`` and the views file's temporary copies at the store's root).
     Changes nothing."""
     layout = StoreLayout(Path(store))
     if not layout.root.is_dir():

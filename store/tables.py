@@ -378,6 +378,12 @@ NEURONS_DOC = ("per-neuron statistics (neuron_stats) with the checkpoint's step 
 NEURONS_SOURCES = ("neuron_stats", "checkpoints", "slices", "stat_specs")
 
 
+def neurons_meaning(column: str) -> str:
+    """The meaning of a column of the ``neurons`` view: that of the first of ``NEURONS_SOURCES`` that has it."""
+    tables = {t.name: t for t in all_tables()}
+    return next((m for s in NEURONS_SOURCES for c, _, m in tables[s].columns if c == column), "")
+
+
 def view_docs() -> dict[str, str]:
     """One line per view of the catalog (every table and ``neurons``): what one row is."""
     return {"neurons": NEURONS_DOC, **{t.name: t.doc for t in all_tables()}}

@@ -167,6 +167,21 @@ def test_search_over_every_checkpoint_reads_a_top_n_and_counts_after_load(client
     assert bad.status_code == 400
 
 
+def test_ablation_charts_keep_perplexity_off_the_accuracy_axis() -> None:
+    from negdb.service.browser import charts
+
+    rows = [{"key": f"{b} {m}", "benchmark": b, "metric": m, "condition": c, "delta": d, "lo": d - 0.01,
+             "hi": d + 0.01} for b, m, d in (("blimp", "acc_mean", -0.02), ("wikitext", "ppl", 4.5))
+            for c in ("ablation", "random")]
+    made = {cid: spec for cid, _, spec in charts.ablation(rows)}
+    assert set(made) == {"ablation-chart", "ablation-ppl-chart"}
+    assert made["ablation-chart"]["xlabels"] == ["blimp acc_mean"]
+    assert made["ablation-ppl-chart"]["xlabels"] == ["wikitext ppl"]
+    assert [s["y"] for s in made["ablation-ppl-chart"]["series"]] == [[4.5], [4.5]]
+    assert [cid for cid, _, _ in charts.ablation(rows[:2])] == ["ablation-chart"]
+    assert charts.ablation([]) == []
+
+
 def test_referenced_columns_uses_the_tokenizer() -> None:
     from negdb.service.browser.queries import referenced_columns
 

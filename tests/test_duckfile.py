@@ -80,6 +80,15 @@ def test_a_new_store_has_every_view_typed_and_empty(tmp_path: Path) -> None:
     meaning = shell(store, "SELECT meaning FROM negdb_columns WHERE view_name = 'eval_results' AND "
                            "column_name = 'set_id'")
     assert "neuron set" in meaning[0]["meaning"]
+    # the neurons view too: every one of its columns, with the meaning of the table it comes from
+    described = {r["column_name"]: r["meaning"] for r in shell(
+        store, "SELECT column_name, meaning FROM negdb_columns WHERE view_name = 'neurons'")}
+    assert list(described) == [r["column_name"] for r in shell(store, "DESCRIBE neurons")]
+    assert all(described.values()), [c for c, m in described.items() if not m]
+    assert described["step"] == shell(store, "SELECT meaning FROM negdb_columns WHERE view_name = 'checkpoints' "
+                                             "AND column_name = 'step'")[0]["meaning"]
+    assert described["w_dist"] == {c: m for c, _, m in next(
+        t for t in all_tables() if t.name == "neuron_stats").columns}["w_dist"]
 
 
 def test_the_cli_sees_what_the_catalog_sees(store: Path) -> None:
@@ -220,3 +229,32 @@ def test_racing_writers_leave_every_table_in_the_file(tmp_path: Path) -> None:
     for name in names:
         assert shell(store, f"SELECT count(*) AS n FROM {name}") == [{"n": 1}], name
     assert duckfile.current_digest(store) == duckfile.spec_for(duckfile.table_shapes(store)).digest
+
+
+def test_check_reports_and_repair_removes_a_rewrite_cut_short(tmp_path: Path) -> None:
+    """A rewrite of the views file killed before its rename leaves `.negdb.duckdb.<id>.partial` (and its .wal) at the
+    store's root: `negdb check` reports it (a leftover: the store is fine) and `negdb repair` removes it."""
+    store = tmp_path / "s"
+    StoreLayout(store).init()
+    script = (f"import os, duckdb\nfrom negdb.store import duckfile\n"
+              f"real = duckdb.connect\n"
+              f"def connect(path, *a, **k):\n"
+              f"    con = real(path, *a, **k)\n"
+              f"    if str(path).endswith('.partial'):\n"
+              f"        con.execute('CREATE TABLE x AS SELECT 1 AS a'); con.execute('CHECKPOINT'); os._exit(9)\n"
+              f"    return con\n"
+              f"duckdb.connect = connect\n"
+              f"duckfile.ensure({str(store)!r}, force=True)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    left = duckfile.partial_files(store)
+    assert left and all(p.name.startswith(".negdb.duckdb.") for p in left)
+    assert (store / "negdb.duckdb").is_file()  # the old file stays in place
+    check = cli(store, "check")
+    assert check.exit_code == 0, check.output  # a leftover harms nothing
+    assert "leftover" in check.output and left[0].name in check.output
+    rep = cli(store, "repair")
+    assert rep.exit_code == 0 and f"removed {left[0].name}" in rep.output, rep.output
+    assert duckfile.partial_files(store) == []
+    assert "leftover" not in cli(store, "check").output
+    assert shell(store, "SELECT count(*) AS n FROM neurons") == [{"n": 0}]

@@ -68,6 +68,27 @@ def histogram(hist: dict[str, Any]) -> dict[str, Any]:
                 xlabel="pre-activation", ylabel="tokens", edges=edges, neg=True)
 
 
+# ------------------------------------------------------------------------------------------ ablations
+
+PERPLEXITY_METRICS = frozenset({"ppl"})
+"""Metrics in perplexity units: their deltas (often several points) get their own chart, since on one axis with
+accuracy deltas (hundredths) the accuracy whiskers would be flat lines."""
+
+
+def ablation(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The ablation page's charts, ``(element id, title, spec)``: the deltas of accuracy-like metrics on one axis
+    (``ablation-chart``) and those of perplexity on another (``ablation-ppl-chart``), each with its CIs."""
+    out = []
+    for cid, title, keep in (("ablation-chart", "accuracy and other metrics", lambda m: m not in PERPLEXITY_METRICS),
+                             ("ablation-ppl-chart", "perplexity", lambda m: m in PERPLEXITY_METRICS)):
+        chart = grouped([r for r in rows if keep(r["metric"])], "key", "delta", lambda x: x["condition"], lo="lo",
+                        hi="hi", categorical=True, xlabel="benchmark and metric",
+                        ylabel=f"difference from the baseline ({title})")
+        if chart is not None:
+            out.append((cid, title, chart))
+    return out
+
+
 # ------------------------------------------------------------------------------------------ analyses
 
 def _label(*keys: str) -> Callable[[dict[str, Any]], str]:

@@ -400,9 +400,8 @@ def make_router(state: ServiceState) -> APIRouter:
             with r.snap.lock:
                 cmp = stored_comparison(r.catalog, ablation_id)
         rows = add_keys([clean(x) for x in cmp.to_records()])
-        chart = charts.grouped(rows, "key", "delta", lambda x: x["condition"], lo="lo", hi="hi", categorical=True,
-                               xlabel="benchmark and metric", ylabel="difference from the baseline") if rows else None
-        return render(request, "ablation.html", ablation_id=ablation_id, head=head, rows=rows, chart=chart,
+        return render(request, "ablation.html", ablation_id=ablation_id, head=head, rows=rows,
+                      charts=charts.ablation(rows),
                       config=config.rows[0]["config_json"], conditions=cmp.conditions)
 
     @router.get("/browse/analysis/{analysis_id}", response_class=HTMLResponse)
