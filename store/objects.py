@@ -91,8 +91,8 @@ class FsspecObjects:
         return [name for name, _ in self.listing(prefix)]
 
     def listing(self, prefix: str) -> list[tuple[str, dict]]:
-        """(name, details) of the published objects under ``prefix``, sorted by name."""
-        self.fs.invalidate_cache(self.full(prefix))
+        """(name, details) of the published objects under ``prefix``, sorted by name (never a cached listing)."""
+        self.forget(prefix)
         try:
             found = self.fs.find(self.full(prefix), detail=True)
         except FileNotFoundError:
@@ -104,6 +104,20 @@ class FsspecObjects:
             if not name.rsplit("/", 1)[-1].startswith(".") and info.get("type", "file") != "directory":
                 out.append((name, info))
         return sorted(out, key=lambda e: e[0])
+
+    def forget(self, prefix: str) -> None:
+        """Drop the filesystem's cached listings of ``prefix`` and of every folder below it.
+
+        ``invalidate_cache`` drops a path and its parents only, and s3fs's ``find`` refills just the folders not
+        cached yet: a folder listed before another process published into it would keep hiding the new objects
+        (and DuckDB's opens through this filesystem would fail on them with FileNotFoundError).
+        """
+        full = self.full(prefix)
+        self.fs.invalidate_cache(full)
+        cache = getattr(self.fs, "dircache", None)
+        if cache is not None:
+            for key in [k for k in list(cache) if str(k).startswith(full.rstrip("/") + "/")]:
+                cache.pop(key, None)
 
     def exists(self, name: str) -> bool:
         self.fs.invalidate_cache(self.full(name))

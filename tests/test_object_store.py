@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -283,36 +284,39 @@ def test_two_concurrent_ablations_into_s3_leave_one_segment_each(url: str, tiny:
 
 
 def test_an_ablation_killed_midway_into_s3_leaves_nothing_visible_and_resumes(url: str, tiny: dict[str, Path],
-                                                                             tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Killed just before an evaluation's result row: its details are unreferenced, no result or experiment is
-    visible; the same command again completes and equals the folder store's."""
-    from negdb.store.faults import SimulatedCrash
-    from negdb.store.layout import StoreLayout
+                                                                             tmp_path: Path, s3: str) -> None:
+    """`kill -9` just before an evaluation's result row: its details are unreferenced, no result or experiment is
+    visible; the same command again takes over the dead process's lease at once, completes, and equals the folder
+    store's."""
+    import subprocess
+    import sys
+
+    from negdb.store import faults
 
     _stats_only(tiny, url)
     folder = _stats_only(tiny, tmp_path / "folder")
-    real = StoreLayout.put_segment
-
-    def dies_before_a_result(self, table, stem, data, **kw):
-        if table == "eval_results":
-            raise SimulatedCrash("killed before the result row (test hook)")
-        return real(self, table, stem, data, **kw)
-
-    monkeypatch.setattr(StoreLayout, "put_segment", dies_before_a_result)
-    args = dict(mode="neg", evals=["tse", "copa"], controls=["random"], seeds=1, limit=2,
-                scoring=negdb.Scoring(window=64), bootstrap=negdb.Bootstrap(n_boot=100))
-    with pytest.raises(SimulatedCrash):
-        negdb.open(url).ablate(negdb.SetSpec(str(tiny["model"]), top=0.05), **args)
+    args = ["ablate", "--model", str(tiny["model"]), "--top", "5%", *ABLATE]
+    env = {**os.environ, **s3_env(s3), "NEGDB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+           # segments 1-2: the set's members and name; 3: the first evaluation's resume chunk (local); 4-5: its
+           # items and metrics; 6: its result row
+           faults.ENV: "segment.before_link@6"}
+    killed = subprocess.run([sys.executable, "-m", "negdb.cli", "--store", url, *args], env=env,
+                            capture_output=True, text=True, timeout=500)
+    assert killed.returncode == -9, killed.stderr
     objects = FsspecObjects(url)
-    assert objects.list("tables/eval_items")  # the details were written ...
+    assert objects.list("tables/eval_items") and objects.list("tables/eval_metrics")  # the details were written
+    assert objects.list("leases")  # and the dead process's lease was never released
     with negdb.connect(url) as cat:  # ... but nothing names them
         for table in ("eval_results", "ablations"):
             assert cat.sql(f"SELECT count(*) AS n FROM {table}")["n"][0] == 0, table
-    monkeypatch.undo()
-    again = negdb.open(url).ablate(negdb.SetSpec(str(tiny["model"]), top=0.05), **args)
-    ref = negdb.open(folder).ablate(negdb.SetSpec(str(tiny["model"]), top=0.05), **args)
-    assert again.render("csv") == ref.render("csv")
+    (dead,) = [json.loads(objects.read(n)) for n in objects.list("leases")]
+    del env[faults.ENV]
+    again = subprocess.run([sys.executable, "-m", "negdb.cli", "--store", url, *args], env=env,
+                           capture_output=True, text=True, timeout=500)
+    assert again.returncode == 0, again.stderr
+    assert time.time() < dead["expires"]  # done before the dead process's lease would have expired
+    res = _cli(folder, *args)
+    assert res.exit_code == 0 and again.stdout == res.stdout
     assert _written(url) == _written(folder)
 
 
