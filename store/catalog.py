@@ -31,6 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import duckdb
@@ -82,6 +83,16 @@ def _offsets_kept(rel: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
     exprs = [(f"#{i}::VARCHAR" if kind == "TIME WITH TIME ZONE" else f"#{i}") + ' AS "' + name.replace('"', '""')
              + '"' for i, (name, kind) in enumerate(zip(rel.columns, kinds), start=1)]
     return rel.project(", ".join(exprs))
+
+
+@contextlib.contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
+    """``table`` visible to ``con``'s SQL as ``name`` for the block (unregistered after it, even on an error)."""
+    con.register(name, table)
+    try:
+        yield
+    finally:
+        con.unregister(name)
 
 
 class Catalog:
@@ -224,11 +235,8 @@ class Catalog:
                 continue
             names = set(rows.column(manifest.SEGMENT).unique().to_pylist())
             for con in (self.con, self._safe):
-                con.register("_negdb_seed", rows)
-                try:
+                with _registered(con, "_negdb_seed", rows):
                     con.execute(f"CREATE OR REPLACE TABLE _mem_{table} AS SELECT * FROM _negdb_seed")
-                finally:
-                    con.unregister("_negdb_seed")
             self._in_mem[table] = {n: (i.size, i.stamp) for n, i in found.segments.items() if n in names}
 
     def _publish_manifest(self) -> None:
@@ -240,12 +248,9 @@ class Catalog:
         for table, names in self._in_mem.items():
             wanted = [n for n in names if n in keep]
             if wanted:
-                self.con.register("_negdb_names", pa.table({"n": wanted}))
-                try:
+                with _registered(self.con, "_negdb_names", pa.table({"n": wanted})):
                     rows[table] = self.con.sql(f"SELECT * FROM _mem_{table} WHERE {manifest.SEGMENT} IN "
                                                "(SELECT n FROM _negdb_names)").to_arrow_table()
-                finally:
-                    self.con.unregister("_negdb_names")
         small = {n for names in self._in_mem.values() for n in names}
         keep = {n: i for n, i in keep.items() if i.schema or i.keys or n in small}
         manifest.publish(self._store, manifest.Manifest(keep, rows))
@@ -364,25 +369,16 @@ class Catalog:
             whole = rows
             if held and self._has(mem):  # what is held (less what changed), widened to the new segments' columns
                 drop = pa.table({"n": pa.array(sorted(set(gone) | {self._name(p) for p in new}), pa.string())})
-                self.con.register("_negdb_drop", drop)
-                try:
+                with _registered(self.con, "_negdb_drop", drop):
                     kept = f"SELECT * FROM {mem} WHERE {manifest.SEGMENT} NOT IN (SELECT n FROM _negdb_drop)"
                     if rows is None:
                         whole = self.con.sql(kept).to_arrow_table()
                     else:
-                        self.con.register("_negdb_new", rows)
-                        try:
+                        with _registered(self.con, "_negdb_new", rows):
                             whole = self.con.sql(f"{kept} UNION ALL BY NAME SELECT * FROM _negdb_new").to_arrow_table()
-                        finally:
-                            self.con.unregister("_negdb_new")
-                finally:
-                    self.con.unregister("_negdb_drop")
             for con in (self.con, self._safe):
-                con.register("_negdb_whole", whole)
-                try:
+                with _registered(con, "_negdb_whole", whole):
                     con.execute(f"CREATE OR REPLACE TABLE {mem} AS SELECT * FROM _negdb_whole")
-                finally:
-                    con.unregister("_negdb_whole")
         self._in_mem[table.name] = now
         for n, (size, stamp) in now.items():
             info = self._known.get(n)
@@ -404,17 +400,11 @@ class Catalog:
     def _replace_rows(con: duckdb.DuckDBPyConnection, mem: str, gone: list[str], rows: pa.Table | None) -> None:
         """Remove the rows of the ``gone`` segments from ``mem`` and append ``rows`` (by column name)."""
         if gone:
-            con.register("_negdb_gone", pa.table({"n": pa.array(gone, pa.string())}))
-            try:
+            with _registered(con, "_negdb_gone", pa.table({"n": pa.array(gone, pa.string())})):
                 con.execute(f"DELETE FROM {mem} WHERE {manifest.SEGMENT} IN (SELECT n FROM _negdb_gone)")
-            finally:
-                con.unregister("_negdb_gone")
         if rows is not None:
-            con.register("_negdb_new", rows)
-            try:
+            with _registered(con, "_negdb_new", rows):
                 con.execute(f"INSERT INTO {mem} BY NAME SELECT * FROM _negdb_new")
-            finally:
-                con.unregister("_negdb_new")
 
     def _has(self, table: str) -> bool:
         return bool(self.con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall())
