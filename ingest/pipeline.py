@@ -6,9 +6,9 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NoReturn
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from negdb.config import store_path
 from negdb.errors import BadArgument, NotEnoughDisk, StoreDamaged
 from negdb.ingest.corpus import load_corpus
+from negdb.ingest.device import fewer_threads, kernel_for, resident_buffers
 from negdb.ingest.layerstats import Kernel, PairPlan, layer_stats
 from negdb.ingest.plan import (IngestSpec, Resources, StatSpec, batch_windows, check_disk, estimate_bytes,
                                human_bytes, parse_activations, parse_layers, stat_spec)
@@ -34,8 +35,6 @@ from negdb.models import checkpoints as ckpts
 from negdb.models import hub, loading, registry
 from negdb.models.families import act_name
 from negdb.stats.mapping import draw_pairs
-from negdb.stats.rows import available_threads
-from negdb.stats.torch_block import backend_for
 from negdb.store.arrays import layer_name, md_group_name, open_group, put_vector
 from negdb.store.catalog import Catalog
 from negdb.store.faults import crash_point
@@ -46,11 +45,6 @@ from negdb.store.runs import RunRecord, now
 from negdb.store.segments import disk_errors
 
 Log = Callable[[str], None]
-
-RESIDENT_SHARE = 0.5
-"""Largest share of a GPU's free memory that the device copies of the captured pre-activations may take."""
-DEVICE_STATS_SHARE = 0.25
-"""Share of a GPU's free memory one statistics chunk may use."""
 
 
 def _stderr(msg: str) -> None:
@@ -269,10 +263,10 @@ def _checkpoint(opts: IngestSpec, res: Resources, layout: StoreLayout, source, c
         state.save(work)
         run.save(layout, "running")
         held.enter_context(run.reserve_failure(layout))
-        kernel = _kernel(res, lm)
+        kernel = kernel_for(res, lm)
         try:
             if state.stats_layers or state.keep:
-                with _fewer_threads(background):
+                with fewer_threads(background):
                     done = _stream_job(opts, res, layout, lm, source, ckpt, sl, spec, state, keys, work, overall,
                                        progress, label, kernel, digest)
             else:
@@ -364,33 +358,6 @@ def _load_state(work: Path, log: Log, label: str) -> JobState | None:
         return None
 
 
-def _kernel(res: Resources, lm) -> Kernel:
-    """The statistics kernel for this checkpoint: torch on the model's GPU, numpy on CPUs (``--stats-backend``)."""
-    backend = backend_for(lm.device, res.stats_backend)
-    device = str(lm.device) if backend == "torch" else "cpu"
-    return Kernel(backend=backend, device=device, device_budget_mb=_device_budget_mb(res, device))
-
-
-def _device_budget_mb(res: Resources, device: str) -> int:
-    """Device memory for one statistics chunk: ``--mem-budget`` on the CPU, a quarter of what is free on a GPU."""
-    if torch.device(device).type != "cuda":
-        return res.mem_budget_mb
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    return max(res.mem_budget_mb, int(free * DEVICE_STATS_SHARE) // 2**20)
-
-
-@contextmanager
-def _fewer_threads(background: bool) -> Iterator[None]:
-    """While another checkpoint's statistics run in the background, torch's forward pass leaves them a core."""
-    before = torch.get_num_threads()
-    if background and before > 1 and available_threads() <= before:
-        torch.set_num_threads(before - 1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _needed_bytes(opts: IngestSpec, lm, sl: TokenSlice, layers: list[int]) -> int:
     return estimate_bytes(n_tokens=sl.n_tokens, d_mlp=lm.d_mlp, n_layers=len(layers), d_model=lm.d_model,
                           md_rows=min(2 * opts.md_pairs, sl.n_tokens), store_dtype=opts.store_dtype)
@@ -426,7 +393,7 @@ def _stream_job(opts: IngestSpec, res: Resources, layout: StoreLayout, lm, sourc
                       compression=res.compression, md_rows=pairs.md_rows, md_key=md_key)
     done_tokens = min(state.batches_done * wpb * sl.seq_len, sl.n_tokens)
     overall.update(done_tokens)
-    resident = _resident(opts, res, lm, sl, state, kernel)
+    resident = resident_buffers(opts, res, lm, sl, state, kernel)
     with tqdm(total=sl.n_tokens, initial=done_tokens, unit="tok", unit_scale=True, desc=label, leave=False,
               disable=not progress, position=1 if not overall.disable else 0) as bar:
         def on_tokens(n: int) -> None:
@@ -453,31 +420,6 @@ def _stream_job(opts: IngestSpec, res: Resources, layout: StoreLayout, lm, sourc
         crash_point("publish.after_stats")
 
     return finish
-
-
-def _resident(opts: IngestSpec, res: Resources, lm, sl: TokenSlice, state: JobState,
-              kernel: Kernel) -> dict[int, torch.Tensor]:
-    """Device buffers that receive every captured batch of the layers needing statistics, when they fit.
-
-    Used with the torch kernel when this run streams every batch (not a resume part-way): on a GPU when the
-    buffers take at most ``RESIDENT_SHARE`` of its free memory, on the CPU when they fit ``--mem-budget``.
-    """
-    todo = [l for l in state.stats_layers if l not in state.stats_done]
-    if kernel.backend != "torch" or state.batches_done or not todo:
-        return {}
-    dtype = getattr(torch, opts.store_dtype)
-    if not _fits(sl.n_tokens * lm.d_mlp * len(todo) * torch.finfo(dtype).bits // 8, lm.device, res.mem_budget_mb):
-        return {}
-    return {l: torch.empty((sl.n_tokens, lm.d_mlp), dtype=dtype, device=lm.device) for l in todo}
-
-
-def _fits(need: int, device: torch.device, mem_budget_mb: int) -> bool:
-    """Whether ``need`` bytes of device copies fit: ``RESIDENT_SHARE`` of a GPU's free memory, half the budget on
-    the CPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return need <= RESIDENT_SHARE * free
-    return need <= mem_budget_mb * 2**20 // 2
 
 
 def _stats_phase(res: Resources, group, pairs: PairPlan, spec, state: JobState, work: Path, md_key: str,

@@ -95,11 +95,11 @@ def test_ingest_on_cuda_equals_cpu(tmp_path: Path, model_type: str, monkeypatch:
 
 def test_ingest_on_cuda_from_stored_blocks_and_bfloat16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the device copies do not fit, the GPU kernel reads the stored blocks; bfloat16 is another spec."""
-    from negdb.ingest import pipeline
+    from negdb.ingest import device
 
     model = save_tiny(tmp_path / "m", "llama", seed=12)
     _ingest(tmp_path / "cpu", model, "--device", "cpu")
-    monkeypatch.setattr(pipeline, "_fits", lambda *a: False)
+    monkeypatch.setattr(device, "fits", lambda *a: False)
     _ingest(tmp_path / "cuda", model, "--device", DEV, "--stats-backend", "torch")
     _compare(tmp_path / "cpu", tmp_path / "cuda", atol=2e-3)  # float16 stored values may round apart
     _ingest(tmp_path / "cuda", model, "--device", DEV, "--dtype", "bfloat16", "--activations", "none")

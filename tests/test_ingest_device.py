@@ -15,7 +15,7 @@ import torch
 
 import negdb
 from negdb.errors import BadArgument
-from negdb.ingest import pipeline
+from negdb.ingest import device, pipeline
 from negdb.ingest.plan import IngestSpec, Resources, StatSpec
 from tests.ingest_helpers import TINY, assert_one_error, cli, stats_frame
 from tests.tiny_models import save_step_run, save_tiny
@@ -138,7 +138,7 @@ def test_resident_copies_only_when_they_fit(tmp_path: Path, monkeypatch: pytest.
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "layer_stats", spy)
-    monkeypatch.setattr(pipeline, "_fits", lambda *a: False)
+    monkeypatch.setattr(device, "fits", lambda *a: False)
     assert cli(tmp_path / "s", "ingest", "--model", str(model), "--stats-backend", "torch", *TINY).exit_code == 0
     assert used and not any(used)
     monkeypatch.undo()
