@@ -15,16 +15,15 @@ Values are seeded and plausible, not real: each neuron has a fixed propensity to
 above 0.9 at the end); the negative/positive split, moments, quantiles (rounded to float16, as statistics of
 float16 values are), ``w_pct`` (percentile within the layer) and ``md`` follow from it.
 
-``--layout partitioned`` writes the layout proposed in bench/RESULTS.md instead (not what negdb writes today):
-each neuron_stats segment under ``neuron_stats/model_id=<percent-encoded>/revision=<percent-encoded>/`` (hive
-style, so DuckDB skips other checkpoints' files without opening them) with one Parquet row group per layer
-(published with :func:`negdb.store.segments.atomic_write_bytes`, as ``write_segment`` has no row-group option).
+``--layout partitioned`` puts each neuron_stats segment under ``neuron_stats/model_id=<percent-encoded>/
+revision=<percent-encoded>/`` (hive style, so DuckDB skips other checkpoints' files without opening them), as
+``negdb ingest`` does (:func:`negdb.ingest.publish.stats_segment_path`); the default ``flat`` is the older layout.
+Both write the scan encoding of ``publish_stats`` (:func:`negdb.store.segments.write_parquet`).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 import time
@@ -34,11 +33,10 @@ from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from negdb.models.registry import PYTHIA_REVISIONS, PYTHIA_TOKENS_PER_STEP
 from negdb.store.layout import StoreLayout, short_hash
-from negdb.store.segments import atomic_write_bytes, write_segment
+from negdb.store.segments import write_segment
 from negdb.store.tables import CHECKPOINTS, MODELS, RUNS, SLICES, STAT_SPECS, neuron_stats_table
 
 MODEL_ID = "pythia-1b"
@@ -123,12 +121,6 @@ def partitioned_path(layout: StoreLayout, model_id: str, revision: str, name: st
             / f"revision={quote(revision, safe='')}" / name)
 
 
-def write_partitioned(path: Path, table: pa.Table, rows_per_group: int) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=rows_per_group)
-    atomic_write_bytes(path, buf.getvalue(), exclusive=True)
-
-
 def write_store(out: Path, *, n_layers: int = 16, d_mlp: int = 8192, n_checkpoints: int = 154, seed: int = 0,
                 layout_kind: str = "flat", quiet: bool = False) -> dict:
     """Write the synthetic store at ``out`` (must not exist, or be a previous synthetic store). Returns a summary."""
@@ -170,9 +162,9 @@ def write_store(out: Path, *, n_layers: int = 16, d_mlp: int = 8192, n_checkpoin
         table = neuron_stats_rows(np.random.default_rng([seed, i]), propensity, float(progress), revision=revision,
                                   slice_id=slice_id, spec_id=spec["spec_id"], run_id=run_id)
         if layout_kind == "partitioned":
-            write_partitioned(partitioned_path(layout, MODEL_ID, revision, f"{job_key}.parquet"), table, d_mlp)
+            write_segment(partitioned_path(layout, MODEL_ID, revision, f"{job_key}.parquet"), table, scan=True)
         else:
-            write_segment(layout.table_dir("neuron_stats") / f"{job_key}.parquet", table)
+            write_segment(layout.table_dir("neuron_stats") / f"{job_key}.parquet", table, scan=True)
         now = datetime.now(timezone.utc)
         write_segment(layout.table_dir("runs") / f"{run_id}.parquet", RUNS.from_rows([{
             "run_id": run_id, "kind": "ingest", "model_id": MODEL_ID, "revision": revision, "slice_id": slice_id,

@@ -69,7 +69,7 @@ def job_segments(layout: StoreLayout, i: int, rng: np.random.Generator) -> list[
     write_segment(out[0], rows_of(CHECKPOINTS, 1, rng, **keys, step=i))
     write_segment(out[1], rows_of(ACTIVATIONS, LAYERS, rng, **keys, slice_id="s0", layer=list(range(LAYERS)),
                                   run_id=job))
-    write_segment(out[2], stats, row_group_size=WIDTH)
+    write_segment(out[2], stats, scan=True)
     write_segment(out[3], rows_of(RUNS, 1, rng, **keys, run_id=job, kind="ingest", status="done", slice_id="s0",
                                   spec_id="p0", layers=[list(range(LAYERS))]), exclusive=False)
     return out

@@ -99,7 +99,8 @@ def stats_segment_path(layout: StoreLayout, keys: JobKeys) -> Path:
 
 
 def publish_stats(layout: StoreLayout, keys: JobKeys, layer_files: dict[int, Path]) -> None:
-    """Concatenate the job's per-layer statistics into one neuron_stats segment (one row group per layer)."""
+    """Concatenate the job's per-layer statistics into one neuron_stats segment (the scan encoding:
+    :func:`negdb.store.segments.write_parquet`)."""
     path = stats_segment_path(layout, keys)
     if path.exists() or not layer_files:
         return
@@ -114,4 +115,4 @@ def publish_stats(layout: StoreLayout, keys: JobKeys, layer_files: dict[int, Pat
         for name, typ, _ in table_def.columns:
             cols[name] = t.column(name).cast(typ) if name in t.column_names else pa.array([const[name]] * n, typ)
         parts.append(pa.table(cols, schema=table_def.schema))
-    write_segment(path, pa.concat_tables(parts), row_group_size=max(p.num_rows for p in parts))
+    write_segment(path, pa.concat_tables(parts), scan=True)

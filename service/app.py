@@ -69,8 +69,16 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        browser.warm()  # type: ignore[attr-defined]  # before the first request, not in it
         yield
         state.close()
+
+    # the neuron browser: server-rendered pages over the same state, and their vendored scripts
+    from fastapi.staticfiles import StaticFiles
+
+    from negdb.service.browser import STATIC, make_router
+
+    browser = make_router(state)
 
     app = FastAPI(title="negdb query service", version=negdb.__version__, description=DESCRIPTION,
                   lifespan=lifespan, default_response_class=SafeJSONResponse)
@@ -80,12 +88,6 @@ def create_app(store: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    # the neuron browser: server-rendered pages over the same state, and their vendored scripts
-    from fastapi.staticfiles import StaticFiles
-
-    from negdb.service.browser import STATIC, make_router
-
-    browser = make_router(state)
     app.state.browser_home = browser.home  # type: ignore[attr-defined]  # GET / for a browser (health.index)
     app.include_router(browser)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

@@ -81,7 +81,7 @@ LAYER_KEY_STATS = ("SELECT file_name, row_group_id, path_in_schema, stats_min_va
 def duplicate_layers(con: duckdb.DuckDBPyConnection, listing: list[tuple[str, int, int]]) -> dict[str, list[int]]:
     """neuron_stats segments that repeat a (model, revision, slice, spec, layer) of an older segment: for each such
     segment (path as listed), the layers to leave out. Read from the Parquet footers only (row-group statistics:
-    one row group per layer), so it costs no data read."""
+    a row group holds one run of consecutive layers), so it costs no data read."""
     if len(listing) < 2:
         return {}
     return repeated_layers(con.execute(LAYER_KEY_STATS, [[p for p, _, _ in listing]]).fetchall(), listing)
@@ -292,8 +292,8 @@ def check(store: Path | str, *, full: bool = False) -> Report:
 
 
 def _rewrite_without(layout: StoreLayout, path: Path, layers: list[int], stamp: str) -> None:
-    """Replace a neuron_stats segment by one without ``layers`` (one row group per layer, as the writer's); the
-    original goes to quarantine."""
+    """Replace a neuron_stats segment by one without ``layers`` (encoded as the writer's); the original goes to
+    quarantine."""
     import pyarrow.compute as pc
 
     from negdb.store.segments import write_segment
@@ -301,10 +301,9 @@ def _rewrite_without(layout: StoreLayout, path: Path, layers: list[int], stamp: 
     table = pq.read_table(path)
     col = table.column("layer")
     keep = table.filter(pc.invert(pc.is_in(col, pa.array(layers, col.type))))
-    n_layers = len(set(keep.column("layer").to_pylist()))
     quarantine(layout, path, stamp)
     if keep.num_rows:
-        write_segment(path, keep, row_group_size=keep.num_rows // n_layers)
+        write_segment(path, keep, scan=True)
 
 
 def repair(store: Path | str, *, full: bool = False) -> Report:

@@ -126,12 +126,11 @@ class StoreLayout:
         if self.url is None:
             return write_segment(self.table_dir(table) / f"{stem}.parquet", data, exclusive=exclusive,
                                  row_group_size=row_group_size)
-        import pyarrow.parquet as pq
-
         from negdb.store.faults import crash_point
+        from negdb.store.segments import write_parquet
 
         buf = io.BytesIO()
-        pq.write_table(data, buf, compression="zstd", row_group_size=row_group_size)
+        write_parquet(buf, data, row_group_size=row_group_size)
         crash_point("segment.before_link")
         objects, name = self.objects, self.segment_name(table, stem)
         if exclusive:

@@ -182,6 +182,18 @@ def test_ablation_charts_keep_perplexity_off_the_accuracy_axis() -> None:
     assert charts.ablation([]) == []
 
 
+def test_the_service_start_compiles_every_template_before_the_first_request() -> None:
+    """``warm`` (run by the service's start) leaves every template compiled in the environment's cache, so a
+    template error stops the start instead of a page, and no first page load pays for compiling."""
+    from negdb.service.browser.routes import make_templates, warm
+
+    templates = make_templates()
+    assert len(templates.env.cache or {}) == 0
+    warm(templates)
+    names = templates.env.list_templates()
+    assert len(names) >= 10 and len(templates.env.cache) == len(names)
+
+
 def test_referenced_columns_uses_the_tokenizer() -> None:
     from negdb.service.browser.queries import referenced_columns
 

@@ -71,10 +71,27 @@ def make_templates() -> Jinja2Templates:
     return templates
 
 
+def warm(templates: Jinja2Templates) -> None:
+    """Do before the first request what the first page loads would each do once (about 0.3 s on the build
+    machine for the first neuron page, 0.25 s for the first search): compile every template, import the array
+    reader of the neuron page, and check a search filter (the checker's parser and schema database are made on
+    first use)."""
+    from negdb.store.safety import check_where
+
+    for name in templates.env.list_templates():
+        templates.env.get_template(name)
+    import zarr  # noqa: F401
+
+    for view in ("neurons", "neuron_stats"):
+        check_where("layer = 0", view=view)
+
+
 def make_router(state: ServiceState) -> APIRouter:
-    """The browser's pages over the service's state (its live catalog, limits and ``allow_writes``)."""
+    """The browser's pages over the service's state (its live catalog, limits and ``allow_writes``); its
+    ``warm()`` prepares the templates (the service's start calls it)."""
     router = APIRouter(include_in_schema=False)
     templates = make_templates()
+    router.warm = lambda: warm(templates)  # type: ignore[attr-defined]
 
     @contextlib.contextmanager
     def reader(request: Request | None = None) -> Iterator[Reader]:
