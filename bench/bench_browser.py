@@ -9,7 +9,8 @@ at start). For each request it records the wall time (request to last byte, http
 server's ``Server-Timing`` (handler, queries, template) and the CPU time the server process used (psutil, all its
 threads: a load-independent measure, since on a shared machine the wall time mostly measures the queue for the
 cores). With ``--chromium`` it also loads each page in headless Chromium and reads the Navigation Timing
-``loadEventEnd`` (HTML, the vendored scripts and styles, and the charts drawn).
+``loadEventEnd`` (HTML, the vendored scripts and styles, and the charts drawn) and when the panels it fetches
+after loading are in (before the next page is loaded).
 
 Pages: home, search (default: the last checkpoint by w_dist; a filter; all checkpoints, with its count of matches,
 which the page fetches after loading; a non-selective filter over all checkpoints sorted by md), a neuron (its page,
@@ -102,6 +103,18 @@ def measure_http(base: str, proc: psutil.Process, repeat: int, model: str, revis
     return rows
 
 
+def wait_for_panels(drv, timeout_s: float = 60.0) -> float:
+    """Wait until the panels a page fetches after loading (htmx ``hx-trigger="load"``: the all-checkpoint count,
+    the w_dist trajectory) are swapped in; ms from the navigation's start. Waiting also keeps one page's late
+    query from running into the next page's load."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if drv.execute_script("return document.querySelectorAll('[hx-trigger=load]').length") == 0:
+            return float(drv.execute_script("return performance.now()"))
+        time.sleep(0.005)
+    raise SystemExit(f"the after-load panels of {drv.current_url} did not arrive in {timeout_s:.0f} s")
+
+
 def measure_chromium(base: str, repeat: int, model: str, revision: str, profile: Path) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests import chromium
@@ -116,13 +129,17 @@ def measure_chromium(base: str, repeat: int, model: str, revision: str, profile:
         for name, url, extra in pages(model, revision):
             if extra:
                 continue
-            loads = []
+            loads, settled = [], []
             for _ in range(repeat):
                 drv.get(base + url)
                 loads.append(drv.execute_script(
                     "const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime;"))
+                settled.append(wait_for_panels(drv))
             out[name] = statistics.median(loads[1:])
-            print(f"{name:55s} Chromium load {out[name]:7.1f} ms (median of {repeat - 1} warm)", flush=True)
+            done = statistics.median(settled[1:])
+            out[name + ": after-load panels in"] = done
+            print(f"{name:55s} Chromium load {out[name]:7.1f} ms, after-load panels in {done:7.1f} ms "
+                  f"(median of {repeat - 1} warm)", flush=True)
     finally:
         drv.quit()
     return out
