@@ -79,11 +79,12 @@ def ablation(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, dict[str, A
     """The ablation page's charts, ``(element id, title, spec)``: the deltas of accuracy-like metrics on one axis
     (``ablation-chart``) and those of perplexity on another (``ablation-ppl-chart``), each with its CIs."""
     out = []
-    for cid, title, keep in (("ablation-chart", "accuracy and other metrics", lambda m: m not in PERPLEXITY_METRICS),
-                             ("ablation-ppl-chart", "perplexity", lambda m: m in PERPLEXITY_METRICS)):
+    for cid, title, unit, keep in (
+            ("ablation-chart", "accuracy and other metrics", "score", lambda m: m not in PERPLEXITY_METRICS),
+            ("ablation-ppl-chart", "perplexity", "perplexity", lambda m: m in PERPLEXITY_METRICS)):
         chart = grouped([r for r in rows if keep(r["metric"])], "key", "delta", lambda x: x["condition"], lo="lo",
                         hi="hi", categorical=True, xlabel="benchmark and metric",
-                        ylabel=f"difference from the baseline ({title})")
+                        ylabel=f"Δ {unit} vs baseline")  # short: the axis label must fit the chart's height
         if chart is not None:
             out.append((cid, title, chart))
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -80,7 +81,7 @@ def warm(templates: Jinja2Templates) -> None:
 
     for name in templates.env.list_templates():
         templates.env.get_template(name)
-    import zarr  # noqa: F401
+    importlib.import_module("zarr")
 
     for view in ("neurons", "neuron_stats"):
         check_where("layer = 0", view=view)
