@@ -36,14 +36,18 @@ def export_cmd(obj: dict, out: str) -> None:
 
 @click.command("gc")
 @click.option("--grace", default=3600.0, show_default=True, type=float,
-              help="Keep unreferenced array prefixes younger than this many seconds (publications in flight).")
+              help="Keep unreferenced array prefixes and ended leases younger than this many seconds (publications "
+                   "in flight).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed.")
 @click.pass_obj
 def gc_cmd(obj: dict, grace: float, dry_run: bool) -> None:
-    """Remove array prefixes of an object-store store that no activations row names (lost or killed
-    publications)."""
+    """Remove from an object-store store the array prefixes that no activations row names (lost or killed
+    publications) and the leases no one holds any more."""
+    from negdb.store.lease import PREFIX
     from negdb.store.merge import gc
 
     removed = gc(obj["store"], grace_s=grace, dry_run=dry_run)
+    leases = sum(p.startswith(PREFIX + "/") for p in removed)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {len(removed)} unreferenced array prefix(es)" + "".join(f"\n  {p}" for p in removed))
+    click.echo(f"{verb} {len(removed) - leases} unreferenced array prefix(es) and {leases} ended lease(s)"
+               + "".join(f"\n  {p}" for p in removed))

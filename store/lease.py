@@ -110,3 +110,25 @@ def held(objects: Any, key: str, *, ttl_s: float = 600.0, poll_s: float = 2.0,
         renewer.join()
         with contextlib.suppress(Exception):
             objects.replace(_name(key, generation), _body(owner, 0.0, released=True))
+
+
+def finished(objects: Any, *, grace_s: float) -> dict[str, list[str]]:
+    """Leases no one holds: for each key whose newest generation was released (or expired) more than ``grace_s``
+    seconds ago, the names of its generations as listed now (what ``negdb gc`` removes). A generation created
+    after this listing is not among them, so a writer taking the lease meanwhile keeps it; and a name removed can
+    only be created again after its removal, so removing these never removes a lease taken since."""
+    by_key: dict[str, list[str]] = {}
+    for name in objects.list(PREFIX):
+        if name.endswith(".json"):
+            by_key.setdefault(name[len(PREFIX) + 1:].rsplit("/", 1)[0], []).append(name)
+    now = time.time()
+    out = {}
+    for key, names in sorted(by_key.items()):
+        try:
+            body = json.loads(objects.read(max(names)))
+        except (OSError, ValueError):  # gone or being written: leave it to a later gc
+            continue
+        ended = float(body.get("expires", 0))  # a released lease's expiry is its release time
+        if (body.get("released") or ended <= now) and now - ended >= grace_s:
+            out[key] = sorted(names)
+    return out

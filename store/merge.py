@@ -284,11 +284,15 @@ def publish(scratch: str | Path, into: str | Path, *, job: tuple[str, str] | Non
 
 
 def gc(store: str | Path, *, grace_s: float = 3600.0, dry_run: bool = False) -> list[str]:
-    """Remove array prefixes of an object store that no ``activations`` row names (publications that lost a race
-    or were killed), once older than ``grace_s``; returns the prefixes removed (or, with ``dry_run``, found)."""
+    """Remove from an object store what nothing uses once older than ``grace_s``: array prefixes that no
+    ``activations`` row names (publications that lost a race or were killed) and leases no one holds
+    (``leases/<key>``: :func:`negdb.store.lease.finished`). Returns the prefixes removed (or, with ``dry_run``,
+    found), array prefixes first."""
     import time
 
     from negdb.store.catalog import Catalog
+    from negdb.store.lease import PREFIX as LEASES
+    from negdb.store.lease import finished
 
     objects = open_store(store)
     if not isinstance(objects, FsspecObjects):
@@ -304,7 +308,10 @@ def gc(store: str | Path, *, grace_s: float = 3600.0, dry_run: bool = False) -> 
         newest[prefix] = max(newest.get(prefix, 0.0), stamp)
     now = time.time()
     stale = sorted(p for p, t in newest.items() if p not in groups and now - t >= grace_s)
+    leases = finished(objects, grace_s=grace_s)
     if not dry_run:
         for prefix in stale:
             objects.delete_prefix(prefix)
-    return stale
+        for names in leases.values():
+            objects.delete(names)
+    return stale + [f"{LEASES}/{key}" for key in leases]

@@ -148,7 +148,10 @@ class FsspecObjects:
         self.fs.pipe_file(self.full(name), data)
 
     def delete_prefix(self, prefix: str) -> None:
-        names = self.list(prefix)
+        self.delete(self.list(prefix))
+
+    def delete(self, names: list[str]) -> None:
+        """Remove the objects ``names`` (one batch request on S3)."""
         if names:
             self.fs.rm([self.full(n) for n in names])
 

@@ -132,7 +132,7 @@ def test_search_matches_the_catalog_and_pages(client: TestClient, env: dict) -> 
 
 
 def test_search_over_every_checkpoint_reads_a_top_n_and_counts_after_load(client: TestClient, env: dict) -> None:
-    """Over every checkpoint the page is one top-N over neuron_stats (keys, w_dist, w_pct, the sort and the filter's
+    """Over every checkpoint the page is one top-N over neuron_stats (keys, w_dist, the sort and the filter's
     columns); the count of all matches is a second request (htmx after load, or a link without JavaScript)."""
     where = "frac_neg > 0.3 AND layer >= 1"
     params = {"model": env["model"], "checkpoint": "*", "where": where, "order": "md", "dir": "asc", "per": 7}
@@ -145,7 +145,7 @@ def test_search_over_every_checkpoint_reads_a_top_n_and_counts_after_load(client
     found = re.findall(r'href="/m/[^"]+/(step\d+)/(\d+)/(\d+)"', r.text.split('id="search-results"')[1])
     assert [(a, int(b), int(c)) for a, b, c in found] == expected[:7]
     head = re.findall(r"<th>([^<]+)</th>", r.text.split('id="search-results"')[1].split("</thead>")[0])
-    assert head == ["model_id", "revision", "layer", "neuron", "w_dist", "w_pct", "md", "frac_neg"]
+    assert head == ["model_id", "revision", "layer", "neuron", "w_dist", "md", "frac_neg"]
     sql = re.search(r'class="sql" href="/browse/sql\?q=([^"]+)"', r.text.split('class="counts"')[1]).group(1)
     assert "FROM+neuron_stats+WHERE" in sql  # the filter and the sort need none of the neurons view's joins
     assert 'id="total"' not in r.text and 'hx-trigger="load"' in r.text

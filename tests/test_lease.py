@@ -113,3 +113,21 @@ def test_a_lease_of_a_process_gone_from_this_machine_is_taken_over_at_once(tmp_p
         told: list[str] = []
         with lease.held(objects, key, poll_s=0.02, done=lambda: bool(told), on_wait=told.append) as mine:
             assert not mine
+
+
+def test_finished_lists_the_leases_no_one_holds_after_the_grace(tmp_path: Path) -> None:
+    """What ``negdb gc`` removes: every generation of a key whose newest one was released or expired more than
+    the grace ago; never a live lease."""
+    objects = LocalObjects(tmp_path)
+    for _ in range(2):  # two generations of "done": taken, released, taken again, released
+        with lease.held(objects, "done"):
+            pass
+    objects.put_new(lease._name("expired", 0), json.dumps({"owner": "elsewhere:1:x", "expires": time.time() - 5,
+                                                            "released": False}).encode())
+    with lease.held(objects, "live") as mine:
+        assert mine
+        assert lease.finished(objects, grace_s=0) == {
+            "done": [lease._name("done", 0), lease._name("done", 1)], "expired": [lease._name("expired", 0)]}
+        assert lease.finished(objects, grace_s=3) == {"expired": [lease._name("expired", 0)]}
+        assert lease.finished(objects, grace_s=3600) == {}
+    assert "live" in lease.finished(objects, grace_s=0)  # released now

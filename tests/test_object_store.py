@@ -127,8 +127,12 @@ def test_a_publication_killed_midway_leaves_nothing_visible_and_resumes(url: str
         assert cat.sql("SELECT count(*) AS n FROM activations")["n"][0] == 3
     orphans = merging.gc(url, grace_s=3600, dry_run=True)
     assert orphans == []  # too young for the grace period
+    assert objects.list("leases")  # the two ingests' checkpoint lease, released
     removed = merging.gc(url, grace_s=0)
-    assert len(removed) == 1
+    arrays = [p for p in removed if p.startswith("acts/")]
+    leases = [p for p in removed if p.startswith("leases/")]
+    assert len(arrays) == 1 and leases and len(arrays) + len(leases) == len(removed)
+    assert objects.list("leases") == []  # ended leases go too
     assert len({"/".join(n.split("/")[:5]) for n in objects.list("acts")}) == 1
     with negdb.connect(url) as cat:  # what is referenced is intact
         assert neuron.activations(cat, str(local["run"]), "step0", layer=1, neuron=0).shape == (512,)

@@ -22,9 +22,11 @@ STAT_COLUMNS = ("w_dist", "w_dist_neg", "w_dist_pos", "w_pct", "mean", "std", "s
                 "md")
 """Columns the search page shows next to the keys (those the view has) when it searches one checkpoint."""
 SEARCH_KEYS = ("model_id", "revision", "layer", "neuron")
-WIDE_STAT_COLUMNS = ("w_dist", "w_pct")
+WIDE_STAT_COLUMNS = ("w_dist",)
 """Columns shown next to the keys, the sort column and the filter's columns when the search spans every checkpoint:
-there each shown column is one more column decoded from every checkpoint's segment, which is what the page costs."""
+there each shown column is one more column decoded from every checkpoint's segment, which is what the page costs
+(on the 20-million-row synthetic catalog a broad filter sorted by md took 290 ms with w_pct shown too, about 215
+without it: bench/RESULTS.md); a neuron's page shows every statistic."""
 
 
 def referenced_columns(expr: str, columns: Sequence[str]) -> list[str]:
