@@ -355,3 +355,49 @@ def test_a_sweep_into_s3_equals_the_folder_store_and_reads_back(url: str, tiny: 
     assert again.from_store and again.render("csv") == s3_sweep.render("csv")
     with negdb.connect(url) as cat:
         assert cat.sql("SELECT count(*) AS n FROM analyses WHERE kind = 'sweep'")["n"][0] == 1
+
+
+ANALYSIS_TABLES = ("analyses", "layer_effects", "eval_results", "eval_items")
+
+
+def test_analyze_and_lm_eval_into_s3_equal_the_folder_store(url: str, tiny: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """`negdb analyze layers` and `negdb lm-eval` write straight into the object store: their output and stored
+    rows equal the same commands on a folder store, the lm-eval response caches stay in the local scratch, and a
+    re-run on the URL computes nothing."""
+    pytest.importorskip("lm_eval")
+    from negdb.ablate.lmeval import blimp_tasks
+
+    tasks = tmp_path / "tasks"
+    names = blimp_tasks(tasks, ["anaphor_gender_agreement"], 4)
+    model = str(tiny["model"])
+    layers = ["analyze", "layers", "--model", model, "--top", "10%", "--groups", "2", "--evals", "tse",
+              "--limit", "2", "--window", "64", "--n-boot", "50", "--quiet", "--format", "json"]
+    lm = ["lm-eval", "--model", model, "--top", "10%", "--mode", "neg", "--tasks", names[0], "--include-path",
+          str(tasks), "--limit", "4", "--batch-size", "4", "--format", "json"]
+    stores = [_stats_only(tiny, url), _stats_only(tiny, tmp_path / "folder")]
+    outs = []
+    for store in stores:
+        got = []
+        for args in (layers, lm):
+            res = _cli(store, *args)
+            assert res.exit_code == 0, res.output
+            got.append(json.loads(res.stdout))
+        outs.append(got)
+    assert outs[0] == outs[1]
+
+    def rows(store: str) -> dict[str, list[str]]:
+        out = {}
+        with negdb.connect(store) as cat:
+            for table in ANALYSIS_TABLES:
+                found = cat.arrow(f"SELECT * FROM {table}").to_pylist()
+                out[table] = sorted(json.dumps({k: v for k, v in r.items() if k not in PROVENANCE | {"analysis_id"}},
+                                               sort_keys=True, default=str) for r in found)
+        return out
+
+    s3_rows, folder_rows = rows(stores[0]), rows(stores[1])
+    assert all(s3_rows[t] for t in ANALYSIS_TABLES) and s3_rows == folder_rows
+    objects = FsspecObjects(url)
+    assert objects.list("cache") == [] and objects.list("work") == []  # caches and scratch stay on this machine
+    again = _cli(url, *lm[:-2], "--format", "table")
+    assert again.exit_code == 0 and "0 task result(s) computed" in again.stderr, again.output
