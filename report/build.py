@@ -83,7 +83,7 @@ def _models(cat: Catalog, models: Sequence[str] | None, pinned: list[str]) -> li
     return chosen
 
 
-def _section(cat: Catalog, store: Path, folder: Path, i: int, model_id: str, *, checkpoint: str | None,
+def _section(cat: Catalog, store: Path | str, folder: Path, i: int, model_id: str, *, checkpoint: str | None,
              ablation_id: str | None, analyses: dict[str, str | None], sweeps: list[str],
              neuron: tuple[int, int] | None, bins: int) -> tuple[Section, list[Path]]:
     facts = data.model_facts(cat, model_id)
@@ -143,13 +143,14 @@ def build(store: str | Path, out: str | Path, models: Sequence[str] | None = Non
     if bins < 1:
         raise BadArgument("--bins must be at least 1")
     pick = parse_neuron(neuron)
-    layout = StoreLayout(Path(store))
-    if not layout.marker.exists():
+    layout = StoreLayout.at(store)
+    if not layout.is_store():
         raise StoreError(f"{store} is not a negdb store: run `negdb ingest --model MODEL` first")
+    where = layout.url or layout.root.absolute()  # a folder store or an object store's URL: read the same way
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise BadArgument(f"--out {out} is a file: give a folder for the report")
-    with Catalog(layout.root) as cat:
+    with Catalog(layout.location) as cat:
         abl_pins, ana_pins = _pins(cat, ablations, analyses)
         chosen = _models(cat, models, [*abl_pins, *(m for m, _ in ana_pins)])
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -162,13 +163,13 @@ def build(store: str | Path, out: str | Path, models: Sequence[str] | None = Non
                          for k in KINDS if k != data.SWEEP_KIND}
                 sweeps = (ana_pins.get((model_id, data.SWEEP_KIND))
                           or data.analyses_of(cat, model_id, data.SWEEP_KIND))
-                sec, f = _section(cat, layout.root.absolute(), tmp, i, model_id, checkpoint=checkpoint,
+                sec, f = _section(cat, where, tmp, i, model_id, checkpoint=checkpoint,
                                   ablation_id=abl_pins.get(model_id) or data.latest_ablation(cat, model_id),
                                   analyses=kinds, sweeps=sweeps, neuron=pick, bins=bins)
                 secs.append(sec)
                 figs.extend(f)
             title = "negdb report: " + ", ".join(sections.short_name(m) for m in chosen)
-            meta = [f"Drawn only from the stored results of the store {layout.root.absolute()} (no model was loaded, "
+            meta = [f"Drawn only from the stored results of the store {where} (no model was loaded, "
                     "nothing was computed into the store).",
                     "Ablations are rebuilt with `negdb results --show ID`; analyses are rows of the `analyses` "
                     "table (`negdb sql \"SELECT * FROM analyses\"`)."]

@@ -27,7 +27,7 @@ class Context:
     """What every block of one model's section needs."""
 
     cat: Catalog
-    store: Path
+    store: Path | str
     facts: data.ModelFacts
     prefix: str
     folder: Path

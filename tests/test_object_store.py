@@ -401,3 +401,19 @@ def test_analyze_and_lm_eval_into_s3_equal_the_folder_store(url: str, tiny: dict
     assert objects.list("cache") == [] and objects.list("work") == []  # caches and scratch stay on this machine
     again = _cli(url, *lm[:-2], "--format", "table")
     assert again.exit_code == 0 and "0 task result(s) computed" in again.stderr, again.output
+
+
+def test_report_of_an_object_store_equals_the_folder_stores(url: str, tiny: dict[str, Path], tmp_path: Path) -> None:
+    """`negdb report` reads an s3:// store as it reads a folder (statistics, and the example neuron's histogram
+    from the stored arrays): the same page but for the store's name, the same figures."""
+    merging.merge([tiny["store"]], url)
+    outs = []
+    for store, out in ((url, tmp_path / "s3-report"), (str(tiny["store"]), tmp_path / "folder-report")):
+        res = _cli(store, "report", "--out", str(out))
+        assert res.exit_code == 0, res.output
+        outs.append(out)
+    pages = [(o / "index.html").read_text() for o in outs]
+    assert url in pages[0] and pages[0].replace(url, str(tiny["store"].absolute())) == pages[1]
+    figures = [sorted(p.name for p in o.glob("*.png")) for o in outs]
+    assert figures[0] == figures[1] and any("neuron" in f or "hist" in f for f in figures[0]), figures
+    assert all((outs[0] / f).read_bytes() == (outs[1] / f).read_bytes() for f in figures[0])
