@@ -22,13 +22,20 @@ from negdb.service.state import ServiceState
 PER_PAGE = 50
 INLINE_TRAJECTORY_MAX = 16
 """A neuron page reads its w_dist trajectory inline up to this many stored checkpoints; beyond, the panel is
-fetched after the page has loaded (htmx; a link without JavaScript), as it reads one row group per checkpoint."""
+fetched after the page has loaded (htmx; a link without JavaScript), as it reads every checkpoint's segment."""
 MAX_PER_PAGE = 500
 SQL_PAGE_ROWS = 1000
 
 
 class PageNotFound(Exception):
     """An unknown model, checkpoint, neuron, set, result or analysis: a 404 page."""
+
+
+def listed(head: Panel, what: str) -> Panel:
+    """``head`` (a page's head row), or the 404 page saying there is no ``what`` when it has no rows."""
+    if not head.rows:
+        raise PageNotFound(f"no {what} (/browse lists them)")
+    return head
 
 
 def neuron_url(model: str, revision: str, layer: int, neuron: int) -> str:
@@ -355,9 +362,7 @@ def make_router(state: ServiceState) -> APIRouter:
     @page
     def set_page(request: Request, name: str) -> Response:
         with reader(request) as r:
-            head = r.set_row(name)
-            if not head.rows:
-                raise PageNotFound(f"no neuron set named {name!r} (/browse lists them)")
+            head = listed(r.set_row(name), f"neuron set named {name!r}")
             row = head.rows[0]
             members = r.set_members(row["set_id"])
             results = r.results(set_id=row["set_id"])
@@ -373,9 +378,7 @@ def make_router(state: ServiceState) -> APIRouter:
         from negdb.evals.metrics import paired_bootstrap
 
         with reader(request) as r:
-            head = r.result_row(result_id)
-            if not head.rows:
-                raise PageNotFound(f"no stored evaluation {result_id!r} (/browse lists them)")
+            head = listed(r.result_row(result_id), f"stored evaluation {result_id!r}")
             row = head.rows[0]
             metrics = r.result_metrics(result_id)
             base_id = None
@@ -410,10 +413,8 @@ def make_router(state: ServiceState) -> APIRouter:
         from negdb.ablate.stored import stored_comparison
 
         with reader(request) as r:
-            head = r.panel("SELECT * EXCLUDE (config_json) FROM ablations WHERE ablation_id = ? ORDER BY condition, "
-                           "seed", [ablation_id])
-            if not head.rows:
-                raise PageNotFound(f"no stored ablation {ablation_id!r} (/browse lists them)")
+            head = listed(r.panel("SELECT * EXCLUDE (config_json) FROM ablations WHERE ablation_id = ? ORDER BY "
+                                  "condition, seed", [ablation_id]), f"stored ablation {ablation_id!r}")
             config = r.panel("SELECT config_json FROM ablations WHERE ablation_id = ? LIMIT 1", [ablation_id])
             with r.snap.lock:
                 cmp = stored_comparison(r.catalog, ablation_id)
@@ -428,9 +429,7 @@ def make_router(state: ServiceState) -> APIRouter:
         from negdb.store.tables import ANALYSIS_TABLES
 
         with reader(request) as r:
-            head = r.analysis_row(analysis_id)
-            if not head.rows:
-                raise PageNotFound(f"no stored analysis {analysis_id!r} (/browse lists them)")
+            head = listed(r.analysis_row(analysis_id), f"stored analysis {analysis_id!r}")
             tables: list[tuple[str, Panel, dict[str, Any] | None]] = []
             for t in ANALYSIS_TABLES:
                 p = r.analysis_table(t.name, analysis_id)
