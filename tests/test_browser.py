@@ -7,6 +7,7 @@ skip with the reason when no browser can be had, except under ``CI=true``.
 
 from __future__ import annotations
 
+import html
 import os
 import re
 from collections.abc import Iterator
@@ -255,7 +256,10 @@ def test_sets_and_results_pages(client: TestClient, env: dict) -> None:
     assert 'id="delta"' in result and "/browse/result/" + "a" * 64 in result  # against its baseline, with a CI
     s = client.get("/browse/set/w10", headers=HTML).text
     assert 'id="members-chart"' in s and 'id="members"' in s
-    assert client.get("/browse/set/nope", headers=HTML).status_code == 404
+    for kind, what in (("set", "neuron set named 'nope'"), ("result", "stored evaluation 'nope'"),
+                       ("ablation", "stored ablation 'nope'"), ("analysis", "stored analysis 'nope'")):
+        missing = client.get(f"/browse/{kind}/nope", headers=HTML)
+        assert missing.status_code == 404 and f"no {what}" in html.unescape(missing.text)
 
 
 def test_saving_a_set_needs_allow_writes(client: TestClient, env: dict) -> None:
