@@ -23,7 +23,6 @@ from negdb.evals.registry import PERPLEXITY_BENCHMARK as PPL_BENCHMARK
 from negdb.query import sets as setlib
 from negdb.query.setstore import NeuronSet
 from negdb.store.catalog import Catalog
-from negdb.store.results import lookup
 from negdb.sweep.grid import Setup, SweepSpec, selection
 from negdb.values import duration_text
 
@@ -106,9 +105,17 @@ def _timings(cat: Catalog, model_id: str) -> dict[tuple[str, int | None], float]
     return {(r["benchmark"], r["item_limit"]): float(r["s"]) for r in df.iter_rows(named=True)}
 
 
+def _stored_values(cat: Catalog) -> dict[str, float | None]:
+    """Every stored evaluation's primary value by result id, as of a fresh snapshot: one listing of the store
+    (``eval_results`` is held in memory), not one read per planned evaluation (a GET each on an object store)."""
+    cat.refresh()
+    table = cat.arrow("SELECT result_id, primary_value FROM eval_results")
+    return dict(zip(table.column("result_id").to_pylist(), table.column("primary_value").to_pylist()))
+
+
 def estimate(cat: Catalog, opts: SweepSpec, st: Setup) -> Estimate:
     """Count the sweep's evaluations and how many are stored (see the module docstring)."""
-    layout = cat.layout
+    values = _stored_values(cat)
     seeds, benches = list(opts.seeds), st.benches
     points = opts.points()
     est = Estimate(points=len(points), seeds=len(seeds), conditions=["ablation", *st.controls],
@@ -125,8 +132,7 @@ def estimate(cat: Catalog, opts: SweepSpec, st: Setup) -> Estimate:
                 planned[st.result_id(mode, set_id, b, limit, s)] = (b, limit)
 
     def stored_value(rid: str) -> float | None:
-        found = lookup(layout, rid)
-        return None if found is None else float(found.row["primary_value"])
+        return float(values[rid]) if values.get(rid) is not None else None
 
     plan("none", None, seeds)
     mains: dict[tuple[str, float], tuple[setlib.Selection, NeuronSet | None]] = {}
@@ -181,7 +187,7 @@ def estimate(cat: Catalog, opts: SweepSpec, st: Setup) -> Estimate:
         plan(p.mode, match.neuron_set.set_id, seeds)
     est.planned = len(planned)
     est.result_ids = list(planned)
-    missing = [v for rid, v in planned.items() if lookup(layout, rid) is None]
+    missing = [v for rid, v in planned.items() if rid not in values]
     est.stored = est.planned - len(missing)
     est.pending = len(todo)
     todo = missing + todo + [(PPL_BENCHMARK, probe)] * est.probes_left

@@ -348,6 +348,13 @@ def test_a_sweep_into_s3_equals_the_folder_store_and_reads_back(url: str, tiny: 
     stores = [_stats_only(tiny, url), _stats_only(tiny, tmp_path / "folder")]
     args = dict(fractions=[0.1], by=["w_dist"], modes=["neg"], seeds=[0], controls=["random"], evals=["tse", "copa"],
                 limit=2, n_boot=100, scoring=negdb.Scoring(window=64))
+    reads: list[str] = []
+    real_read = FsspecObjects.read
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FsspecObjects, "read", lambda self, name: reads.append(name) or real_read(self, name))
+        dry = negdb.open(url).sweep(str(tiny["model"]), dry_run=True, **args)
+    evals = [n for n in reads if n.startswith("tables/eval_results/")]
+    assert dry.planned >= 4 and dry.stored == 0 and evals == []  # one listing, not a GET per planned evaluation
     s3_sweep, folder_sweep = (negdb.open(s).sweep(str(tiny["model"]), **args) for s in stores)
     assert s3_sweep.analysis_id == folder_sweep.analysis_id and s3_sweep.computed > 0
     assert s3_sweep.render("csv") == folder_sweep.render("csv")
