@@ -23,14 +23,20 @@ from collections.abc import Iterator
 from typing import Any
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 
+from negdb.errors import NegdbError
 from negdb.store.catalog import Catalog
 from negdb.store.layout import StoreLayout
 from negdb.store.segments import segment_listing
 
 # A folder modified this recently (seconds) may change again within the same timestamp tick.
 _RACY_S = 2.0
+WARM_UP = "SELECT count(*) FROM neuron_stats"
+"""Run once on each new snapshot of a folder store: it parses every statistics segment's footer into the user-SQL
+database's metadata cache (a count needs nothing else), which the first search across checkpoints would otherwise
+do in its request (about 80 ms at 154 checkpoints). Not on an object store, where each footer is a GET."""
 
 
 def _fingerprint(tables: Path) -> tuple:
@@ -130,7 +136,11 @@ class LiveCatalog:
         fingerprint = self._fingerprint()   # taken first: a change after this point changes it again
         listed_at = time.time()
         listing = self._list()
-        return Snapshot(Catalog(self.root), listing, fingerprint, listed_at)
+        catalog = Catalog(self.root)
+        if self._objects is None:
+            with contextlib.suppress(NegdbError, duckdb.Error):  # only a warm-up: what fails here fails in its request
+                catalog.query(WARM_UP)
+        return Snapshot(catalog, listing, fingerprint, listed_at)
 
     @property
     def snapshot(self) -> Snapshot:
