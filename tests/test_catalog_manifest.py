@@ -291,13 +291,19 @@ def upload(folder: Path, url: str) -> FsspecObjects:
     return objects
 
 
+def s3_store(folder: Path) -> tuple[str, FsspecObjects, dict]:
+    """:func:`build_store` at ``folder``, uploaded to a new prefix of the test bucket: (its URL, its objects, the
+    views read from it without a manifest)."""
+    build_store(folder)
+    url = f"s3://negdb-test/{uuid.uuid4().hex[:8]}"
+    objects = upload(folder, url)
+    return url, objects, reference(url)
+
+
 @s3_only
 @pytest.mark.timeout(600)
 def test_on_s3_the_manifest_catalog_equals_reading_every_segment(s3: str, tmp_path: Path) -> None:
-    build_store(tmp_path / "s")
-    url = f"s3://negdb-test/{uuid.uuid4().hex[:8]}"
-    objects = upload(tmp_path / "s", url)
-    want = reference(url)
+    url, objects, want = s3_store(tmp_path / "s")
     assert want == reference(tmp_path / "s")  # the same rows as the folder the segments came from
     with Catalog(url) as first:
         assert first.segments_read == segments(tmp_path / "s")
@@ -329,10 +335,7 @@ def test_on_s3_the_manifest_catalog_equals_reading_every_segment(s3: str, tmp_pa
 @s3_only
 @pytest.mark.timeout(600)
 def test_on_s3_a_damaged_manifest_is_ignored(s3: str, tmp_path: Path) -> None:
-    build_store(tmp_path / "s")
-    url = f"s3://negdb-test/{uuid.uuid4().hex[:8]}"
-    objects = upload(tmp_path / "s", url)
-    want = reference(url)
+    url, objects, want = s3_store(tmp_path / "s")
     with Catalog(url):
         pass
     (name,) = manifests(url)
